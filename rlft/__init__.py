@@ -1,0 +1,2 @@
+"""rlft: reinforcement-learning fine-tuning of language models."""
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""KL estimators (Schulman, "Approximating KL Divergence", 2020) and KL-coefficient controllers.
+
+Per token, with log ρ = logp_ref − logp for samples drawn from π (the target is KL(π‖π_ref)):
+k1 = −log ρ, k2 = ½(log ρ)², k3 = (ρ − 1) − log ρ.
+Example: logp = −1.0, logp_ref = −1.5 ⇒ k1 = 0.5, k2 = 0.125, k3 = 0.106531.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .registry import Registry
+
+KL_ESTIMATORS: Registry = Registry("KL estimator")
+
+LOG_RATIO_CLAMP = 20.0  # verl and TRL clamp log-ratios to ±20 before exp
+K3_CLAMP = 10.0  # verl clamps k3 itself to ±10
+
+
+def _log_rho(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    return (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+@KL_ESTIMATORS.register("k1")
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k1 = log π − log π_ref: unbiased, high variance, negative about half the time. Its expected
+    gradient as a loss on on-policy samples is 0; use it in the reward (RLHF-PPO, RLOO, REINFORCE++)."""
+    return -_log_rho(logp, ref_logp)
+
+
+@KL_ESTIMATORS.register("k2")
+def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k2 = ½ (log ρ)²: biased but low-variance and ≥ 0; its gradient is ∇KL(π‖π_ref) in expectation."""
+    return 0.5 * _log_rho(logp, ref_logp) ** 2
+
+
+@KL_ESTIMATORS.register("k3")
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 = ρ − 1 − log ρ: unbiased, low-variance, ≥ 0 — GRPO's KL term (DeepSeekMath, arXiv 2402.03300).
+    Clamped to ±10 as in verl."""
+    log_rho = _log_rho(logp, ref_logp)
+    return (torch.exp(log_rho) - 1 - log_rho).clamp(-K3_CLAMP, K3_CLAMP)
+
+
+@KL_ESTIMATORS.register("k1+")
+def kl_k1_plus(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Straight-through: the value of k1 with the (unbiased reverse-KL) gradient of k2 (verl "k1+")."""
+    k2 = kl_k2(logp, ref_logp)
+    return k2 + (kl_k1(logp, ref_logp) - k2).detach()
+
+
+@KL_ESTIMATORS.register("k3+")
+def kl_k3_plus(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Straight-through: the value of k3 with the gradient of k2 (verl "k3+")."""
+    k2 = kl_k2(logp, ref_logp)
+    return k2 + (kl_k3(logp, ref_logp) - k2).detach()
+
+
+def kl_estimate(name: str, logp: Tensor, ref_logp: Tensor) -> Tensor:
+    return KL_ESTIMATORS.get(name)(logp, ref_logp)
+
+
+@dataclass
+class FixedKLController:
+    """A constant β (InstructGPT 0.02, DeepSpeed-Chat 0.1, TRL 0.05)."""
+
+    value: float
+
+    def update(self, kl: float, n_steps: int = 0) -> float:
+        return self.value
+
+
+@dataclass
+class AdaptiveKLController:
+    """Ziegler et al. (arXiv 1909.08593): e = clip(KL/KL_target − 1, −0.2, 0.2), β ← β·(1 + e·n_steps/horizon).
+
+    `kl` is the batch mean of the summed per-sequence KL; `n_steps` the number of samples in the batch.
+    Example: β = 0.1, KL = 9, target 6, n_steps = 512, horizon 10000 ⇒ β = 0.101024.
+    """
+
+    value: float
+    target: float
+    horizon: float
+
+    def update(self, kl: float, n_steps: int) -> float:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+@dataclass
+class PPOPenaltyKLController:
+    """PPO-penalty's β rule (Schulman et al., arXiv 1707.06347 §4), d = mean KL(π_old‖π_θ):
+    d < d_targ/1.5 ⇒ β ← β/2; d > 1.5·d_targ ⇒ β ← 2β.
+    Example: d_targ = 0.01: d = 0.02 doubles β, d = 0.005 halves it, d = 0.012 keeps it.
+    """
+
+    value: float
+    target: float
+
+    def update(self, kl: float, n_steps: int = 0) -> float:
+        if kl < self.target / 1.5:
+            self.value /= 2.0
+        elif kl > self.target * 1.5:
+            self.value *= 2.0
+        return self.value
+
+
+KL_CONTROLLERS: Registry = Registry("KL controller")
+KL_CONTROLLERS.register("fixed")(FixedKLController)
+KL_CONTROLLERS.register("adaptive")(AdaptiveKLController)
+KL_CONTROLLERS.register("ppo_penalty")(PPOPenaltyKLController)
