@@ -1,0 +1,4 @@
+from rlft.cli import main
+import sys
+
+sys.exit(main())

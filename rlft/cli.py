@@ -1,0 +1,106 @@
+"""The `rlft` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rlft.algos import UnknownNameError
+from rlft.run import ConfigError
+
+
+def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from rlft.control import ppo  # noqa: F401  (registers the trainers)
+    from rlft.control.config import CONTROL_ALGOS, ControlConfig, preset_for
+    from rlft.control.envs import make_vec_env  # noqa: F401  (gymnasium import errors surface here)
+    from rlft.run import RunDir, load_config, plot_run, save_config
+
+    train = CONTROL_ALGOS.get(args.algo)
+    preset_name, preset = preset_for(args.algo, args.env, args.preset)
+    cli = [f"--algo={args.algo}", f"--env={args.env}"]
+    if args.seed is not None:
+        cli.append(f"--seed={args.seed}")
+    if args.total_steps is not None:
+        cli.append(f"--total_steps={args.total_steps}")
+    cfg = load_config(ControlConfig, args.config, overrides=[*cli, *overrides], base=preset)
+    run = RunDir.create(args.out, prefix=f"{args.prefix}{cfg.algo}-{cfg.env}")
+    if run.metrics_path.exists() and run.metrics_path.stat().st_size:
+        raise ConfigError(f"run directory {run.root} already holds a run (metrics.jsonl); pass a new --out")
+    save_config(cfg, run.config_path)
+    print(f"rlft: {cfg.algo} on {cfg.env}, preset {preset_name}, seed {cfg.seed}, run dir {run.root}", file=sys.stderr)
+    result = train(cfg, run, show_progress=not args.no_progress)
+    plot = plot_run(run.root, keys=["return_mean_window", "episode_return", "episode_length", "approx_kl",
+                                    "clipfrac", "explained_variance", "entropy", "steps_per_second"])
+    solved = f", reached {cfg.target_return} at step {result.solved_at_step}" if result.solved_at_step else ""
+    print(
+        f"done: {result.steps} steps, {result.episodes} episodes in {result.seconds:.1f}s; "
+        f"mean return (last {cfg.return_window}) {result.mean_return:.1f}{solved}\n"
+        f"  metrics: {run.metrics_path}\n  curve:   {plot}\n"
+        + (f"  policy:  {run.root / 'policy.safetensors'}" if cfg.save_policy else "")
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    ns = argparse.Namespace(algo="ppo", env="CartPole-v1", config=None, preset="auto", seed=args.seed,
+                            total_steps=100_000, out=args.out, no_progress=args.no_progress, prefix="demo-")
+    return _control_train(ns, ["--target_return=475", *overrides])
+
+
+def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
+    from rlft.run import RunDir, plot_run
+
+    run = RunDir.open(args.run_dir)
+    keys = args.keys.split(",") if args.keys else None
+    print(plot_run(run.root, keys=keys))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlft", description="Reinforcement-learning fine-tuning.", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    control = sub.add_parser("control", help="classic control on gymnasium").add_subparsers(dest="action", required=True)
+    train = control.add_parser("train", help="train an agent; extra --key value pairs override the config", allow_abbrev=False)
+    train.add_argument("--algo", default="ppo")
+    train.add_argument("--env", default="CartPole-v1")
+    train.add_argument("--config", type=Path, help="YAML config file")
+    train.add_argument("--preset", default="auto", help="auto (tuned preset if any), none, or ALGO/ENV")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--total-steps", type=int)
+    train.add_argument("--out", help="run directory (default runs/ALGO-ENV-TIMESTAMP)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_control_train, prefix="")
+
+    demo = sub.add_parser("demo", help="the built-in end-to-end job (now: PPO on CartPole-v1)", allow_abbrev=False)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--out")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
+
+    plot = sub.add_parser("plot", help="plot a run's metrics.jsonl to RUN_DIR/plots/metrics.png")
+    plot.add_argument("run_dir")
+    plot.add_argument("--keys", help="comma-separated metric names")
+    plot.set_defaults(func=_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return args.func(args, extra)
+    except (ConfigError, UnknownNameError, FileNotFoundError) as err:
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # EnvError and friends: one line, no traceback
+        if type(err).__module__.startswith("rlft"):
+            print(f"rlft: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

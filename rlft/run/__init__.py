@@ -1,0 +1,31 @@
+"""Run infrastructure: typed configs, atomic writes, metrics logging, progress bars, seeding, run
+directories and plots. Importing this package stays cheap: TensorBoard and matplotlib load on first use."""
+
+from .atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .config import ConfigError, config_to_dict, load_config, parse_overrides, save_config
+from .metrics import MetricsWriter, read_metrics
+from .plots import plot_metrics, plot_run
+from .progress import Progress
+from .rundir import RunDir
+from .seeding import capture_rng_state, restore_rng_state, seed_everything
+
+__all__ = [
+    "ConfigError",
+    "MetricsWriter",
+    "Progress",
+    "RunDir",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "capture_rng_state",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+    "plot_metrics",
+    "plot_run",
+    "read_metrics",
+    "restore_rng_state",
+    "save_config",
+    "seed_everything",
+]

@@ -1,0 +1,63 @@
+"""Atomic file writes: write to a temp file beside the target, then ``os.replace`` it into place.
+
+A crash mid-write therefore leaves either the old file or the new one, never a truncated mix.
+The temp file lives in the same directory because ``os.replace`` is only atomic within one filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _reserve_temp(target: Path) -> Path:
+    """Create an empty, uniquely named temp file beside ``target``.
+
+    ``os.open`` with mode 0o666 (not ``mkstemp``'s 0o600) so the final file gets the usual umask permissions.
+    """
+    while True:
+        tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path``, on error delete it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _reserve_temp(target)
+    try:
+        yield tmp
+        if tmp.exists():
+            # fsync before rename so the new name never points at data still only in the page cache.
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text`` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON with a trailing newline."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
