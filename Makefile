@@ -19,6 +19,7 @@ demo: setup
 	$(BIN)/rlft demo
 
 test: setup
+	$(BIN)/ruff check rlft tests benchmarks
 	$(BIN)/python -m pytest -p no:cacheprovider --cov=rlft --cov-report=term
 	$(BIN)/python -m coverage report --include='rlft/algos/*' --fail-under=95
 

@@ -25,11 +25,19 @@ def main() -> None:
     solved, seconds = [], []
     print(f"{'seed':>4} {'solved at step':>15} {'seconds':>8} {'final mean return':>18}")
     for seed in args.seeds:
-        cfg = load_config(ControlConfig, overrides={"seed": seed, "total_steps": args.steps,
-                                                    "target_return": args.target, "save_policy": False}, base=preset)
+        cfg = load_config(
+            ControlConfig,
+            overrides={
+                "seed": seed,
+                "total_steps": args.steps,
+                "target_return": args.target,
+                "save_policy": False,
+            },
+            base=preset,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             r = train_ppo(cfg, RunDir.create(tmp), show_progress=False)
-        print(f"{seed:>4} {str(r.solved_at_step):>15} {r.seconds:>8.1f} {r.mean_return:>18.1f}")
+        print(f"{seed:>4} {r.solved_at_step!s:>15} {r.seconds:>8.1f} {r.mean_return:>18.1f}")
         if r.solved_at_step is not None:
             solved.append(r.solved_at_step)
             seconds.append(r.seconds)

@@ -1,2 +1,3 @@
 """rlft: reinforcement-learning fine-tuning of language models."""
+
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-from rlft.cli import main
 import sys
+
+from rlft.cli import main
 
 sys.exit(main())

@@ -29,10 +29,24 @@ def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if run.metrics_path.exists() and run.metrics_path.stat().st_size:
         raise ConfigError(f"run directory {run.root} already holds a run (metrics.jsonl); pass a new --out")
     save_config(cfg, run.config_path)
-    print(f"rlft: {cfg.algo} on {cfg.env}, preset {preset_name}, seed {cfg.seed}, run dir {run.root}", file=sys.stderr)
+    print(
+        f"rlft: {cfg.algo} on {cfg.env}, preset {preset_name}, seed {cfg.seed}, run dir {run.root}",
+        file=sys.stderr,
+    )
     result = train(cfg, run, show_progress=not args.no_progress)
-    plot = plot_run(run.root, keys=["return_mean_window", "episode_return", "episode_length", "approx_kl",
-                                    "clipfrac", "explained_variance", "entropy", "steps_per_second"])
+    plot = plot_run(
+        run.root,
+        keys=[
+            "return_mean_window",
+            "episode_return",
+            "episode_length",
+            "approx_kl",
+            "clipfrac",
+            "explained_variance",
+            "entropy",
+            "steps_per_second",
+        ],
+    )
     solved = f", reached {cfg.target_return} at step {result.solved_at_step}" if result.solved_at_step else ""
     print(
         f"done: {result.steps} steps, {result.episodes} episodes in {result.seconds:.1f}s; "
@@ -44,8 +58,17 @@ def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
-    ns = argparse.Namespace(algo="ppo", env="CartPole-v1", config=None, preset="auto", seed=args.seed,
-                            total_steps=100_000, out=args.out, no_progress=args.no_progress, prefix="demo-")
+    ns = argparse.Namespace(
+        algo="ppo",
+        env="CartPole-v1",
+        config=None,
+        preset="auto",
+        seed=args.seed,
+        total_steps=100_000,
+        out=args.out,
+        no_progress=args.no_progress,
+        prefix="demo-",
+    )
     return _control_train(ns, ["--target_return=475", *overrides])
 
 
@@ -59,11 +82,17 @@ def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlft", description="Reinforcement-learning fine-tuning.", allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="rlft", description="Reinforcement-learning fine-tuning.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    control = sub.add_parser("control", help="classic control on gymnasium").add_subparsers(dest="action", required=True)
-    train = control.add_parser("train", help="train an agent; extra --key value pairs override the config", allow_abbrev=False)
+    control = sub.add_parser("control", help="classic control on gymnasium").add_subparsers(
+        dest="action", required=True
+    )
+    train = control.add_parser(
+        "train", help="train an agent; extra --key value pairs override the config", allow_abbrev=False
+    )
     train.add_argument("--algo", default="ppo")
     train.add_argument("--env", default="CartPole-v1")
     train.add_argument("--config", type=Path, help="YAML config file")
@@ -74,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_control_train, prefix="")
 
-    demo = sub.add_parser("demo", help="the built-in end-to-end job (now: PPO on CartPole-v1)", allow_abbrev=False)
+    demo = sub.add_parser(
+        "demo", help="the built-in end-to-end job (now: PPO on CartPole-v1)", allow_abbrev=False
+    )
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--out")
     demo.add_argument("--no-progress", action="store_true")

@@ -24,8 +24,9 @@ T = torch.tensor
 
 
 def close(a, b, tol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
-                               atol=tol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0
+    )
 
 
 def test_reward_to_go_example():
@@ -188,7 +189,7 @@ def test_dcpo_sas_state_round_trip_and_zero_variance_group():
 
 def test_registry_lookup_and_unknown_name():
     assert ADVANTAGES.get("gae") is gae
-    assert "grpo" in ADVANTAGES and list(ADVANTAGES)[0] == "dcpo_sas"
+    assert "grpo" in ADVANTAGES and next(iter(ADVANTAGES)) == "dcpo_sas"
     with pytest.raises(ValueError, match=r"unknown advantage estimator 'gea'; expected one of: .*gae"):
         ADVANTAGES.get("gea")
     with pytest.raises(ValueError, match="registered twice"):

@@ -35,8 +35,12 @@ ONE = torch.ones(1, 1)
 
 
 def close(a, b, tol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64).detach(),
-                               torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=torch.float64).detach(),
+        torch.as_tensor(b, dtype=torch.float64),
+        atol=tol,
+        rtol=0,
+    )
 
 
 def token(ratio: float):
@@ -46,6 +50,7 @@ def token(ratio: float):
 
 
 # --- PPO-clip -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("adv,ratio,loss", [(1.0, 1.5, -1.2), (-1.0, 0.5, 0.8)])
 def test_ppo_clip_example_and_zero_gradient_outside_clip(adv, ratio, loss):
@@ -87,6 +92,7 @@ def test_dual_clip_example():
 
 # --- GSPO ---------------------------------------------------------------------------------------
 
+
 def gspo_inputs():
     logp = torch.tensor([[0.1, -0.2, 0.4]], requires_grad=True)
     return logp, torch.zeros(1, 3), torch.ones(1, 3)
@@ -123,12 +129,16 @@ def test_gspo_all_zero_log_ratios_give_unit_ratio():
 
 # --- SAPO ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("adv,ratio,tau,value,weight", [
-    (1.0, 1.0, 1.0, -2.0, 1.0),
-    (1.0, 1.5, 1.0, -2.489837, 0.940015),
-    (1.0, 0.5, 1.0, -1.510163, 0.940015),
-    (-1.0, 1.5, 1.05, 2.393585, 0.934140),
-])
+
+@pytest.mark.parametrize(
+    "adv,ratio,tau,value,weight",
+    [
+        (1.0, 1.0, 1.0, -2.0, 1.0),
+        (1.0, 1.5, 1.0, -2.489837, 0.940015),
+        (1.0, 0.5, 1.0, -1.510163, 0.940015),
+        (-1.0, 1.5, 1.05, 2.393585, 0.934140),
+    ],
+)
 def test_sapo_examples_and_gradient_weight_is_sech2(adv, ratio, tau, value, weight):
     logp, old = token(ratio)
     out, info = sapo_loss(logp, old, T([[adv]]), ONE, tau_pos=1.0, tau_neg=1.05)
@@ -141,6 +151,7 @@ def test_sapo_examples_and_gradient_weight_is_sech2(adv, ratio, tau, value, weig
 
 
 # --- CISPO --------------------------------------------------------------------------------------
+
 
 def test_cispo_example_keeps_gradient_where_ppo_clips():
     logp, old = token(1.5)
@@ -172,6 +183,7 @@ def test_cispo_with_lower_bound():
 
 # --- DCPO ---------------------------------------------------------------------------------------
 
+
 def test_dcpo_bounds_examples():
     lo, hi = dcpo_bounds(T([0.9, 0.01, 0.001, 1.0]))
     close(lo[:3], [0.768742, 0.5, 0.5])
@@ -198,6 +210,7 @@ def test_dcpo_loss_uses_dynamic_bounds_and_dual_clip():
 
 
 # --- REINFORCE, value loss, entropy -------------------------------------------------------------
+
 
 def test_reinforce_loss_is_minus_advantage_logp_summed_per_sequence():
     logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
@@ -233,6 +246,7 @@ def test_policy_loss_registry():
 
 
 # --- KL -----------------------------------------------------------------------------------------
+
 
 def test_kl_estimator_examples():
     logp, ref = T([-1.0]), T([-1.5])
@@ -279,6 +293,7 @@ def test_kl_controllers():
 
 # --- aggregation --------------------------------------------------------------------------------
 
+
 def aggregation_example():
     loss = torch.zeros(2, 1500)
     mask = torch.zeros(2, 1500)
@@ -287,10 +302,16 @@ def aggregation_example():
     return loss, mask
 
 
-@pytest.mark.parametrize("mode,value", [
-    ("token-mean", -0.625), ("seq-mean-token-mean", -0.75), ("seq-mean-token-sum-norm", -0.3125),
-    ("only-token-mean", -1.5), ("seq-mean-token-sum", -(500 + 750) / 2),
-])
+@pytest.mark.parametrize(
+    "mode,value",
+    [
+        ("token-mean", -0.625),
+        ("seq-mean-token-mean", -0.75),
+        ("seq-mean-token-sum-norm", -0.3125),
+        ("only-token-mean", -1.5),
+        ("seq-mean-token-sum", -(500 + 750) / 2),
+    ],
+)
 def test_aggregation_example(mode, value):
     loss, mask = aggregation_example()
     close(aggregate(loss, mask, mode, max_len=2000), value)
@@ -316,7 +337,9 @@ def test_micro_batch_invariance_of_value_and_gradient(mode):
 
     def run(rows_list, normalizer):
         x = logits.clone().requires_grad_(True)
-        total = sum(aggregate(-(x[rows] * adv[rows]), mask[rows], mode, normalizer, max_len=L) for rows in rows_list)
+        total = sum(
+            aggregate(-(x[rows] * adv[rows]), mask[rows], mode, normalizer, max_len=L) for rows in rows_list
+        )
         total.backward()
         return total.detach(), x.grad
 

@@ -24,8 +24,12 @@ T = torch.tensor
 
 
 def close(a, b, tol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64).detach(),
-                               torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=torch.float64).detach(),
+        torch.as_tensor(b, dtype=torch.float64),
+        atol=tol,
+        rtol=0,
+    )
 
 
 def test_bradley_terry_examples():
@@ -88,12 +92,15 @@ def test_rrhf_example():
     logp_sum = T([[-10.0, -3.2, -3.0]])  # p = [−1.0, −0.8, −1.5]
     close(rrhf_loss(logp_sum, lengths, scores, rank_weight=1.0), [0.9 + 10.0])
     close(rrhf_loss(logp_sum, lengths, scores, rank_weight=0.0), [10.0])
-    masked = rrhf_loss(T([[-10.0, -3.2, -3.0, 5.0]]), T([[10, 4, 2, 1]]), T([[0.9, 0.2, 0.5, 9.0]]),
-                       valid=T([[1, 1, 1, 0]]))
+    masked = rrhf_loss(
+        T([[-10.0, -3.2, -3.0, 5.0]]), T([[10, 4, 2, 1]]), T([[0.9, 0.2, 0.5, 9.0]]), valid=T([[1, 1, 1, 0]])
+    )
     close(masked, [10.9])
 
 
 def test_preference_registry():
-    assert {"sigmoid", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo", "kto", "rrhf"} <= set(PREFERENCE_LOSSES)
+    assert {"sigmoid", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo", "kto", "rrhf"} <= set(
+        PREFERENCE_LOSSES
+    )
     with pytest.raises(ValueError, match="unknown preference loss 'dpoo'"):
         PREFERENCE_LOSSES.get("dpoo")

@@ -25,7 +25,11 @@ def batches(draw, max_b=4, max_t=6):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, t + 1, (b,), generator=g)
     mask = (torch.arange(t) < lengths[:, None]).double()
-    return torch.randn(b, t, generator=g, dtype=torch.float64), torch.randn(b, t, generator=g, dtype=torch.float64), mask
+    return (
+        torch.randn(b, t, generator=g, dtype=torch.float64),
+        torch.randn(b, t, generator=g, dtype=torch.float64),
+        mask,
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -48,10 +52,12 @@ def pad(x, extra, value):
 def test_padding_never_changes_advantages(batch, extra, junk, gamma, lam):
     rewards, values, mask = batch
     adv, ret = gae(rewards, values, gamma, lam, mask=mask)
-    adv_p, ret_p = gae(pad(rewards, extra, junk), pad(values, extra, junk), gamma, lam, mask=pad(mask, extra, 0.0))
+    adv_p, ret_p = gae(
+        pad(rewards, extra, junk), pad(values, extra, junk), gamma, lam, mask=pad(mask, extra, 0.0)
+    )
     torch.testing.assert_close(adv_p[:, : rewards.shape[1]], adv)
     torch.testing.assert_close(ret_p[:, : rewards.shape[1]], ret)
-    assert torch.all(adv_p[:, rewards.shape[1]:] == 0)
+    assert torch.all(adv_p[:, rewards.shape[1] :] == 0)
     scores = rewards[:, 0]
     r_tok = shaped_token_rewards(scores, mask, kl=values, kl_coef=0.1)
     r_tok_p = shaped_token_rewards(scores, pad(mask, extra, 0.0), kl=pad(values, extra, junk), kl_coef=0.1)
@@ -72,10 +78,28 @@ def test_padding_never_changes_any_policy_loss_or_aggregation(batch, extra, junk
     for name in POLICY_LOSSES:
         fn = POLICY_LOSSES.get(name)
         loss, info = fn(logp, old, adv, mask, max_len=12)
-        loss_p, info_p = fn(pad(logp, extra, junk), pad(old, extra, -junk), pad(adv, extra, junk), mask_p, max_len=12)
+        loss_p, info_p = fn(
+            pad(logp, extra, junk), pad(old, extra, -junk), pad(adv, extra, junk), mask_p, max_len=12
+        )
         torch.testing.assert_close(loss_p, loss, msg=name)
         for key in info:
             torch.testing.assert_close(info_p[key], info[key], msg=f"{name}:{key}")
     for mode in AGGREGATIONS:
-        torch.testing.assert_close(aggregate(pad(adv, extra, junk), mask_p, mode, max_len=12),
-                                   aggregate(adv, mask, mode, max_len=12))
+        torch.testing.assert_close(
+            aggregate(pad(adv, extra, junk), mask_p, mode, max_len=12), aggregate(adv, mask, mode, max_len=12)
+        )
+
+
+def test_algos_layer_imports_only_torch():
+    """The core stays pure: importing it must not pull in transformers, datasets, gymnasium or other layers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rlft.algos; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('transformers', 'datasets', 'gymnasium')"
+        " or m.startswith(('rlft.run', 'rlft.control', 'rlft.data', 'rlft.models', 'rlft.train'))]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

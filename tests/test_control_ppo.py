@@ -21,7 +21,9 @@ def cartpole_config(**overrides) -> ControlConfig:
 def test_ppo_learns_cartpole_within_budget(tmp_path):
     cfg = cartpole_config(total_steps=60_000, target_return=400.0)
     result = train_ppo(cfg, RunDir.create(tmp_path / "run"), show_progress=False)
-    assert result.solved_at_step is not None, f"mean return only {result.mean_return:.1f} after {result.steps} steps"
+    assert result.solved_at_step is not None, (
+        f"mean return only {result.mean_return:.1f} after {result.steps} steps"
+    )
     assert result.mean_return >= 400.0
     assert result.steps <= 60_000
 
@@ -32,7 +34,9 @@ def test_run_directory_contents(tmp_path):
     result = train_ppo(cfg, run, show_progress=False)
     rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert len(rows) == 2048 // 256 and rows[-1]["step"] == result.steps
-    assert {"return_mean_window", "approx_kl", "clipfrac", "explained_variance", "steps_per_second"} <= rows[-1].keys()
+    assert {"return_mean_window", "approx_kl", "clipfrac", "explained_variance", "steps_per_second"} <= rows[
+        -1
+    ].keys()
     weights = load_file(str(run.root / "policy.safetensors"))
     assert weights["actor.0.weight"].shape == (64, 4)
 
@@ -58,22 +62,43 @@ def test_native_vector_env_is_used_for_cartpole():
 
 def test_cli_trains_and_writes_plot(tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main(["control", "train", "--algo", "ppo", "--env", "CartPole-v1", "--total-steps", "1024",
-                 "--out", str(out), "--no-progress", "--ppo.epochs", "2"])
+    code = main(
+        [
+            "control",
+            "train",
+            "--algo",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--total-steps",
+            "1024",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--ppo.epochs",
+            "2",
+        ]
+    )
     assert code == 0
     assert (out / "plots" / "metrics.png").stat().st_size > 1000
     assert (out / "config.yaml").exists() and "epochs: 2" in (out / "config.yaml").read_text()
     assert "curve:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["control", "train", "--algo", "ppx"], "unknown control algorithm 'ppx'; expected one of: ppo"),
-    (["control", "train", "--ppo.lrr", "1e-3"], "unknown config key 'ppo.lrr' (did you mean 'ppo.lr'?)"),
-    (["control", "train", "--ppo.lr", "fast"], "config key 'ppo.lr': expected a float, got 'fast'"),
-    (["control", "train", "--env", "NoSuchEnv-v0", "--total-steps", "64"], "unknown gymnasium environment 'NoSuchEnv-v0'"),
-    (["control", "train", "--preset", "ppo/Nope-v0"], "unknown preset 'ppo/Nope-v0'"),
-    (["plot", "/nonexistent/run"], "no run directory at /nonexistent/run"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["control", "train", "--algo", "ppx"], "unknown control algorithm 'ppx'; expected one of: ppo"),
+        (["control", "train", "--ppo.lrr", "1e-3"], "unknown config key 'ppo.lrr' (did you mean 'ppo.lr'?)"),
+        (["control", "train", "--ppo.lr", "fast"], "config key 'ppo.lr': expected a float, got 'fast'"),
+        (
+            ["control", "train", "--env", "NoSuchEnv-v0", "--total-steps", "64"],
+            "unknown gymnasium environment 'NoSuchEnv-v0'",
+        ),
+        (["control", "train", "--preset", "ppo/Nope-v0"], "unknown preset 'ppo/Nope-v0'"),
+        (["plot", "/nonexistent/run"], "no run directory at /nonexistent/run"),
+    ],
+)
 def test_cli_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "r")] if argv[0] == "control" else argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -133,7 +133,9 @@ def group_normalized_advantages(
         std = torch.where(single, torch.ones_like(std), std)
         centred = centred / (std + eps)
     elif scale == "batch":
-        batch_std = scores.to(torch.float64).std(unbiased=unbiased) if scores.numel() > 1 else scores.new_ones(())
+        batch_std = (
+            scores.to(torch.float64).std(unbiased=unbiased) if scores.numel() > 1 else scores.new_ones(())
+        )
         centred = centred / (batch_std + eps)
     return centred.to(scores.dtype)
 
@@ -294,7 +296,9 @@ class MovingAverageBaseline:
     value: float | None = None
 
     def update(self, mean_return: float) -> float:
-        self.value = mean_return if self.value is None else self.alpha * self.value + (1 - self.alpha) * mean_return
+        self.value = (
+            mean_return if self.value is None else self.alpha * self.value + (1 - self.alpha) * mean_return
+        )
         return self.value
 
     def advantages(self, returns: Tensor) -> Tensor:

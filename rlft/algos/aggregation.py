@@ -37,7 +37,9 @@ def global_normalizer(mask: Tensor, mode: str) -> float:
 
 
 @AGGREGATIONS.register("token-mean")
-def token_mean(loss: Tensor, mask: Tensor, normalizer: float | None = None, max_len: int | None = None) -> Tensor:
+def token_mean(
+    loss: Tensor, mask: Tensor, normalizer: float | None = None, max_len: int | None = None
+) -> Tensor:
     """Σ_{i,t} m ℓ / Σ_{i,t} m — DAPO (arXiv 2503.14476), CISPO, PPO in verl/TRL."""
     denom = mask.sum().clamp(min=1) if normalizer is None else normalizer
     return (loss * mask).sum() / denom

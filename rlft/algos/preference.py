@@ -103,7 +103,9 @@ def hinge_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, beta: float =
 
 
 @PREFERENCE_LOSSES.register("simpo")
-def simpo_loss(chosen_avg_logp: Tensor, rejected_avg_logp: Tensor, beta: float = 2.0, gamma: float = 1.0) -> Tensor:
+def simpo_loss(
+    chosen_avg_logp: Tensor, rejected_avg_logp: Tensor, beta: float = 2.0, gamma: float = 1.0
+) -> Tensor:
     """SimPO: ℓ = −log σ(β·avg log π(y_w) − β·avg log π(y_l) − γ), no reference (Meng et al., arXiv 2405.14734).
     Example: β = 2, γ = 1, means −1.0 / −1.2 ⇒ 1.037488."""
     return -F.logsigmoid(beta * (chosen_avg_logp - rejected_avg_logp) - gamma)

@@ -49,18 +49,24 @@ class ControlConfig:
         CONTROL_ALGOS.get(self.algo)
         for key in ("total_steps", "num_envs", "return_window", "torch_threads"):
             if getattr(self, key) <= 0:
-                raise ConfigError(f"config key {key!r}: expected a positive integer, got {getattr(self, key)}")
+                raise ConfigError(
+                    f"config key {key!r}: expected a positive integer, got {getattr(self, key)}"
+                )
         p = self.ppo
         for key in ("n_steps", "epochs", "minibatches"):
             if getattr(p, key) <= 0:
-                raise ConfigError(f"config key 'ppo.{key}': expected a positive integer, got {getattr(p, key)}")
+                raise ConfigError(
+                    f"config key 'ppo.{key}': expected a positive integer, got {getattr(p, key)}"
+                )
         if (self.num_envs * p.n_steps) % p.minibatches:
             raise ConfigError(
                 f"config key 'ppo.minibatches': num_envs × n_steps = {self.num_envs * p.n_steps} "
                 f"is not divisible by {p.minibatches}"
             )
         if not 0 < p.gamma <= 1 or not 0 <= p.lam <= 1:
-            raise ConfigError(f"config keys 'ppo.gamma'/'ppo.lam': expected 0 < γ ≤ 1 and 0 ≤ λ ≤ 1, got {p.gamma}/{p.lam}")
+            raise ConfigError(
+                f"config keys 'ppo.gamma'/'ppo.lam': expected 0 < γ ≤ 1 and 0 ≤ λ ≤ 1, got {p.gamma}/{p.lam}"
+            )
 
 
 CONTROL_ALGOS: Registry = Registry("control algorithm")
@@ -72,8 +78,16 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "CartPole-v1"): {
         "num_envs": 8,
         "ppo": {
-            "n_steps": 32, "epochs": 20, "minibatches": 1, "lr": 1e-3, "anneal_lr": True,
-            "gamma": 0.98, "lam": 0.8, "clip": 0.2, "anneal_clip": True, "ent_coef": 0.0,
+            "n_steps": 32,
+            "epochs": 20,
+            "minibatches": 1,
+            "lr": 1e-3,
+            "anneal_lr": True,
+            "gamma": 0.98,
+            "lam": 0.8,
+            "clip": 0.2,
+            "anneal_clip": True,
+            "ent_coef": 0.0,
         },
     },
 }

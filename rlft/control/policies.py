@@ -31,7 +31,9 @@ class ActorCritic(nn.Module):
     Discrete actions: categorical over logits. Box actions: N(μ(s), σ) with a state-independent log σ.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden: list[int], init_log_std: float = 0.0):
+    def __init__(
+        self, obs_dim: int, act_dim: int, discrete: bool, hidden: list[int], init_log_std: float = 0.0
+    ):
         super().__init__()
         self.discrete = discrete
         self.actor = mlp([obs_dim, *hidden, act_dim], out_gain=0.01)
@@ -52,7 +54,9 @@ class ActorCritic(nn.Module):
         """Sample (or take the mode of) π(·|obs); returns (actions, log-probs, values)."""
         out = self.actor(obs)
         if self.discrete:
-            actions = out.argmax(-1) if deterministic else torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
+            actions = (
+                out.argmax(-1) if deterministic else torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
+            )
         else:
             actions = out if deterministic else out + torch.randn_like(out) * torch.exp(self.log_std)
         return actions, self._log_prob(out, actions), self.value(obs)

@@ -107,14 +107,16 @@ def train_ppo(cfg: ControlConfig, run: RunDir, show_progress: bool = True) -> Tr
         next_values = torch.cat([val_buf[1:], last_value[None]])
         rewards = rew_buf + p.gamma * next_values * (trunc_buf * (1 - term_buf))
         dones = torch.clamp(term_buf + trunc_buf, max=1.0)
-        adv, returns = gae(rewards.T, val_buf.T, p.gamma, p.lam, mask=valid_buf.T, dones=dones.T, bootstrap=last_value)
+        adv, returns = gae(
+            rewards.T, val_buf.T, p.gamma, p.lam, mask=valid_buf.T, dones=dones.T, bootstrap=last_value
+        )
         b_adv, b_ret = adv.T.reshape(batch), returns.T.reshape(batch)
         b_obs, b_act = obs_buf.reshape(batch, obs_dim), act_buf.reshape(batch, *act_shape)
         b_logp, b_val, b_valid = logp_buf.reshape(batch), val_buf.reshape(batch), valid_buf.reshape(batch)
 
         # 3. Several epochs of minibatch updates on the clipped surrogate.
         stats: dict[str, float] = {}
-        for epoch in range(p.epochs):
+        for _epoch in range(p.epochs):
             order = torch.randperm(batch)
             for start_i in range(0, batch, minibatch):
                 idx = order[start_i : start_i + minibatch]
@@ -133,13 +135,17 @@ def train_ppo(cfg: ControlConfig, run: RunDir, show_progress: bool = True) -> Tr
                 break
 
         # 4. Log.
-        for ret, length in finished:
-            recent.append(ret)
+        recent.extend(ret for ret, _ in finished)
         episodes += len(finished)
         window_mean = float(np.mean(recent)) if recent else float("nan")
-        if solved_at is None and cfg.target_return is not None and len(recent) == recent.maxlen:
-            if window_mean >= cfg.target_return:
-                solved_at = step
+        window_full = len(recent) == recent.maxlen
+        if (
+            solved_at is None
+            and cfg.target_return is not None
+            and window_full
+            and window_mean >= cfg.target_return
+        ):
+            solved_at = step
         elapsed = time.perf_counter() - start
         stats = {
             "episodes": episodes,
@@ -167,5 +173,10 @@ def train_ppo(cfg: ControlConfig, run: RunDir, show_progress: bool = True) -> Tr
     envs.close()
     if cfg.save_policy:
         save_policy(policy, run.root / "policy.safetensors", cfg)
-    return TrainResult(step, episodes, float(np.mean(recent)) if recent else float("nan"),
-                       time.perf_counter() - start, solved_at)
+    return TrainResult(
+        step,
+        episodes,
+        float(np.mean(recent)) if recent else float("nan"),
+        time.perf_counter() - start,
+        solved_at,
+    )

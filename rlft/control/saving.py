@@ -14,7 +14,12 @@ from .policies import ActorCritic
 
 def save_policy(policy: ActorCritic, path: Path, cfg: ControlConfig) -> Path:
     tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
-    meta = {"env": cfg.env, "algo": cfg.algo, "discrete": str(policy.discrete), "hidden": ",".join(map(str, cfg.hidden))}
+    meta = {
+        "env": cfg.env,
+        "algo": cfg.algo,
+        "discrete": str(policy.discrete),
+        "hidden": ",".join(map(str, cfg.hidden)),
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path

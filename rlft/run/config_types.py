@@ -135,7 +135,9 @@ def _coerce_sequence(value: Any, hint: Any, key: str, source: str, fail: Any) ->
     if origin is tuple and args and args[-1] is not Ellipsis:
         if len(value) != len(args):
             raise fail(f"a list of {len(args)} items")
-        return tuple(coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     item = args[0] if args else Any
     items = [coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
     return tuple(items) if origin is tuple else items

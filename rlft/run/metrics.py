@@ -133,8 +133,6 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: corrupt metrics line ({e.msg}): {line[:80]!r}") from None
         if not isinstance(row, dict):
             # ValueError like the other corrupt-file errors, so callers need to catch only one type.
-            raise ValueError(  # noqa: TRY004
-                f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}"
-            )
+            raise ValueError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append(row)
     return rows

@@ -72,7 +72,7 @@ def plot_metrics(
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.0 * nrows), squeeze=False)
     try:
-        for ax, key in zip(axes.flat, keys):
+        for ax, key in zip(axes.flat, keys, strict=False):
             # Rows missing the key or x (or holding null for a NaN) are skipped, not plotted as zero.
             points = [(r[x], r[key]) for r in rows if _is_number(r.get(x)) and _is_number(r.get(key))]
             xs, ys = [p[0] for p in points], [p[1] for p in points]
