@@ -10,8 +10,7 @@ import argparse
 import statistics
 import tempfile
 
-from rlft.control.config import ControlConfig, preset_for
-from rlft.control.ppo import train_ppo
+from rlft.control import ControlConfig, preset_for, train
 from rlft.run import RunDir, load_config
 
 
@@ -36,7 +35,7 @@ def main() -> None:
             base=preset,
         )
         with tempfile.TemporaryDirectory() as tmp:
-            r = train_ppo(cfg, RunDir.create(tmp), show_progress=False)
+            r = train(cfg, RunDir.create(tmp), show_progress=False)
         print(f"{seed:>4} {r.solved_at_step!s:>15} {r.seconds:>8.1f} {r.mean_return:>18.1f}")
         if r.solved_at_step is not None:
             solved.append(r.solved_at_step)

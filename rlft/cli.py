@@ -12,28 +12,34 @@ from rlft.run import ConfigError
 
 
 def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from rlft.control import ppo  # noqa: F401  (registers the trainers)
-    from rlft.control.config import CONTROL_ALGOS, ControlConfig, preset_for
-    from rlft.control.envs import make_vec_env  # noqa: F401  (gymnasium import errors surface here)
+    from rlft.control import CONTROL_ALGOS, ControlConfig, preset_for, train
     from rlft.run import RunDir, load_config, plot_run, save_config
 
-    train = CONTROL_ALGOS.get(args.algo)
-    preset_name, preset = preset_for(args.algo, args.env, args.preset)
-    cli = [f"--algo={args.algo}", f"--env={args.env}"]
-    if args.seed is not None:
-        cli.append(f"--seed={args.seed}")
-    if args.total_steps is not None:
-        cli.append(f"--total_steps={args.total_steps}")
-    cfg = load_config(ControlConfig, args.config, overrides=[*cli, *overrides], base=preset)
-    run = RunDir.create(args.out, prefix=f"{args.prefix}{cfg.algo}-{cfg.env}")
-    if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-        raise ConfigError(f"run directory {run.root} already holds a run (metrics.jsonl); pass a new --out")
-    save_config(cfg, run.config_path)
+    if args.resume:
+        run = RunDir.open(args.resume)
+        cfg = load_config(ControlConfig, run.config_path, overrides=overrides)
+        save_config(cfg, run.config_path)
+        preset_name = "from run directory"
+    else:
+        CONTROL_ALGOS.get(args.algo)
+        preset_name, preset = preset_for(args.algo, args.env, args.preset)
+        cli = [f"--algo={args.algo}", f"--env={args.env}"]
+        if args.seed is not None:
+            cli.append(f"--seed={args.seed}")
+        if args.total_steps is not None:
+            cli.append(f"--total_steps={args.total_steps}")
+        cfg = load_config(ControlConfig, args.config, overrides=[*cli, *overrides], base=preset)
+        run = RunDir.create(args.out, prefix=f"{args.prefix}{cfg.algo}-{cfg.env}")
+        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
+            raise ConfigError(
+                f"run directory {run.root} already holds a run (metrics.jsonl); pass a new --out"
+            )
+        save_config(cfg, run.config_path)
     print(
         f"rlft: {cfg.algo} on {cfg.env}, preset {preset_name}, seed {cfg.seed}, run dir {run.root}",
         file=sys.stderr,
     )
-    result = train(cfg, run, show_progress=not args.no_progress)
+    result = train(cfg, run, show_progress=not args.no_progress, resume=bool(args.resume))
     plot = plot_run(
         run.root,
         keys=[
@@ -44,6 +50,7 @@ def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
             "clipfrac",
             "explained_variance",
             "entropy",
+            "value_loss",
             "steps_per_second",
         ],
     )
@@ -54,6 +61,24 @@ def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
         f"  metrics: {run.metrics_path}\n  curve:   {plot}\n"
         + (f"  policy:  {run.root / 'policy.safetensors'}" if cfg.save_policy else "")
     )
+    return 0
+
+
+def _control_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from rlft.control import evaluate
+
+    if overrides:
+        raise ConfigError(f"unexpected arguments: {' '.join(overrides)}")
+    result = evaluate(
+        args.run_dir, args.episodes, deterministic=not args.stochastic, seed=args.seed, video=args.video
+    )
+    mode = "stochastic" if args.stochastic else "deterministic"
+    print(
+        f"{args.episodes} {mode} episodes: return {result.mean:.1f} ± {result.std:.1f} "
+        f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
+    )
+    if args.video:
+        print(f"video: {args.video}")
     return 0
 
 
@@ -100,8 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--total-steps", type=int)
     train.add_argument("--out", help="run directory (default runs/ALGO-ENV-TIMESTAMP)")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+    )
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_control_train, prefix="")
+
+    ev = control.add_parser("eval", help="evaluate a trained policy", allow_abbrev=False)
+    ev.add_argument("run_dir")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--video", help="record the first episode to a .gif (or .mp4 with imageio-ffmpeg)")
+    ev.set_defaults(func=_control_eval)
 
     demo = sub.add_parser(
         "demo", help="the built-in end-to-end job (now: PPO on CartPole-v1)", allow_abbrev=False

@@ -240,7 +240,16 @@ def test_entropy_functions():
 
 
 def test_policy_loss_registry():
-    assert set(POLICY_LOSSES) == {"ppo_clip", "gspo", "gspo_token", "sapo", "cispo", "dcpo", "reinforce"}
+    assert set(POLICY_LOSSES) == {
+        "ppo_clip",
+        "ppo_penalty",
+        "gspo",
+        "gspo_token",
+        "sapo",
+        "cispo",
+        "dcpo",
+        "reinforce",
+    }
     with pytest.raises(ValueError, match="unknown policy loss 'ppo'"):
         POLICY_LOSSES.get("ppo")
 

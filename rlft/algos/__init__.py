@@ -27,6 +27,8 @@ from .kl import (
     AdaptiveKLController,
     FixedKLController,
     PPOPenaltyKLController,
+    categorical_kl,
+    gaussian_kl,
     kl_estimate,
     kl_k1,
     kl_k2,
@@ -44,6 +46,7 @@ from .policy_losses import (
     gspo_loss,
     gspo_token_loss,
     ppo_clip_loss,
+    ppo_penalty_loss,
     reinforce_loss,
     sapo_gate,
     sapo_loss,
@@ -65,5 +68,6 @@ from .preference import (
     simpo_loss,
 )
 from .registry import Registry, UnknownNameError
+from .trust_region import backtracking_line_search, conjugate_gradient, trust_region_step
 
 __all__ = [name for name in dir() if not name.startswith("_")]

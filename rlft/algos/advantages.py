@@ -22,19 +22,35 @@ def _backward_scan(
     deltas: Tensor, decay: float, mask: Tensor | None, dones: Tensor | None, init: Tensor | None
 ) -> Tensor:
     """y_t = x_t + decay·(1−done_t)·y_{t+1}, skipping masked steps (they neither add nor break the chain)."""
-    out = torch.zeros_like(deltas)
-    carry = torch.zeros_like(deltas[..., 0]) if init is None else init.to(deltas)
-    for t in reversed(range(deltas.shape[-1])):
-        cont = 1.0 if dones is None else 1.0 - dones[..., t].to(deltas)
-        y = deltas[..., t] + decay * cont * carry
-        if mask is None:
-            carry = y
+    factors = torch.full_like(deltas, decay) if dones is None else decay * (1.0 - dones.to(deltas))
+    # Per-step views made once: the loop is op-bound on short rollouts, so keep it to ~4 ops per step.
+    xs, fs = deltas.unbind(-1), factors.unbind(-1)
+    ms = None if mask is None else mask.to(torch.bool).unbind(-1)
+    carry = torch.zeros_like(xs[0]) if init is None else init.to(deltas)
+    out = [carry] * len(xs)
+    for t in range(len(xs) - 1, -1, -1):
+        y = xs[t] + fs[t] * carry
+        if ms is not None:
+            carry = torch.where(ms[t], y, carry)
+            y = y * ms[t]
         else:
-            m = mask[..., t].to(torch.bool)
-            carry = torch.where(m, y, carry)
-            y = y * m
-        out[..., t] = y
-    return out
+            carry = y
+        out[t] = y
+    return torch.stack(out, -1)
+
+
+def _next_unmasked(values: Tensor, mask: Tensor | None, bootstrap: Tensor | None) -> Tensor:
+    """For each t, the value of the next unmasked step after t (`bootstrap`, or 0, past the end)."""
+    if mask is None:
+        last = torch.zeros_like(values[..., :1]) if bootstrap is None else bootstrap.to(values).unsqueeze(-1)
+        return torch.cat([values[..., 1:], last], -1)
+    vs, ms = values.unbind(-1), mask.to(torch.bool).unbind(-1)
+    carry = torch.zeros_like(vs[0]) if bootstrap is None else bootstrap.to(values)
+    out = [carry] * len(vs)
+    for t in range(len(vs) - 1, -1, -1):
+        out[t] = carry
+        carry = torch.where(ms[t], vs[t], carry)
+    return torch.stack(out, -1)
 
 
 @ADVANTAGES.register("reward_to_go")
@@ -74,15 +90,7 @@ def gae(
     λ = 1 gives reward-to-go − V; λ = 0 the one-step TD error.
     Example: r = [0, 0, 1], V = [0.5, 0.6, 0.7], γ = 1, λ = 0.95 ⇒ Â = [0.46575, 0.385, 0.3].
     """
-    next_values = torch.zeros_like(values)
-    carry = torch.zeros_like(values[..., 0]) if bootstrap is None else bootstrap.to(values)
-    # The value of "the next real step" for each t, found with the same skip-masked scan.
-    for t in reversed(range(values.shape[-1])):
-        next_values[..., t] = carry
-        if mask is None:
-            carry = values[..., t]
-        else:
-            carry = torch.where(mask[..., t].to(torch.bool), values[..., t], carry)
+    next_values = _next_unmasked(values, mask, bootstrap)
     if dones is not None:
         next_values = next_values * (1.0 - dones.to(values))
     deltas = rewards + gamma * next_values - values

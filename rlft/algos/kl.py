@@ -113,3 +113,18 @@ KL_CONTROLLERS: Registry = Registry("KL controller")
 KL_CONTROLLERS.register("fixed")(FixedKLController)
 KL_CONTROLLERS.register("adaptive")(AdaptiveKLController)
 KL_CONTROLLERS.register("ppo_penalty")(PPOPenaltyKLController)
+
+
+def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """Exact KL(p‖q) = Σ_a p(a) (log p(a) − log q(a)) between categorical distributions given by logits.
+
+    The full-distribution KL(π_old‖π_θ) of PPO-penalty (arXiv 1707.06347 §4) and TRPO's constraint."""
+    logp = torch.log_softmax(logits_p, -1)
+    return (logp.exp() * (logp - torch.log_softmax(logits_q, -1))).sum(-1)
+
+
+def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
+    """Exact KL(p‖q) between diagonal Gaussians, summed over dimensions:
+    Σ log σ_q − log σ_p + (σ_p² + (μ_p − μ_q)²) / (2σ_q²) − ½."""
+    var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)

@@ -255,6 +255,34 @@ def dcpo_loss(
     return agg, _diagnostics(log_ratio, mask.to(logp.dtype), low, high, clipfrac_dual=dual)
 
 
+@POLICY_LOSSES.register("ppo_penalty")
+def ppo_penalty_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    kl: Tensor | None = None,
+    beta: float = 1.0,
+    aggregation: str = "token-mean",
+    normalizer: float | None = None,
+    max_len: int | None = None,
+) -> tuple[Tensor, Diagnostics]:
+    """PPO with an adaptive KL penalty: ℓ = −r·Â + β·KL[π_old(·|s) ‖ π_θ(·|s)] (arXiv 1707.06347 §4).
+
+    `kl` is the exact per-state KL when the caller has the full distributions (classic control); without
+    it the sample estimate (r − 1) − log r of KL(π_old‖π_θ) is used. Adapt β with `PPOPenaltyKLController`.
+    """
+    mask = mask.to(logp.dtype)
+    log_ratio = _log_ratio(logp, old_logp)
+    ratio = torch.exp(log_ratio)
+    if kl is None:
+        kl = (ratio - 1) - log_ratio
+    loss = -advantages * ratio + beta * kl
+    agg = aggregate(loss, mask, aggregation, normalizer, max_len)
+    never = torch.zeros_like(ratio, dtype=torch.bool)
+    return agg, _diagnostics(log_ratio, mask, never, never)
+
+
 @POLICY_LOSSES.register("reinforce")
 def reinforce_loss(
     logp: Tensor,

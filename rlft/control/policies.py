@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rlft.algos import entropy_from_logits, gaussian_entropy
+from rlft.algos import categorical_kl, entropy_from_logits, gaussian_entropy, gaussian_kl
 
 
 def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
@@ -29,6 +29,7 @@ class ActorCritic(nn.Module):
     """π(a|s) and V(s) as two separate MLPs (no shared trunk: on control tasks sharing hurts, SB3/CleanRL).
 
     Discrete actions: categorical over logits. Box actions: N(μ(s), σ) with a state-independent log σ.
+    The actor's raw output ("params": logits or μ) is what the rollout stores for exact KLs later.
     """
 
     def __init__(
@@ -38,34 +39,46 @@ class ActorCritic(nn.Module):
         self.discrete = discrete
         self.actor = mlp([obs_dim, *hidden, act_dim], out_gain=0.01)
         self.critic = mlp([obs_dim, *hidden, 1], out_gain=1.0)
-        self.log_std = None if discrete else nn.Parameter(torch.full((act_dim,), init_log_std))
+        self.log_std = None if discrete else nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs).squeeze(-1)
 
-    def _log_prob(self, out: Tensor, actions: Tensor) -> Tensor:
+    def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
         if self.discrete:
-            return torch.log_softmax(out, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-        z = (actions - out) * torch.exp(-self.log_std)
+            return torch.log_softmax(params, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        z = (actions - params) * torch.exp(-self.log_std)
         return (-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
-    @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample (or take the mode of) π(·|obs); returns (actions, log-probs, values)."""
-        out = self.actor(obs)
+    def entropy(self, params: Tensor) -> Tensor:
         if self.discrete:
-            actions = (
-                out.argmax(-1) if deterministic else torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
-            )
-        else:
-            actions = out if deterministic else out + torch.randn_like(out) * torch.exp(self.log_std)
-        return actions, self._log_prob(out, actions), self.value(obs)
+            return entropy_from_logits(params)
+        return gaussian_entropy(self.log_std).expand(params.shape[0])
+
+    def kl(self, old_params: Tensor, old_log_std: Tensor | None, params: Tensor) -> Tensor:
+        """Exact KL(π_old(·|s) ‖ π_θ(·|s)) per state, for PPO-penalty and TRPO."""
+        if self.discrete:
+            return categorical_kl(old_params, params)
+        return gaussian_kl(
+            old_params, old_log_std.expand_as(old_params), params, self.log_std.expand_as(params)
+        )
+
+    @torch.no_grad()
+    def sample(self, params: Tensor, deterministic: bool = False) -> Tensor:
+        """Draw actions from the distribution given by the actor's outputs (or take its mode)."""
+        if self.discrete:
+            if deterministic:
+                return params.argmax(-1)
+            return torch.multinomial(torch.softmax(params, -1), 1).squeeze(-1)
+        return params if deterministic else params + torch.randn_like(params) * torch.exp(self.log_std)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions for a batch of observations."""
+        return self.sample(self.actor(obs), deterministic)
 
     def evaluate(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(log π(actions|obs), entropy, V(obs)) with gradients, for the update epochs."""
-        out = self.actor(obs)
-        if self.discrete:
-            entropy = entropy_from_logits(out)
-        else:
-            entropy = gaussian_entropy(self.log_std).expand(out.shape[0])
-        return self._log_prob(out, actions), entropy, self.value(obs)
+        """(log π(actions|obs), V(obs), actor params) with gradients, for the updates; the entropy is
+        `entropy(params)`, computed only when a loss needs it."""
+        params = self.actor(obs)
+        return self.log_prob(params, actions), self.value(obs), params

@@ -1,4 +1,4 @@
-"""Save and load control policies as safetensors (written atomically)."""
+"""Save and load control policies (with their observation normaliser) as safetensors, written atomically."""
 
 from __future__ import annotations
 
@@ -9,22 +9,29 @@ from safetensors.torch import load_file, save_file
 from rlft.run import atomic_path
 
 from .config import ControlConfig
+from .normalize import ObsNormalizer
 from .policies import ActorCritic
 
+OBS_PREFIX = "obs_normalizer"
 
-def save_policy(policy: ActorCritic, path: Path, cfg: ControlConfig) -> Path:
+
+def save_policy(policy: ActorCritic, obs_norm: ObsNormalizer | None, path: Path, cfg: ControlConfig) -> Path:
     tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
-    meta = {
-        "env": cfg.env,
-        "algo": cfg.algo,
-        "discrete": str(policy.discrete),
-        "hidden": ",".join(map(str, cfg.hidden)),
-    }
+    if obs_norm is not None:
+        tensors.update(obs_norm.rms.tensors(OBS_PREFIX))
+    meta = {"env": cfg.env, "algo": cfg.algo, "discrete": str(policy.discrete)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
-def load_policy_weights(policy: ActorCritic, path: Path) -> ActorCritic:
-    policy.load_state_dict(load_file(str(path)))
-    return policy
+def load_policy(policy: ActorCritic, path: Path) -> ObsNormalizer | None:
+    """Load weights into `policy`; returns the saved observation normaliser (frozen use), if any."""
+    tensors = load_file(str(path))
+    norm_keys = [k for k in tensors if k.startswith(OBS_PREFIX + ".")]
+    obs_norm = None
+    if norm_keys:
+        obs_norm = ObsNormalizer(tuple(tensors[f"{OBS_PREFIX}.mean"].shape))
+        obs_norm.rms.load_tensors(tensors, OBS_PREFIX)
+    policy.load_state_dict({k: v for k, v in tensors.items() if k not in norm_keys})
+    return obs_norm

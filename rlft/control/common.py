@@ -1,0 +1,41 @@
+"""Pieces the control algorithms share: GAE on a rollout batch, learning-rate annealing, diagnostics."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlft.algos import gae, masked_mean
+
+from .config import ControlConfig
+from .rollout import Batch
+
+
+def batch_advantages(batch: Batch, cfg: ControlConfig) -> tuple[Tensor, Tensor]:
+    """GAE(γ, λ) per environment over the rollout (rlft.algos puts time last, so transpose), flattened."""
+    adv, returns = gae(
+        batch.rewards.T,
+        batch.values.T,
+        cfg.gamma,
+        cfg.lam,
+        mask=batch.valid.T,
+        dones=batch.dones.T,
+        bootstrap=batch.last_value,
+    )
+    return adv.T.reshape(-1), returns.T.reshape(-1)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, frac: float, anneal: bool) -> float:
+    """Linear annealing to 0 over training (`frac` is the share of training still to go)."""
+    lr = base_lr * frac if anneal else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
+    """1 − Var[target − pred] / Var[target]: 1 is a perfect critic, ≤ 0 no better than a constant."""
+    var = masked_mean((target - masked_mean(target, mask)) ** 2, mask)
+    resid = target - pred
+    var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
+    return float("nan") if var == 0 else float(1 - var_resid / var)

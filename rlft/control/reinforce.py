@@ -1,0 +1,71 @@
+"""REINFORCE with reward-to-go and a baseline (Williams 1992): one whole episode per environment per batch,
+ĝ = (1/N) Σ_n Σ_t ∇log π(a_t|s_t)·(G_t − b), i.e. `reinforce_loss` with seq-mean-token-sum.
+
+Baselines: "moving_average" (Williams' reinforcement comparison, an EMA of episode returns, updated after
+the advantages are computed), "learned" (a value network fitted to G_t; time-limit truncations are then
+bootstrapped with V), or "none".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.algos import MovingAverageBaseline, masked_whiten, reinforce_loss, reward_to_go, value_loss
+
+from .common import explained_variance, set_lr
+from .config import CONTROL_ALGOS, ControlConfig
+from .policies import ActorCritic
+from .rollout import Batch, Collector
+
+
+@CONTROL_ALGOS.register("reinforce")
+class Reinforce:
+    def __init__(self, policy: ActorCritic, cfg: ControlConfig):
+        self.policy, self.cfg = policy, cfg
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.moving_average = MovingAverageBaseline(alpha=cfg.reinforce.baseline_alpha)
+
+    def collect(self, collector: Collector) -> Batch:
+        return collector.collect_episodes(self.policy, bootstrap=self.cfg.reinforce.baseline == "learned")
+
+    def update(self, batch: Batch, frac: float) -> dict[str, float]:
+        cfg, kind = self.cfg, self.cfg.reinforce.baseline
+        lr = set_lr(self.optimizer, cfg.lr, frac, cfg.anneal_lr)
+        mask = batch.valid.T  # (envs, time): one episode per row
+        returns = reward_to_go(batch.rewards.T, cfg.gamma, mask=mask, dones=batch.dones.T)
+        logp, values, params = self.policy.evaluate(batch.flat("obs"), batch.flat("actions"))
+        shape = batch.valid.shape
+        logp, values = logp.view(shape).T, values.view(shape).T
+        if kind == "learned":
+            adv = returns - values.detach()
+        elif kind == "moving_average":
+            adv = self.moving_average.advantages(returns)
+            self.moving_average.update(
+                float(returns[:, 0].mean())
+            )  # after the advantages: b must not see a_t
+        else:
+            adv = returns
+        if cfg.norm_adv:
+            adv = masked_whiten(adv, mask)
+        pg_loss, _ = reinforce_loss(logp, None, adv * mask, mask, aggregation="seq-mean-token-sum")
+        loss = pg_loss - cfg.ent_coef * (self.policy.entropy(params).view(shape).T * mask).sum() / mask.sum()
+        stats = {"pg_loss": pg_loss.item(), "lr": lr}
+        if kind == "learned":
+            v_loss, _ = value_loss(values, values.detach(), returns, mask, clip=None)
+            loss = loss + cfg.vf_coef * v_loss
+            stats["value_loss"] = v_loss.item()
+            stats["explained_variance"] = explained_variance(values.detach(), returns, mask)
+        elif kind == "moving_average":
+            stats["baseline"] = float(self.moving_average.value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "baseline": self.moving_average.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.moving_average.value = state["baseline"]

@@ -1,0 +1,236 @@
+"""Collecting experience from vectorised gymnasium environments into one batch of tensors.
+
+Conventions shared by every control algorithm:
+- Next-step autoreset (gymnasium 1.x): the step after a `done` only resets that copy, so it is stored
+  with `valid = 0` and masked out of every loss and statistic.
+- Time-limit truncation: the episode did not fail, so its last reward gets + γ·V(final observation)
+  (the final observation is the next stored one, so its value is already computed) and the step is
+  then an episode end like a termination (SB3's choice). Algorithms without a critic skip the bootstrap.
+- Observations are normalised before the policy sees them when `normalize_obs` is on; rewards are
+  scaled by the running std of the discounted return when `normalize_reward` is on. Episode returns in
+  the metrics are always the raw environment returns.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import ControlConfig
+from .normalize import ObsNormalizer, RewardScaler
+from .policies import ActorCritic
+
+
+@dataclass
+class Batch:
+    """Time-major (T, N, ...) tensors of one rollout; `finished` holds (return, length) of ended episodes."""
+
+    obs: Tensor
+    actions: Tensor
+    logp: Tensor
+    values: Tensor
+    params: Tensor  # the actor's outputs (logits or μ) at collection time
+    old_log_std: Tensor | None
+    rewards: Tensor  # (possibly scaled) rewards, with the truncation bootstrap added when a critic exists
+    dones: Tensor  # 1 where an episode ended (terminated or truncated) at this step
+    valid: Tensor  # 0 on the reset step that follows an episode end
+    last_value: Tensor  # V of the observation after the last step (N,)
+    finished: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return self.valid.numel()
+
+    def flat(self, name: str) -> Tensor:
+        x = getattr(self, name)
+        return x.reshape(-1, *x.shape[2:])
+
+
+def _record(obs, params, actions, reward, terminated, truncated, valid) -> tuple:
+    f32 = np.float32
+    return (
+        obs,
+        params,
+        actions,
+        torch.from_numpy(reward),
+        torch.from_numpy(terminated.astype(f32)),
+        torch.from_numpy(truncated.astype(f32)),
+        torch.from_numpy(valid.astype(f32)),
+    )
+
+
+def _pickle_envs(envs) -> bytes | None:
+    """The vector env with all its state, or None when it cannot be pickled (e.g. Box2D worlds; resume then
+    restarts the episodes). SyncVectorEnv keeps its env factories, local closures that pickle refuses; they
+    are not state, so they are left out and re-attached on load."""
+    fns = getattr(envs, "env_fns", None)
+    try:
+        if fns is not None:
+            envs.env_fns = None
+        return pickle.dumps(envs)
+    except Exception:
+        return None
+    finally:
+        if fns is not None:
+            envs.env_fns = fns
+
+
+class Collector:
+    """Steps the environments with a policy and keeps what must survive between rollouts."""
+
+    def __init__(self, envs, cfg: ControlConfig, discrete: bool):
+        self.envs, self.cfg, self.discrete = envs, cfg, discrete
+        self.num_envs = cfg.num_envs
+        self.obs_dim = int(np.prod(envs.single_observation_space.shape))
+        space = envs.single_action_space
+        self.low, self.high = (None, None) if discrete else (space.low, space.high)
+        self.obs_norm = ObsNormalizer((self.obs_dim,)) if cfg.normalize_obs else None
+        self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
+        self.recent: deque[float] = deque(maxlen=cfg.return_window)
+        self.episodes = 0
+        self.reset(cfg.seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        raw, _ = self.envs.reset(seed=seed)
+        self.obs = self._observe(raw)
+        self.prev_done = np.zeros(self.num_envs, dtype=bool)
+        self.ep_return = np.zeros(self.num_envs)
+        self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
+
+    def _observe(self, raw: np.ndarray) -> Tensor:
+        obs = np.asarray(raw, dtype=np.float32).reshape(self.num_envs, self.obs_dim)
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs, update=True)
+        return torch.from_numpy(obs)
+
+    def _step(self, actions: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+        """One environment step; returns (reward, terminated, truncated, valid, finished episodes)."""
+        valid = ~self.prev_done
+        env_actions = actions.numpy() if self.discrete else np.clip(actions.numpy(), self.low, self.high)
+        raw, reward, terminated, truncated, _ = self.envs.step(env_actions)
+        reward = np.asarray(reward, dtype=np.float64)
+        self.ep_return += reward * valid
+        self.ep_length += valid
+        done = terminated | truncated
+        finished = []
+        for i in np.flatnonzero(done):
+            finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
+            self.ep_return[i], self.ep_length[i] = 0.0, 0
+        if self.reward_scaler is not None:
+            reward = self.reward_scaler(reward, done, valid)
+        self.prev_done = done
+        self.obs = self._observe(raw)
+        return reward, terminated, truncated, valid, finished
+
+    def _record(self, finished: list[tuple[float, int]]) -> None:
+        self.recent.extend(r for r, _ in finished)
+        self.episodes += len(finished)
+
+    def _assemble(self, policy: ActorCritic, steps: list, finished: list, bootstrap: bool) -> Batch:
+        """Stack the per-step records; values and log-probs are computed here in one batched pass (the
+        policy did not change during the rollout), which halves the per-step work of collection."""
+        obs, params, actions, rewards, term, trunc, valid = (torch.stack(x) for x in zip(*steps, strict=True))
+        T, N = valid.shape
+        all_values = policy.value(torch.cat([obs.reshape(T * N, -1), self.obs])) if bootstrap else None
+        values = all_values[: T * N].view(T, N) if bootstrap else torch.zeros(T, N)
+        last_value = all_values[T * N :] if bootstrap else torch.zeros(N)
+        logp = policy.log_prob(params.reshape(T * N, -1), actions.reshape(T * N, *actions.shape[2:])).view(
+            T, N
+        )
+        rewards = rewards.float()
+        if bootstrap:
+            next_values = torch.cat([values[1:], last_value[None]])
+            rewards = rewards + self.cfg.gamma * next_values * trunc * (1 - term)
+        old_log_std = None if policy.log_std is None else policy.log_std.detach().clone()
+        self._record(finished)
+        return Batch(
+            obs,
+            actions,
+            logp,
+            values,
+            params,
+            old_log_std,
+            rewards,
+            torch.clamp(term + trunc, max=1.0),
+            valid,
+            last_value,
+            finished,
+        )
+
+    @torch.no_grad()
+    def collect(self, policy: ActorCritic, n_steps: int, bootstrap: bool = True) -> Batch:
+        """n_steps steps in every environment, continuing where the last rollout stopped."""
+        steps, finished = [], []
+        for _ in range(n_steps):
+            obs = self.obs
+            params = policy.actor(obs)
+            actions = policy.sample(params)
+            reward, terminated, truncated, valid, done_eps = self._step(actions)
+            finished += done_eps
+            steps.append(_record(obs, params, actions, reward, terminated, truncated, valid))
+        return self._assemble(policy, steps, finished, bootstrap)
+
+    @torch.no_grad()
+    def collect_episodes(self, policy: ActorCritic, bootstrap: bool) -> Batch:
+        """Exactly one whole episode per environment (Monte-Carlo methods): reset all, step until every copy
+        has ended once; steps of a copy after its episode ended are marked invalid."""
+        self.reset()
+        steps, finished = [], []
+        ended = np.zeros(self.num_envs, dtype=bool)
+        while not ended.all():
+            obs = self.obs
+            params = policy.actor(obs)
+            actions = policy.sample(params)
+            reward, terminated, truncated, valid, done_eps = self._step(actions)
+            valid &= ~ended
+            finished += [
+                ep
+                for i, ep in zip(np.flatnonzero(terminated | truncated), done_eps, strict=True)
+                if not ended[i]
+            ]
+            ended |= terminated | truncated
+            steps.append(_record(obs, params, actions, reward, terminated, truncated, valid))
+        return self._assemble(policy, steps, finished, bootstrap)
+
+    # --- checkpointing ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: the environments themselves (pickled, when they allow it),
+        the current observation, episode counters and normalisers."""
+        envs_blob = _pickle_envs(self.envs)
+        state = {
+            "envs": envs_blob,
+            "obs": self.obs,
+            "prev_done": self.prev_done,
+            "ep_return": self.ep_return,
+            "ep_length": self.ep_length,
+            "recent": list(self.recent),
+            "episodes": self.episodes,
+        }
+        buf = io.BytesIO()
+        pickle.dump((self.obs_norm, self.reward_scaler), buf)
+        state["normalizers"] = buf.getvalue()
+        return state
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Restore; returns False when the environments could not be restored exactly (they are reset)."""
+        self.obs_norm, self.reward_scaler = pickle.loads(state["normalizers"])
+        self.recent = deque(state["recent"], maxlen=self.cfg.return_window)
+        self.episodes = state["episodes"]
+        if state["envs"] is None:
+            self.reset(self.cfg.seed + 7919 * self.episodes)
+            return False
+        restored = pickle.loads(state["envs"])
+        if hasattr(restored, "env_fns"):
+            restored.env_fns = self.envs.env_fns
+        self.envs.close()
+        self.envs = restored
+        self.obs, self.prev_done = state["obs"], state["prev_done"]
+        self.ep_return, self.ep_length = state["ep_return"], state["ep_length"]
+        return True
