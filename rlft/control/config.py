@@ -163,6 +163,28 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "lam": 0.95,
         "critic_lr": 1e-3,
     },
+    # Continuous control: observation and reward normalisation matter most (arXiv 2006.05990).
+    ("ppo", "Pendulum-v1"): {
+        "num_envs": 8,
+        "n_steps": 256,
+        "lr": 1e-3,
+        "gamma": 0.9,
+        "lam": 0.95,
+        "normalize_obs": True,
+        "normalize_reward": True,
+        "ppo": {"epochs": 10, "minibatches": 32},
+    },
+    ("ppo", "LunarLander-v3"): {
+        "num_envs": 16,
+        "n_steps": 512,
+        "lr": 5e-4,
+        "gamma": 0.999,
+        "lam": 0.98,
+        "ent_coef": 0.001,
+        "normalize_obs": True,
+        "normalize_reward": True,
+        "ppo": {"epochs": 4, "minibatches": 32},
+    },
     ("reinforce", "CartPole-v1"): {
         "num_envs": 8,
         "lr": 1e-2,
