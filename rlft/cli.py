@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rlft.algos import UnknownNameError
+from rlft.commands.lm import add_lm_commands
 from rlft.run import ConfigError
 
 
@@ -83,6 +85,10 @@ def _control_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    """The built-in end-to-end job: PPO on CartPole-v1, then the language-model stage (a tiny Llama
+    built offline, SFT on the built-in arithmetic task, before/after table)."""
+    from rlft.commands.lm import lm_demo
+
     ns = argparse.Namespace(
         algo="ppo",
         env="CartPole-v1",
@@ -90,11 +96,18 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
         preset="auto",
         seed=args.seed,
         total_steps=100_000,
-        out=args.out,
+        out=str(Path(args.out) / "control") if args.out else None,
         no_progress=args.no_progress,
         prefix="demo-",
+        resume=None,
     )
-    return _control_train(ns, ["--target_return=475", *overrides])
+    code = _control_train(ns, ["--target_return=475", *overrides])
+    if code or args.control_only:
+        return code
+    out_root = Path(args.out) if args.out else Path("runs") / time.strftime("demo-lm-%Y%m%d-%H%M%S")
+    return lm_demo(
+        out_root / "lm" if args.out else out_root, seed=args.seed, show_progress=not args.no_progress
+    )
 
 
 def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -145,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--out")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--control-only", action="store_true", help="run only the CartPole stage")
     demo.set_defaults(func=_demo)
+
+    add_lm_commands(sub)
 
     plot = sub.add_parser("plot", help="plot a run's metrics.jsonl to RUN_DIR/plots/metrics.png")
     plot.add_argument("run_dir")

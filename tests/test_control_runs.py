@@ -212,3 +212,9 @@ def test_cli_refuses_to_mix_two_runs_in_one_directory(tmp_path, capsys):
     assert main(argv) == 0
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_demo_control_stage(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", "--control-only"]) == 0
+    out = capsys.readouterr().out
+    assert "reached 475.0" in out and (tmp_path / "demo" / "control" / "plots" / "metrics.png").exists()

@@ -1,0 +1,1 @@
+"""Subcommands of the ``rlft`` CLI, grouped by what they work on (``lm``: language models)."""

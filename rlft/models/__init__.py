@@ -1,0 +1,68 @@
+"""Hugging Face causal LMs for rlft: loading/saving, the offline tiny model, per-token log-probs and
+fast batched sampling with a KV cache (behind the small :class:`Sampler` interface)."""
+
+from .decoders import HFDecoder
+from .errors import ModelError
+from .fast_llama import FastLlamaDecoder, fast_path_blocker
+from .hf import ensure_padding, load_causal_lm, load_tokenizer, parse_dtype, save_pretrained_atomic
+from .kv_cache import GrowableLayer, make_cache
+from .logprobs import apply_lm_head, position_ids_from_mask, response_logprobs, token_logprobs
+from .sampling import (
+    HFSampler,
+    Rollout,
+    Sampler,
+    SamplingParams,
+    encode_prompts,
+    filter_logits,
+    make_decoder,
+    pick_tokens,
+    sample,
+)
+from .stopping import StopStrings, truncate_at_stop
+from .tiny import (
+    CHAT_TEMPLATE,
+    TINY_SIZES,
+    TinySize,
+    build_tiny_model,
+    default_corpus,
+    init_tiny_model,
+    tiny_config,
+    train_tokenizer,
+)
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "TINY_SIZES",
+    "FastLlamaDecoder",
+    "GrowableLayer",
+    "HFDecoder",
+    "HFSampler",
+    "ModelError",
+    "Rollout",
+    "Sampler",
+    "SamplingParams",
+    "StopStrings",
+    "TinySize",
+    "apply_lm_head",
+    "build_tiny_model",
+    "default_corpus",
+    "encode_prompts",
+    "ensure_padding",
+    "fast_path_blocker",
+    "filter_logits",
+    "init_tiny_model",
+    "load_causal_lm",
+    "load_tokenizer",
+    "make_cache",
+    "make_decoder",
+    "parse_dtype",
+    "pick_tokens",
+    "position_ids_from_mask",
+    "response_logprobs",
+    "sample",
+    "save_pretrained_atomic",
+    "tiny_config",
+    "token_logprobs",
+    "train_tokenizer",
+    "truncate_at_stop",
+]

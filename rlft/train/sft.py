@@ -1,0 +1,393 @@
+"""Supervised fine-tuning (SFT) of a causal LM: one loop, read top to bottom.
+
+    for step in 1..max_steps:
+        take the next batch_size × grad_accum examples of this epoch's shuffled order
+        for each micro-batch:  backward( Σ token cross-entropy / N )      N = loss tokens in the whole step
+        clip the global gradient norm; AdamW step; LR: linear warm-up, then cosine decay
+        log loss, lr, grad_norm, tokens/s; every eval_every: eval loss, perplexity, greedy task metrics;
+        every save_every: checkpoint (model + optimiser + scheduler + RNG + data position)
+
+Exact resume: the data order of epoch e is ``randperm`` from a ``torch.Generator`` seeded with
+``shuffle_seed(seed, e)``, so the position (epoch, batch index) alone says which examples come next; with
+the optimiser, scheduler and RNG states restored, a resumed run on CPU computes bitwise the same weights as
+an uninterrupted one.
+
+Data parallel later: divide by the token count summed over all ranks (all-reduce N before the backward),
+give each rank its slice of every global batch, and write files from rank 0 only. Nothing here keeps
+global state beyond ``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rlft.data import (
+    IGNORE_INDEX,
+    DataError,
+    Example,
+    LengthLimits,
+    collate_sft,
+    encode_sft,
+    get_task,
+    load_records,
+)
+from rlft.data.tasks import parse_task_source
+from rlft.models import (
+    SamplingParams,
+    load_causal_lm,
+    load_tokenizer,
+    sample,
+    save_pretrained_atomic,
+)
+from rlft.run import (
+    MetricsWriter,
+    Progress,
+    RunDir,
+    atomic_write_text,
+    capture_rng_state,
+    read_metrics,
+    restore_rng_state,
+    seed_everything,
+)
+
+from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .schedule import warmup_cosine_scheduler
+from .sft_config import SFTConfig
+
+__all__ = [
+    "EvalSet",
+    "SFTResult",
+    "evaluate_sft",
+    "generation_metrics",
+    "load_eval_set",
+    "shuffle_seed",
+    "task_of",
+    "token_loss_sum",
+    "train_sft",
+]
+
+
+@dataclass
+class EvalSet:
+    """What evaluation runs on: encoded examples (loss) and, for a built-in task, prompts + the task."""
+
+    examples: list[Example]
+    prompts: list[Any] = field(default_factory=list)
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # per-prompt fields the task scores with
+    task: Any = None
+
+
+@dataclass
+class SFTResult:
+    steps: int
+    seconds: float
+    train_loss: float  # mean token loss of the last step
+    initial_eval: dict[str, float]  # before training (empty when resumed or no eval data)
+    final_eval: dict[str, float]
+    model_dir: Path
+    run_dir: Path
+
+
+# --- loss -------------------------------------------------------------------------------------------------
+
+
+def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """(sum of next-token cross-entropies over label positions, number of those positions).
+
+    Labels are aligned with ``input_ids`` (HF convention): logits at t are scored against labels[t+1].
+    Returning the sum, not the mean, lets the caller divide by the token count of the whole accumulated
+    (or global) batch, so every token weighs the same however the batch is split.
+    """
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "position_ids" in batch:  # packed rows: positions restart at each example
+        inputs["position_ids"] = batch["position_ids"]
+    logits = model(**inputs).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate_sft(
+    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int = 32
+) -> dict[str, float]:
+    """Token-weighted mean loss and perplexity of ``examples`` (no packing, so no cross-example effects)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        loss, n = token_loss_sum(model, collate_sft(examples[i : i + batch_size], pad_id))
+        total += float(loss)
+        tokens += n
+    model.train(was_training)
+    mean = total / max(tokens, 1)
+    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0))}
+
+
+@torch.no_grad()
+def generation_metrics(
+    model: Any,
+    tokenizer: Any,
+    eval_set: EvalSet,
+    max_new_tokens: int = 16,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Greedy completions of the eval prompts scored by the task (``accuracy`` for arithmetic)."""
+    if eval_set.task is None or not eval_set.prompts:
+        return {}
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    # seed=… so the sampler does not draw its seed from the global RNG (which would shift the training run)
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True, seed=seed)
+    for i in range(0, len(eval_set.prompts), batch_size):
+        texts.extend(sample(model, tokenizer, list(eval_set.prompts[i : i + batch_size]), params).texts)
+    model.train(was_training)
+    scores = eval_set.task.evaluate(eval_set.prompts, texts, **eval_set.extra)
+    return {f"eval_{k}": float(v) for k, v in scores.items()}
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+
+def length_limits(cfg: SFTConfig) -> LengthLimits:
+    return LengthLimits(
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_completion_tokens=cfg.max_completion_tokens,
+        max_total_tokens=cfg.max_len,
+        overflow=cfg.overflow,
+    )
+
+
+def task_of(source: str) -> Any:
+    """The task object of a ``task:`` source (its own options only), else None."""
+    if not source.startswith("task:"):
+        return None
+    name, options = parse_task_source(source)
+    task = get_task(name)  # defaults, to learn the option names
+    fields = getattr(type(task), "__dataclass_fields__", {})
+    return get_task(name, **{k: v for k, v in options.items() if k in fields})
+
+
+def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:
+    """Eval data: ``eval_data``, or the eval split of a built-in task; None when there is neither."""
+    source = cfg.eval_data or (cfg.data if cfg.data.startswith("task:") else None)
+    if source is None:
+        return None
+    records = load_records(source, fmt=cfg.format, split="eval", limit=cfg.eval_samples)
+    examples = list(encode_sft(records, tokenizer, length_limits(cfg), cfg.completion_only_loss))
+    eval_set = EvalSet(examples=examples)
+    task = task_of(source)
+    if cfg.eval_generate and task is not None:
+        prompts = load_records(source, fmt="prompt_only", split="eval", limit=cfg.eval_samples)
+        eval_set.task = task
+        eval_set.prompts = [r.prompt for r in prompts]
+        keys = set().union(*(r.extra for r in prompts))
+        eval_set.extra = {k: [r.extra.get(k) for r in prompts] for k in sorted(keys)}
+    return eval_set
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s data order: a fresh permutation every epoch, reproducible from (seed, epoch)."""
+    return seed * 1_000_003 + epoch
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed(seed, epoch)))
+
+
+def step_batches(
+    examples: Sequence[Example], order: torch.Tensor, batch_index: int, cfg: SFTConfig, pad_id: int
+) -> list[dict[str, Any]]:
+    """The ``grad_accum`` collated micro-batches of optimiser step ``batch_index`` of an epoch."""
+    size = cfg.batch_size * cfg.grad_accum
+    chunk = order[batch_index * size : (batch_index + 1) * size].tolist()
+    return [
+        collate_sft(
+            [examples[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]],
+            pad_id,
+            pack=cfg.pack,
+            max_len=cfg.max_len if cfg.pack else None,
+        )
+        for m in range(cfg.grad_accum)
+    ]
+
+
+def _trim_metrics(run: RunDir, last_step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    if not run.metrics_path.exists():
+        return
+    rows = [r for r in read_metrics(run.metrics_path) if r.get("step", 0) <= last_step]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write_text(run.metrics_path, text)
+
+
+# --- the trainer ------------------------------------------------------------------------------------------
+
+
+def train_sft(
+    cfg: SFTConfig,
+    run: RunDir,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SFTResult:
+    """Fine-tune ``cfg.model`` on ``cfg.data``; write metrics, checkpoints and ``run/model/``.
+
+    ``resume`` continues from the newest complete checkpoint in ``run`` (starting fresh if there is none).
+    ``stop_after`` ends the loop after that many optimiser steps without the final save, as a crash
+    would (for testing resume).
+    """
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+
+    # Model and data.
+    tokenizer = load_tokenizer(cfg.model)
+    pad_id = int(tokenizer.pad_token_id)
+    records = load_records(cfg.data, fmt=cfg.format)
+    train = encode_sft(records, tokenizer, length_limits(cfg), cfg.completion_only_loss)
+    say(f"train data {cfg.data}: {train.report}")
+    eval_set = load_eval_set(cfg, tokenizer)
+    if eval_set is not None:
+        say(f"eval data: {len(eval_set.examples)} examples, {len(eval_set.prompts)} generation prompts")
+    global_batch = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = len(train) // global_batch  # the ragged tail of each epoch is dropped
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"{cfg.data}: {len(train)} training examples, fewer than one step's batch_size × grad_accum "
+            f"= {global_batch}"
+        )
+    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+
+    checkpoint = latest_checkpoint(run) if resume else None
+    model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
+    model.train()
+
+    # AdamW; no weight decay on biases and norm weights (1-D tensors), as usual for transformers.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+
+    step, epoch, batch_index = 0, 0, 0
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
+        if state["shuffle_seed"] != shuffle_seed(cfg.seed, epoch):
+            raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={cfg.seed}")
+        _trim_metrics(run, step)
+        say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
+
+    def save(at_step: int) -> None:
+        state = {
+            "step": at_step,
+            "epoch": epoch,
+            "batch_index": batch_index,
+            "shuffle_seed": shuffle_seed(cfg.seed, epoch),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": capture_rng_state(),
+        }
+        save_checkpoint(run, at_step, model, tokenizer, state)
+
+    def evaluate() -> dict[str, float]:
+        if eval_set is None:
+            return {}
+        out = evaluate_sft(model, eval_set.examples, pad_id, batch_size=max(cfg.batch_size, 32))
+        if cfg.eval_generate:
+            out |= generation_metrics(model, tokenizer, eval_set, cfg.eval_max_new_tokens, seed=cfg.seed)
+        return out
+
+    metrics = MetricsWriter(run.root)
+    initial_eval: dict[str, float] = {}
+    if step == 0 and eval_set is not None:
+        initial_eval = evaluate()
+        metrics.log(0, initial_eval)
+    final_eval: dict[str, float] = dict(initial_eval)
+    order = epoch_order(len(train), cfg.seed, epoch)
+    start = time.monotonic()
+    loss_value = float("nan")
+    progress = Progress(total_steps, desc="sft", unit="step", enabled=show_progress)
+    progress.update(step)
+    steps_run = 0
+    try:
+        while step < total_steps:
+            if batch_index == steps_per_epoch:  # next epoch: a new permutation
+                epoch, batch_index = epoch + 1, 0
+                order = epoch_order(len(train), cfg.seed, epoch)
+            t0 = time.perf_counter()
+            batches = step_batches(train, order, batch_index, cfg, pad_id)
+            # Normalise by the loss tokens of the WHOLE step (all micro-batches): Σ token losses / N.
+            n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for batch in batches:
+                loss, _ = token_loss_sum(model, batch)
+                (loss / max(n_tokens, 1)).backward()
+                loss_sum += float(loss.detach())
+            # Clip the norm of the full gradient (inf: measure only) to tame early spikes.
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
+            loss_value = loss_sum / max(n_tokens, 1)
+            seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
+            elapsed = time.perf_counter() - t0
+            if step % cfg.log_every == 0 or step == total_steps:
+                metrics.log(
+                    step,
+                    {
+                        "loss": loss_value,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_s": seen / max(elapsed, 1e-9),
+                        "epoch": epoch + batch_index / steps_per_epoch,
+                    },
+                )
+            progress.update(1, loss=loss_value, lr=lr)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                final_eval = evaluate()
+                if final_eval:
+                    metrics.log(step, final_eval)
+            if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
+                save(step)
+            if stop_after is not None and steps_run >= stop_after and step < total_steps:
+                break
+    finally:
+        progress.close()
+        metrics.close()
+    model_dir = run.root / "model"
+    if step == total_steps:
+        save_pretrained_atomic(model.eval(), tokenizer, model_dir)
+    return SFTResult(
+        steps=step,
+        seconds=time.monotonic() - start,
+        train_loss=loss_value,
+        initial_eval=initial_eval,
+        final_eval=final_eval,
+        model_dir=model_dir,
+        run_dir=run.root,
+    )

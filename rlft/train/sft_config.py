@@ -1,0 +1,83 @@
+"""``SFTConfig``: every knob of supervised fine-tuning, loaded with ``rlft.run.load_config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlft.data.lengths import OVERFLOW_MODES
+from rlft.run import ConfigError
+
+__all__ = ["SFTConfig"]
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of a causal LM on prompt-completion, text or conversational data.
+
+    Batching: one optimiser step consumes ``batch_size × grad_accum`` examples (``grad_accum`` micro-batches
+    of ``batch_size``); the loss of a step is the sum of token losses over all its micro-batches divided by
+    the total number of loss-carrying tokens, so accumulation changes memory use, not the update.
+    Training length: ``max_steps`` optimiser steps, or ``epochs`` passes over the data when ``max_steps``
+    is null. ``eval_every`` / ``save_every`` of 0 mean "only at the end".
+    """
+
+    model: str = ""  # a Hugging Face model directory (or hub id for online users)
+    data: str = ""  # any load_records source: a file, a dataset dir, or "task:arithmetic?max_operand=20"
+    eval_data: str | None = None  # null: the eval split of a built-in task, or no eval for other data
+    format: str | None = None  # record format to validate against; null detects it
+    eval_samples: int = 200  # eval records read (loss and generation)
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    overflow: str = "truncate"  # truncate | drop | error, for records over the length limits
+    completion_only_loss: bool = True  # loss on completion tokens only (prompt labels are -100)
+    pack: bool = False  # pack several examples per row of max_len tokens
+    max_len: int | None = None  # max tokens per example (and row length when packing)
+    batch_size: int = 16  # examples per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine decays to lr × min_lr_ratio at the last step
+    max_steps: int | None = 100
+    epochs: int | None = None  # used when max_steps is null
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 1
+    seed: int = 0
+    output_dir: str | None = None  # run directory; null: runs/sft-TIMESTAMP
+    eval_generate: bool = True  # greedy-generate on eval prompts and report the task's metrics (tasks only)
+    eval_max_new_tokens: int = 16
+    torch_threads: int = 2  # 0 leaves torch's default
+
+    def validate(self) -> None:
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"config key '{key}': expected {expected}, got {getattr(self, key)!r}")
+
+        if not self.model:
+            raise bad("model", "a model directory (set --model DIR)")
+        if not self.data:
+            raise bad("data", "a data source such as a .jsonl file or task:arithmetic (set --data)")
+        positive = ["eval_samples", "batch_size", "grad_accum", "eval_max_new_tokens", "log_every"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise bad(key, "a positive integer")
+        for key in ("max_prompt_tokens", "max_completion_tokens", "max_len", "max_steps", "epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise bad(key, "a positive integer or null")
+        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, "an integer >= 0")
+        if self.overflow not in OVERFLOW_MODES:
+            raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
+        if self.lr <= 0:
+            raise bad("lr", "a number > 0")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise bad("weight_decay" if self.weight_decay < 0 else "max_grad_norm", "a number >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad("min_lr_ratio", "a number in [0, 1]")
+        if self.max_steps is None and self.epochs is None:
+            raise bad("max_steps", "a step count (or set epochs)")
+        if self.pack and self.max_len is None:
+            raise bad("max_len", "a row length when pack is true")
