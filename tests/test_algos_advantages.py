@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from numeric import close
 
 from rlft.algos import (
     ADVANTAGES,
@@ -21,12 +22,6 @@ from rlft.algos import (
 from rlft.algos.masked import masked_var
 
 T = torch.tensor
-
-
-def close(a, b, tol=1e-5):
-    torch.testing.assert_close(
-        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0
-    )
 
 
 def test_reward_to_go_example():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from numeric import close
 
 from rlft.algos import (
     AGGREGATIONS,
@@ -32,15 +33,6 @@ from rlft.algos import (
 
 T = torch.tensor
 ONE = torch.ones(1, 1)
-
-
-def close(a, b, tol=1e-5):
-    torch.testing.assert_close(
-        torch.as_tensor(a, dtype=torch.float64).detach(),
-        torch.as_tensor(b, dtype=torch.float64),
-        atol=tol,
-        rtol=0,
-    )
 
 
 def token(ratio: float):

@@ -3,6 +3,7 @@
 import math
 
 import torch
+from numeric import close
 
 from rlft.algos import (
     backtracking_line_search,
@@ -13,12 +14,6 @@ from rlft.algos import (
 )
 
 T = torch.tensor
-
-
-def close(a, b, tol=1e-5):
-    torch.testing.assert_close(
-        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0
-    )
 
 
 def test_trpo_worked_example():
