@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlft.algos import UnknownNameError
+from rlft.commands.dpo import add_dpo_commands
 from rlft.commands.lm import add_lm_commands
+from rlft.commands.rewards import add_reward_commands
+from rlft.commands.rl import add_rl_commands
 from rlft.run import ConfigError
 
 
@@ -87,7 +90,7 @@ def _control_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
     """The built-in end-to-end job: PPO on CartPole-v1, then the language-model stage (a tiny Llama
     built offline, SFT on the built-in arithmetic task, before/after table)."""
-    from rlft.commands.lm import lm_demo
+    from rlft.commands.lm import lm_demo, parse_stages
 
     ns = argparse.Namespace(
         algo="ppo",
@@ -106,7 +109,10 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
         return code
     out_root = Path(args.out) if args.out else Path("runs") / time.strftime("demo-lm-%Y%m%d-%H%M%S")
     return lm_demo(
-        out_root / "lm" if args.out else out_root, seed=args.seed, show_progress=not args.no_progress
+        out_root / "lm" if args.out else out_root,
+        seed=args.seed,
+        show_progress=not args.no_progress,
+        stages=parse_stages(args.stages),
     )
 
 
@@ -153,15 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_control_eval)
 
     demo = sub.add_parser(
-        "demo", help="the built-in end-to-end job (now: PPO on CartPole-v1)", allow_abbrev=False
+        "demo",
+        help="the built-in end-to-end job: PPO on CartPole-v1, then the language-model stages",
+        allow_abbrev=False,
     )
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--out")
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument("--control-only", action="store_true", help="run only the CartPole stage")
+    demo.add_argument(
+        "--stages", default="sft,grpo,rm,dpo", help="language-model stages to run (comma-separated subset)"
+    )
     demo.set_defaults(func=_demo)
 
     add_lm_commands(sub)
+    add_reward_commands(sub)
+    add_rl_commands(sub)
+    add_dpo_commands(sub)
 
     plot = sub.add_parser("plot", help="plot a run's metrics.jsonl to RUN_DIR/plots/metrics.png")
     plot.add_argument("run_dir")

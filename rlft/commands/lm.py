@@ -125,8 +125,11 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def lm_demo(out_root: Path, seed: int = 0, show_progress: bool = True, steps: int = DEMO_STEPS) -> int:
-    """Build the 1m tiny model, SFT it on arithmetic (operands 0..20), print a before/after table.
+def arithmetic_sft_stage(
+    out_root: Path, seed: int = 0, show_progress: bool = True, steps: int = DEMO_STEPS
+) -> Path:
+    """Build the 1m tiny model, SFT it on arithmetic (operands 0..20), print a before/after table;
+    returns the SFT model directory.
 
     The budget is chosen to leave room for RL: greedy accuracy lands around 30–60%, not near 100%.
     """
@@ -170,13 +173,79 @@ def lm_demo(out_root: Path, seed: int = 0, show_progress: bool = True, steps: in
         f"  base model: {model_dir}\n  run dir:    {run.root}\n  SFT model:  {result.model_dir}\n"
         f"  plot:       {plot}"
     )
+    return Path(result.model_dir)
+
+
+LM_DEMO_STAGES = ("sft", "grpo", "rm", "dpo")
+
+
+def lm_demo(
+    out_root: Path,
+    seed: int = 0,
+    show_progress: bool = True,
+    steps: int = DEMO_STEPS,
+    stages: tuple[str, ...] = LM_DEMO_STAGES,
+) -> int:
+    """The language-model half of ``rlft demo``, each stage feeding the next:
+
+    - ``sft``: tiny Llama built offline, SFT on ``arithmetic``;
+    - ``grpo``: GRPO on ``arithmetic`` from that SFT model (held-out greedy accuracy before/after);
+    - ``rm``: a second tiny model SFT-ed on ``preference``, then a reward model trained from it
+      (held-out pairwise accuracy against the hidden gold scorer);
+    - ``dpo``: DPO from the same preference SFT model (gold win rate against it).
+    """
+    unknown = set(stages) - set(LM_DEMO_STAGES)
+    if unknown:
+        raise ValueError(f"unknown demo stages {sorted(unknown)} (expected some of {LM_DEMO_STAGES})")
+    out_root = Path(out_root)
+    start = time.monotonic()
+    summary: list[str] = []
+    if "sft" in stages or "grpo" in stages:
+        sft_model = arithmetic_sft_stage(out_root, seed, show_progress, steps)
+        if "grpo" in stages:
+            from rlft.commands.rl import rl_demo_stage
+
+            rl = rl_demo_stage(out_root, sft_model, seed=seed, show_progress=show_progress)
+            summary.append(f"GRPO arithmetic greedy accuracy {rl['before']:.1%} → {rl['after']:.1%}")
+    if "rm" in stages or "dpo" in stages:
+        from rlft.commands.rewards import preference_sft, rm_demo_stage
+
+        pref_sft = preference_sft(out_root / "preference", seed=seed, show_progress=show_progress)
+        if "rm" in stages:
+            rm = rm_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
+            summary.append(
+                f"reward model held-out accuracy vs gold {rm['gold_accuracy']:.1%} "
+                f"(vs noisy labels {rm['accuracy']:.1%}, ceiling {rm['noise_ceiling']:.1%})"
+            )
+        if "dpo" in stages:
+            from rlft.commands.dpo import dpo_demo_stage
+
+            dpo = dpo_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
+            summary.append(
+                f"DPO gold win rate vs the SFT model {dpo['win_rate_before']:.1%} → {dpo['win_rate_after']:.1%}"
+            )
+    if summary:
+        print(f"\nlanguage-model demo ({time.monotonic() - start:.0f}s):\n  " + "\n  ".join(summary))
     return 0
 
 
 def _lm_demo(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra(extra)
     out = Path(args.out) if args.out else Path("runs") / f"lm-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    return lm_demo(out, seed=args.seed, show_progress=not args.no_progress)
+    return lm_demo(out, seed=args.seed, show_progress=not args.no_progress, stages=parse_stages(args.stages))
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+    """``--stages sft,grpo`` → ("sft", "grpo"); a clear error for unknown names."""
+    from rlft.run import ConfigError
+
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in LM_DEMO_STAGES]
+    if unknown or not stages:
+        raise ConfigError(
+            f"--stages: expected a comma-separated subset of {','.join(LM_DEMO_STAGES)}, got {text!r}"
+        )
+    return stages
 
 
 def add_lm_commands(sub: argparse._SubParsersAction) -> None:
@@ -219,8 +288,11 @@ def add_lm_commands(sub: argparse._SubParsersAction) -> None:
     gen.set_defaults(func=_generate)
 
     demo = sub.add_parser(
-        "lm-demo", help="tiny model + SFT on arithmetic, before/after table", allow_abbrev=False
+        "lm-demo",
+        help="tiny models: SFT → GRPO on arithmetic, SFT → reward model and DPO on preference",
+        allow_abbrev=False,
     )
+    demo.add_argument("--stages", default=",".join(LM_DEMO_STAGES), help="comma-separated subset to run")
     demo.add_argument("--out", help="output root (default runs/lm-demo-TIMESTAMP)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")

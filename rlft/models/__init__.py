@@ -18,6 +18,13 @@ from .sampling import (
     pick_tokens,
     sample,
 )
+from .scalar_head import (
+    load_reward_model,
+    reward_model_from_causal_lm,
+    save_reward_model,
+    sequence_scores,
+    token_values,
+)
 from .stopping import StopStrings, truncate_at_stop
 from .tiny import (
     CHAT_TEMPLATE,
@@ -52,6 +59,7 @@ __all__ = [
     "filter_logits",
     "init_tiny_model",
     "load_causal_lm",
+    "load_reward_model",
     "load_tokenizer",
     "make_cache",
     "make_decoder",
@@ -59,10 +67,14 @@ __all__ = [
     "pick_tokens",
     "position_ids_from_mask",
     "response_logprobs",
+    "reward_model_from_causal_lm",
     "sample",
     "save_pretrained_atomic",
+    "save_reward_model",
+    "sequence_scores",
     "tiny_config",
     "token_logprobs",
+    "token_values",
     "train_tokenizer",
     "truncate_at_stop",
 ]

@@ -1,6 +1,14 @@
 """Trainers. Each is one readable loop over the layers below (data, models, algos, run)."""
 
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .dpo import DPOResult, offline_loss, train_dpo
+from .dpo_config import DPOConfig
+from .ref_cache import reference_logprob_sums
+from .rl import RLResult, train_rl
+from .rl_config import KLConfig, LoRAConfig, RLConfig
+from .rm import RMResult, evaluate_rm, rm_loss, train_rm
+from .rm_config import RMConfig
+from .rollout_batch import RolloutBatch
 from .schedule import warmup_cosine, warmup_cosine_scheduler
 from .sft import (
     EvalSet,
@@ -14,16 +22,32 @@ from .sft import (
 from .sft_config import SFTConfig
 
 __all__ = [
+    "DPOConfig",
+    "DPOResult",
     "EvalSet",
+    "KLConfig",
+    "LoRAConfig",
+    "RLConfig",
+    "RLResult",
+    "RMConfig",
+    "RMResult",
+    "RolloutBatch",
     "SFTConfig",
     "SFTResult",
+    "evaluate_rm",
     "evaluate_sft",
     "generation_metrics",
     "latest_checkpoint",
     "load_eval_set",
     "load_trainer_state",
+    "offline_loss",
+    "reference_logprob_sums",
+    "rm_loss",
     "save_checkpoint",
     "token_loss_sum",
+    "train_dpo",
+    "train_rl",
+    "train_rm",
     "train_sft",
     "warmup_cosine",
     "warmup_cosine_scheduler",

@@ -1,0 +1,188 @@
+"""Scalar-head models: reward models (one score per sequence) and value models (one value per token).
+
+A scalar-head model is a Hugging Face ``…ForSequenceClassification`` with ``num_labels=1``: the causal-LM
+body plus a bias-free linear head ``score: d → 1`` applied to the final hidden states. So a reward model
+saved here loads with ``AutoModelForSequenceClassification.from_pretrained(dir)``, and an existing HF
+reward model (e.g. one trained with TRL's RewardTrainer) loads here the same way.
+
+    r(x, y)  = score(h_T)      h_T: hidden state at the last non-padding token (the EOS of a response)
+    V(s_t)   = score(h_t)      every position (the PPO critic, initialised from the reward model as in
+                               InstructGPT, arXiv 2203.02155)
+
+Positions come from the attention mask (``cumsum − 1``), so a left-padded row scores exactly like the
+same row right-padded or alone. Normalisation statistics (the mean and std of the scores on a reference
+set, so an RL reward can be ``(r − mean)/std``) travel inside ``config.json`` as ``rlft_reward_norm``:
+the checkpoint stays one atomic directory and ``from_pretrained`` keeps the field.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+from .errors import ModelError
+from .hf import _check_source, load_causal_lm, load_tokenizer, parse_dtype, save_pretrained_atomic
+from .logprobs import position_ids_from_mask
+
+__all__ = [
+    "NORM_KEY",
+    "load_reward_model",
+    "reward_model_from_causal_lm",
+    "reward_norm",
+    "save_reward_model",
+    "sequence_scores",
+    "set_reward_norm",
+    "token_values",
+]
+
+NORM_KEY = "rlft_reward_norm"
+
+
+def _check_norm(norm: Any) -> dict[str, float] | None:
+    if norm is None:
+        return None
+    try:
+        mean, std = float(norm["mean"]), float(norm["std"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"reward normalisation must be {{'mean': x, 'std': y}}, got {norm!r}") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ModelError(
+            f"reward normalisation needs a finite mean and a std > 0, got mean={mean}, std={std}"
+        )
+    return {"mean": mean, "std": std}
+
+
+def reward_norm(model: PreTrainedModel) -> dict[str, float] | None:
+    """The ``{"mean", "std"}`` saved with a reward model, or None."""
+    return _check_norm(getattr(model.config, NORM_KEY, None))
+
+
+def set_reward_norm(model: PreTrainedModel, norm: dict[str, float] | None) -> None:
+    setattr(model.config, NORM_KEY, _check_norm(norm))
+
+
+def _head(model: PreTrainedModel) -> torch.nn.Linear | None:
+    head = getattr(model, "score", None)
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def _body(model: PreTrainedModel) -> torch.nn.Module:
+    body = getattr(model, model.base_model_prefix, None)
+    if body is None:
+        raise ModelError(
+            f"{type(model).__name__} has no '{model.base_model_prefix}' body to read hidden states from"
+        )
+    return body
+
+
+def load_reward_model(
+    path: str | Path, dtype: str = "float32"
+) -> tuple[PreTrainedModel, Any, dict[str, float] | None]:
+    """(model, tokenizer, norm) of a sequence-classification model with ``num_labels=1``, in eval mode.
+
+    A plain causal LM is refused rather than given a random head: use :func:`reward_model_from_causal_lm`
+    to start a reward model from one.
+    """
+    _check_source(str(path))
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"no model at {path} (expected a reward model directory): {str(err).splitlines()[0]}"
+        ) from err
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelError(
+            f"{path} is not a reward model (architectures {archs or 'unknown'}; expected a "
+            "…ForSequenceClassification with num_labels=1 — train one with `rlft rm`)"
+        )
+    if config.num_labels != 1:
+        raise ModelError(f"{path}: a reward model has num_labels=1, this one has {config.num_labels}")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=parse_dtype(dtype))
+    except OSError as err:
+        raise ModelError(f"cannot load the reward model at {path}: {str(err).splitlines()[0]}") from err
+    tokenizer = load_tokenizer(str(path))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer, reward_norm(model)
+
+
+def reward_model_from_causal_lm(causal_lm: str | Path | PreTrainedModel, seed: int = 0) -> PreTrainedModel:
+    """A ``…ForSequenceClassification`` (num_labels=1) with ``causal_lm``'s body weights and a fresh head.
+
+    The head is drawn from N(0, 1/(d+1)) as in OpenAI's lm-human-preferences, from a forked RNG seeded
+    with ``seed`` (so building it leaves the caller's random stream alone). The LM head is dropped.
+    """
+    lm = load_causal_lm(str(causal_lm)) if isinstance(causal_lm, (str, Path)) else causal_lm
+    config = lm.config.__class__.from_dict(lm.config.to_dict())
+    config.num_labels = 1
+    config.architectures = None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
+            head = _head(model)
+            if head is None:
+                raise ModelError(f"{type(model).__name__} has no linear 'score' head (expected a decoder LM)")
+            torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(config.get_text_config().hidden_size + 1))
+    except ValueError as err:
+        if isinstance(err, ModelError):
+            raise
+        raise ModelError(f"{type(lm).__name__} has no sequence-classification variant: {err}") from None
+    missing, unexpected = _body(model).load_state_dict(_body(lm).state_dict(), strict=False)
+    if missing or unexpected:
+        raise ModelError(f"body weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def token_values(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The head at every position, float32 (B, T): a value model's V(s_t). Padding positions hold
+    whatever the head gives there; mask them."""
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ModelError(
+            f"input_ids and attention_mask must be 2-D and the same shape, got {tuple(input_ids.shape)} "
+            f"and {tuple(attention_mask.shape)}"
+        )
+    head = _head(model)
+    if head is None:
+        raise ModelError(
+            f"{type(model).__name__} has no linear 'score' head (expected a decoder reward model)"
+        )
+    out = _body(model)(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return head(hidden).squeeze(-1).float()
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The reward (B,): the head at each row's last non-padding token (left or right padding)."""
+    if _head(model) is None:  # an encoder classifier (BERT-style): its own pooling is the right one
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    if bool((attention_mask.sum(-1) == 0).any()):
+        raise ModelError("sequence_scores: a row has no tokens (attention_mask all zero)")
+    values = token_values(model, input_ids, attention_mask)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * attention_mask.to(torch.long)).argmax(-1)
+    return values.gather(1, last[:, None]).squeeze(1)
+
+
+def save_reward_model(
+    model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, norm: dict[str, float] | None = None
+) -> Path:
+    """Save in HF format (safetensors), atomically; ``norm`` goes into config.json (None keeps the
+    model's current statistics). ``pad_token_id`` is recorded so HF's own pooling finds the last token."""
+    if norm is not None:
+        set_reward_norm(model, norm)
+    if model.config.pad_token_id is None and tokenizer is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return save_pretrained_atomic(model, tokenizer, out_dir)

@@ -1,0 +1,163 @@
+"""``DPOConfig``: every knob of offline preference optimisation (DPO family, KTO, RRHF)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlft.algos import PREFERENCE_LOSSES
+from rlft.data.lengths import OVERFLOW_MODES
+from rlft.run import ConfigError
+
+__all__ = [
+    "DEFAULT_BETA",
+    "LOSS_DATA",
+    "NO_REFERENCE",
+    "OFFLINE_LOSSES",
+    "DPOConfig",
+]
+
+# loss name → the record format it trains on
+LOSS_DATA: dict[str, str] = {
+    "sigmoid": "preference",
+    "dpo": "preference",
+    "cdpo": "preference",
+    "robust": "preference",
+    "ipo": "preference",
+    "hinge": "preference",
+    "simpo": "preference",
+    "orpo": "preference",
+    "kto": "unpaired",
+    "rrhf": "ranked",
+}
+OFFLINE_LOSSES = tuple(LOSS_DATA)
+NO_REFERENCE = ("simpo", "orpo", "rrhf")  # losses that never look at a reference model
+# β when the config leaves it null: DPO/cDPO/robust/hinge/KTO 0.1 (DPO paper, KTO paper), IPO τ = 0.1
+# (TRL), SimPO 2.0 with γ = 1.0 (γ/β = 0.5, the paper's range), ORPO λ = 0.1 (paper; TRL's `beta`).
+DEFAULT_BETA: dict[str, float] = {"simpo": 2.0, "orpo": 0.1}
+
+
+@dataclass
+class DPOConfig:
+    """Offline preference optimisation of a causal LM.
+
+    ``loss`` picks the objective (formulas in ``rlft/algos/preference.py``): ``sigmoid`` (= ``dpo``),
+    ``cdpo``, ``robust``, ``ipo``, ``hinge``, ``simpo``, ``orpo`` on preference pairs
+    {prompt, chosen, rejected}; ``kto`` on unpaired {prompt, completion, label}; ``rrhf`` on ranked
+    lists {prompt, responses, scores}.
+
+    ``beta`` is β of the DPO family and KTO, τ of IPO, β of SimPO and λ of ORPO; null picks the loss's
+    usual value (0.1; SimPO 2.0). The reference model (``ref_model``, default: ``model`` itself) scores
+    each sequence once before training when ``precompute_ref`` is true, and those log-probs are cached
+    in ``ref_cache_dir`` keyed by the tokenised data and the reference weights, so a second run on the
+    same data and reference skips the pass; with ``precompute_ref: false`` the reference scores every
+    batch during training. SimPO, ORPO and RRHF use no reference.
+
+    Batching: one optimiser step takes ``batch_size × grad_accum`` pairs (KTO: examples; RRHF: prompts).
+    ``eval_every`` / ``save_every`` of 0 mean "only at the end".
+    """
+
+    model: str = ""  # the policy to start from (usually an SFT model directory)
+    ref_model: str | None = None  # null: the starting policy (``model``) is the reference
+    data: str = ""  # a preference/unpaired/ranked file or dataset, or e.g. "task:preference?n=2000"
+    eval_data: str | None = None  # null: the eval split of a built-in task, else no eval data
+    format: str | None = None  # null: the loss's format (preference, unpaired or ranked)
+    loss: str = "sigmoid"
+    beta: float | None = None
+    gamma: float = 1.0  # SimPO's target margin γ
+    label_smoothing: float = 0.1  # ε of cdpo and robust (the flip probability of a label)
+    desirable_weight: float = 1.0  # KTO λ_D
+    undesirable_weight: float = 1.0  # KTO λ_U
+    rrhf_weight: float = 1.0  # RRHF w on the ranking term (paper 1, official code 100)
+    length_penalty: float = 1.0  # RRHF α: p_i = Σ log π / |y_i|^α
+    precompute_ref: bool = True
+    ref_cache_dir: str | None = None  # null: $RLFT_CACHE/ref_logps, else ~/.cache/rlft/ref_logps
+    eval_samples: int = 200  # eval records (pairs / examples / ranked lists)
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    max_len: int | None = None  # prompt + one completion
+    overflow: str = "truncate"  # truncate | drop | error
+    batch_size: int = 16  # pairs (KTO: examples, RRHF: prompts) per micro-batch
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    max_steps: int | None = 100
+    epochs: int | None = None  # used when max_steps is null
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    bf16: bool = False  # bfloat16 matmuls (float32 weights, norms and losses): autocast's trade-off
+    forward: str = "auto"  # auto | fast | hf: the fused Llama forward when possible, or the model's own
+    share_prompt: bool = True  # fused forward: one row per example, its prompt computed once
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 1
+    seed: int = 0
+    output_dir: str | None = None  # null: runs/dpo-TIMESTAMP
+    win_rate: bool = True  # on the built-in preference task: gold win rate against the reference model
+    win_rate_samples: int = 8  # sampled completions per held-out prompt for the win rate
+    win_rate_max_new_tokens: int = 24
+    torch_threads: int = 2  # 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        if self.loss == "dpo":
+            self.loss = "sigmoid"
+
+    @property
+    def data_format(self) -> str:
+        return self.format or LOSS_DATA.get(self.loss, "preference")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss not in NO_REFERENCE
+
+    @property
+    def beta_value(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.loss, 0.1)
+
+    def validate(self) -> None:
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"config key '{key}': expected {expected}, got {getattr(self, key)!r}")
+
+        if not self.model:
+            raise bad("model", "a model directory (set --model DIR)")
+        if not self.data:
+            raise bad("data", "a data source such as a .jsonl file or task:preference (set --data)")
+        if self.loss not in LOSS_DATA or self.loss not in PREFERENCE_LOSSES:
+            raise bad("loss", f"one of {', '.join(OFFLINE_LOSSES)}")
+        if self.format is not None and self.format != LOSS_DATA[self.loss]:
+            raise bad("format", f"{LOSS_DATA[self.loss]} data for loss {self.loss} (or null)")
+        positive = [
+            "eval_samples",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "win_rate_samples",
+            "win_rate_max_new_tokens",
+        ]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise bad(key, "a positive integer")
+        for key in ("max_prompt_tokens", "max_completion_tokens", "max_len", "max_steps", "epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise bad(key, "a positive integer or null")
+        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, "an integer >= 0")
+        if self.overflow not in OVERFLOW_MODES:
+            raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
+        if self.forward not in ("auto", "fast", "hf"):
+            raise bad("forward", "one of auto, fast, hf")
+        if self.lr <= 0:
+            raise bad("lr", "a number > 0")
+        if self.beta is not None and self.beta <= 0:
+            raise bad("beta", "a number > 0 (or null for the loss's default)")
+        for key in ("weight_decay", "max_grad_norm", "desirable_weight", "undesirable_weight", "rrhf_weight"):
+            if getattr(self, key) < 0:
+                raise bad(key, "a number >= 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise bad("label_smoothing", "a number in [0, 0.5)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad("min_lr_ratio", "a number in [0, 1]")
+        if self.max_steps is None and self.epochs is None:
+            raise bad("max_steps", "a step count (or set epochs)")

@@ -1,0 +1,444 @@
+"""Online RL of a causal LM — one loop for the whole critic-free family (and, with a critic, PPO):
+
+    for step in 1..max_steps:
+        sample   G completions for each of prompts_per_step prompts            (fast KV-cache sampler)
+                 [DAPO: drop groups with all-equal rewards, sample more rounds; ReMax: + a greedy decode]
+        score    r = Σ_f w_f r_f(prompt, completion)                              (rlft.rewards)
+        ref      log π_ref of the sampled tokens                                  (only when β > 0)
+        estimate Â = ADVANTAGES[advantage](…)          KL in the reward: r_t −= β·k(π_old, π_ref)
+        optimise μ passes × num_minibatches optimiser steps of
+                 POLICY_LOSSES[policy_loss](logp, logp_old, Â) + β·k(π_θ, π_ref) − c·H   (rl_update.py)
+        adapt β (adaptive controller); log; evaluate every eval_every; checkpoint every save_every
+
+Each named part is a function in a registry of ``rlft.algos``; the presets (``rl_presets.py``) only pick
+names and numbers. The rollout travels between stages as one :class:`RolloutBatch`.
+
+Exact resume: a step's sampling seed, mini-batch order and data position are functions of (seed, step)
+and the saved stream position; with the weights, optimiser, scheduler, RNG, KL coefficient and estimator
+state (REINFORCE baseline, DCPO's per-prompt statistics) restored, a resumed run on CPU computes the same
+weights as an uninterrupted one.
+
+Data parallel later: sample a slice of each step's prompts per rank, all-reduce the normalisers of
+``rl_update`` and the group statistics, and write from rank 0 — no global state is kept here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlft.algos import AdaptiveKLController, FixedKLController, kl_estimate, masked_mean
+from rlft.data import DataError, LengthLimits, encode_prompts, load_records
+from rlft.models import HFSampler, SamplingParams, load_causal_lm, load_tokenizer, save_pretrained_atomic
+from rlft.run import (
+    ConfigError,
+    MetricsWriter,
+    Progress,
+    RunDir,
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,
+)
+
+from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .rl_advantages import AdvantageState, check_advantage, estimate_advantages
+from .rl_config import RLConfig
+from .rl_eval import RLEvalSet, evaluate_policy, load_eval_set
+from .rl_linear import use_onednn_linears
+from .rl_logprobs import batch_logprobs
+from .rl_rollout import PromptStream, collect_rollout
+from .rl_update import loss_settings, old_logprobs, policy_update
+from .rollout_batch import RolloutBatch
+from .schedule import warmup_cosine_scheduler
+from .sft import _trim_metrics, task_of
+
+__all__ = ["RLResult", "describe_algorithm", "reward_specs", "train_rl"]
+
+
+@dataclass
+class RLResult:
+    steps: int
+    seconds: float
+    initial_eval: dict[str, float]  # before training (empty when resumed or without eval prompts)
+    final_eval: dict[str, float]
+    last_metrics: dict[str, float]  # the metrics of the last step
+    train_seconds: float  # time spent in training steps (evaluation and checkpoints excluded)
+    model_dir: Path
+    run_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+
+def describe_algorithm(cfg: RLConfig) -> str:
+    """One paragraph naming the parts and numbers the run uses (printed at start)."""
+    r = cfg.resolved()
+    kl = "none"
+    if r.kl.active:
+        kl = f"{r.kl.estimator} in the {r.kl.placement}, β={r.kl.coef:g}" + (
+            f" (adaptive, target {r.kl.target:g})" if r.kl.controller == "adaptive" else ""
+        )
+    parts = [
+        f"advantage={r.advantage}" + (f" (scale {r.scale_rewards})" if r.advantage == "group_norm" else ""),
+        f"policy_loss={r.policy_loss}",
+        f"clip={r.clip_low:g}/{r.clip_high:g}"
+        if r.policy_loss in ("ppo_clip", "gspo", "gspo_token", "cispo", "dcpo")
+        else "",
+        f"τ={r.tau_pos:g}/{r.tau_neg:g}" if r.policy_loss == "sapo" else "",
+        f"dual_clip={r.dual_clip:g}" if r.dual_clip else "",
+        f"kl={kl}",
+        f"aggregation={r.aggregation}",
+        f"G={r.num_generations} × {r.prompts_per_step} prompts",
+        f"μ={r.ppo_epochs} × {r.num_minibatches} mini-batch(es)",
+        f"dynamic sampling (≤{r.max_sample_rounds} rounds)" if r.dynamic_sampling else "",
+        f"overlong buffer {r.overlong_buffer:g}" if r.overlong_buffer else "",
+        "truncated completions masked" if r.mask_truncated else "",
+        f"entropy bonus {r.entropy_coef:g}" if r.entropy_coef else "",
+        f"lr={r.lr:g}",
+    ]
+    changed = cfg.preset_overrides()
+    note = f"; changed from the preset: {changed}" if changed else ""
+    return f"algorithm {r.algorithm}: " + ", ".join(p for p in parts if p) + note
+
+
+def reward_specs(cfg: RLConfig) -> list[Any]:
+    """The reward specs of a run: ``rewards``, or the task's own reward for a built-in task; plus DAPO's
+    overlong punishment when ``overlong_buffer`` > 0."""
+    specs = list(cfg.rewards)
+    if not specs:
+        task = task_of(cfg.data)
+        if task is None:
+            raise ConfigError(
+                "config key 'rewards': expected at least one reward spec (the data is not a built-in task "
+                "with its own reward), e.g. rewards: [exact_match]"
+            )
+        specs = [f"task:{task.name}"]
+    if cfg.overlong_buffer:
+        cache = max(round(cfg.overlong_buffer * cfg.max_new_tokens), 1)
+        specs.append({"name": "overlong", "max_len": cfg.max_new_tokens, "cache": cache})
+    return specs
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+
+def _load_policy(cfg: RLConfig, checkpoint: Path | None) -> torch.nn.Module:
+    if cfg.lora is None:
+        return load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise ConfigError("config key 'lora': needs the peft package (pip install 'rlft[lora]')") from None
+    base = load_causal_lm(cfg.model)
+    if checkpoint is not None:
+        return PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+class Reference:
+    """log π_ref of rollout tokens: a frozen copy of the start model, or the policy with adapters off."""
+
+    def __init__(self, cfg: RLConfig, policy: torch.nn.Module):
+        self.policy = policy
+        self.model = None
+        if cfg.lora is None or cfg.ref_model is not None:
+            self.model = load_causal_lm(cfg.ref_model or cfg.model)
+            self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(
+        self, batch: RolloutBatch, temperature: float, micro: int | None, bf16: bool
+    ) -> torch.Tensor:
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for chunk in torch.arange(len(batch)).split(micro or len(batch)):
+            mb = batch.select(chunk).trimmed()
+            if self.model is not None:
+                logp, _ = batch_logprobs(self.model, mb, mb.response_mask, temperature, bf16_autocast=bf16)
+            else:
+                with self.policy.disable_adapter():
+                    logp, _ = batch_logprobs(
+                        self.policy, mb, mb.response_mask, temperature, bf16_autocast=bf16
+                    )
+            out[chunk, : logp.shape[1]] = logp
+        return out
+
+
+def _save_final(model: torch.nn.Module, tokenizer: Any, out: Path, lora: bool) -> None:
+    if lora:  # a plain HF model: adapters merged into the base weights
+        model = model.merge_and_unload()
+    save_pretrained_atomic(model, tokenizer, out)
+
+
+# --- the trainer -----------------------------------------------------------------------------------------
+
+
+def train_rl(
+    cfg: RLConfig,
+    run: RunDir,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RLResult:
+    """Train ``cfg.model`` with online RL; write metrics, checkpoints and ``run/model/``.
+
+    ``resume`` continues from the newest complete checkpoint in ``run``. ``stop_after`` ends the loop
+    after that many steps without the final save, as a crash would (for testing resume).
+    """
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    cfg.validate()
+    user_cfg, cfg = cfg, cfg.resolved()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    say(describe_algorithm(user_cfg))
+
+    # Data, rewards, evaluation prompts.
+    tokenizer = load_tokenizer(cfg.model)
+    pad_id = int(tokenizer.pad_token_id)
+    fmt = cfg.format or ("prompt_only" if cfg.data.startswith("task:") else None)
+    limits = LengthLimits(max_prompt_tokens=cfg.max_prompt_tokens, overflow="drop")
+    examples = encode_prompts(load_records(cfg.data, fmt=fmt), tokenizer, limits)
+    if len(examples) == 0:
+        raise DataError(f"{cfg.data}: no prompts left after the length limits ({examples.report})")
+    say(f"prompts {cfg.data}: {examples.report}")
+    from rlft.rewards import build_rewards
+
+    rewards = build_rewards(reward_specs(cfg), on_invalid=cfg.on_invalid_reward)
+    try:  # reward functions may hold process pools: close them if set-up fails
+        eval_set: RLEvalSet | None = load_eval_set(cfg, tokenizer)
+
+        # Models: policy (trainable), reference (frozen, only when a KL term is on).
+        checkpoint = latest_checkpoint(run) if resume else None
+        model = _load_policy(cfg, checkpoint)
+        model.eval()  # no dropout: the sampler's log-probs and the loss's must describe the same policy
+        check_advantage(cfg.advantage, has_critic=False, extra=cfg.advantage_kwargs)
+        reference = Reference(cfg, model) if cfg.kl.active else None
+        if cfg.onednn_linear:  # float32 matmuls of the training and reference passes on oneDNN (rl_linear.py)
+            use_onednn_linears(model)
+            if reference is not None and reference.model is not None:
+                use_onednn_linears(reference.model, frozen=True)
+        sampler = HFSampler(model, tokenizer)
+        losses = loss_settings(cfg)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2), eps=1e-8)
+        scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        kl_ctl = (
+            AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+            if cfg.kl.controller == "adaptive"
+            else FixedKLController(cfg.kl.coef)
+        )
+        adv_state = AdvantageState()
+        adv_state.baseline.alpha = cfg.baseline_alpha
+        stream = PromptStream(len(examples), cfg.seed)
+
+        step = 0
+        if checkpoint is not None:
+            state = load_trainer_state(checkpoint)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rng_state(state["rng"])
+            stream.load_state_dict(state["stream"])
+            kl_ctl.value = state["kl_coef"]
+            adv_state.load_state_dict(state["advantage_state"])
+            step = state["step"]
+            _trim_metrics(run, step)
+            say(f"resuming from {checkpoint} (step {step})")
+
+        def save(at_step: int) -> None:
+            state = {
+                "step": at_step,
+                "stream": stream.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": capture_rng_state(),
+                "kl_coef": float(kl_ctl.value),
+                "advantage_state": adv_state.state_dict(),
+            }
+            save_checkpoint(run, at_step, model, tokenizer, state)
+
+        def evaluate() -> dict[str, float]:
+            return evaluate_policy(sampler, eval_set, rewards, cfg) if eval_set is not None else {}
+
+        sampling = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            n=cfg.num_generations,
+            stop_strings=tuple(cfg.stop_strings),
+            bf16_autocast=cfg.bf16_autocast,
+        )
+        reuse_old = (
+            cfg.ppo_epochs == 1 and cfg.num_minibatches == 1
+        )  # the policy does not move before its loss
+        metrics = MetricsWriter(run.root)
+        initial_eval: dict[str, float] = {}
+        if step == 0 and eval_set is not None:
+            initial_eval = evaluate()
+            metrics.log(0, initial_eval)
+            say("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in initial_eval.items()))
+    except BaseException:
+        rewards.close()
+        raise
+    final_eval, last, history = dict(initial_eval), {}, []
+    start = time.monotonic()
+    progress = Progress(cfg.max_steps, desc=f"rl {cfg.algorithm}", unit="step", enabled=show_progress)
+    progress.update(step)
+    steps_run, train_seconds, out_of_time = 0, 0.0, False
+    try:
+        while step < cfg.max_steps:
+            t_step = time.perf_counter()
+            # 1–2. sample and score (dynamic sampling rounds, ReMax's greedy baseline)
+            batch, rollout = collect_rollout(
+                sampler,
+                rewards,
+                examples,
+                stream,
+                sampling,
+                cfg.prompts_per_step,
+                pad_id,
+                dynamic_sampling=cfg.dynamic_sampling,
+                max_rounds=cfg.max_sample_rounds,
+                greedy_baseline=cfg.advantage == "remax",
+                seed=(cfg.seed * 1_000_003 + step) * 1009,
+            )
+            if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
+                batch.loss_mask = batch.loss_mask * batch.finished[:, None].to(batch.loss_mask.dtype)
+            # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
+            t_ref = time.perf_counter()
+            kl_metrics: dict[str, float] = {}
+            if not reuse_old:
+                batch.old_logp = (
+                    old_logprobs(model, batch, losses, cfg.micro_batch_size)
+                    if cfg.recompute_old_logp
+                    else batch.sampler_logp
+                )
+            rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp
+            kl_in_reward = None
+            if reference is not None:
+                batch.ref_logp = reference.logprobs(
+                    batch, cfg.temperature, cfg.micro_batch_size, cfg.bf16_autocast
+                )
+                mask = batch.response_mask.to(torch.float32)
+                kl_tokens = kl_estimate(cfg.kl.estimator, rollout_logp, batch.ref_logp) * mask
+                k1_seq = (kl_estimate("k1", rollout_logp, batch.ref_logp) * mask).sum(-1)
+                kl_metrics = {
+                    "kl_ref": float(masked_mean(kl_tokens, mask)),
+                    "kl_ref_seq": float(k1_seq.mean()),
+                    "kl_coef": float(kl_ctl.value),
+                }
+                if cfg.kl.placement == "reward":
+                    kl_in_reward = kl_tokens
+            time_ref = time.perf_counter() - t_ref
+            # 4. advantages
+            t_update = time.perf_counter()
+            batch.advantages, batch.returns, batch.token_rewards = estimate_advantages(
+                cfg.advantage,
+                batch,
+                kl=kl_in_reward,
+                kl_coef=float(kl_ctl.value),
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+                scale=cfg.scale_rewards,
+                unbiased=cfg.std_unbiased,
+                state=adv_state,
+                extra=cfg.advantage_kwargs,
+                score_clip=cfg.score_clip,
+            )
+            # 5. μ passes of mini-batch policy updates
+            lr = scheduler.get_last_lr()[0]
+            update = policy_update(
+                model,
+                optimizer,
+                params,
+                batch,
+                losses,
+                kl_coef=float(kl_ctl.value),
+                ppo_epochs=cfg.ppo_epochs,
+                num_minibatches=cfg.num_minibatches,
+                micro_batch_size=cfg.micro_batch_size,
+                max_grad_norm=cfg.max_grad_norm,
+                generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 7919),
+            )
+            scheduler.step()
+            if reference is not None:
+                kl_ctl.update(kl_metrics["kl_ref_seq"], len(batch))
+            time_update = time.perf_counter() - t_update
+            step, steps_run = step + 1, steps_run + 1
+            elapsed = time.perf_counter() - t_step
+            train_seconds += elapsed
+            out_of_time = bool(cfg.max_minutes) and train_seconds >= 60 * cfg.max_minutes
+
+            row = {
+                **rollout.metrics(),
+                **kl_metrics,
+                **update,
+                "advantage_abs_mean": float(masked_mean(batch.advantages.abs(), batch.loss_mask.float())),
+                "lr": lr,
+                "time_sample": rollout.time_sample,
+                "time_score": rollout.time_score,
+                "time_reference": time_ref,
+                "time_update": time_update,
+                "time_step": elapsed,
+                "tokens_per_s": rollout.tokens / max(elapsed, 1e-9),
+            }
+            last = row
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                metrics.log(step, row)
+                history.append({"step": step, **row})
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps or out_of_time:
+                final_eval = evaluate()
+                if final_eval:
+                    metrics.log(step, final_eval)
+                    history.append({"step": step, **final_eval})
+            shown = {"reward": row["reward"], "len": row["response_len_mean"]}
+            if "kl_ref" in row:
+                shown["kl"] = row["kl_ref"]
+            for key in ("eval_accuracy", "eval_reward"):
+                if key in final_eval:
+                    shown[key] = final_eval[key]
+                    break
+            shown["tok/s"] = row["tokens_per_s"]
+            progress.update(1, **shown)
+            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time):
+                save(step)
+            if out_of_time:
+                say(f"stopping at step {step}: max_minutes={cfg.max_minutes:g} of training time used")
+                break
+            if stop_after is not None and steps_run >= stop_after and step < cfg.max_steps:
+                break
+    finally:
+        progress.close()
+        metrics.close()
+        rewards.close()
+    model_dir = run.root / "model"
+    if step == cfg.max_steps or out_of_time:
+        _save_final(model, tokenizer, model_dir, cfg.lora is not None)
+    return RLResult(
+        steps=step,
+        seconds=time.monotonic() - start,
+        initial_eval=initial_eval,
+        final_eval=final_eval,
+        last_metrics=last,
+        train_seconds=train_seconds,
+        model_dir=model_dir,
+        run_dir=run.root,
+        history=history,
+    )

@@ -1,0 +1,298 @@
+"""``RLConfig``: every knob of the online RL trainer (``rlft rl``), loaded with ``rlft.run.load_config``.
+
+Algorithm keys left null take the value of the chosen preset (``rl_presets.PRESETS``); ``resolved()``
+returns the config with every such key filled in, which is what the trainer runs and what it saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from rlft.run import ConfigError
+
+from .rl_presets import FALLBACKS, PRESETS
+
+__all__ = ["KLConfig", "LoRAConfig", "RLConfig"]
+
+KL_PLACEMENTS = ("loss", "reward", "none")
+KL_CONTROLLER_NAMES = ("fixed", "adaptive")
+SCALES = ("group", "batch", "none")
+ON_INVALID = ("error", "skip")
+PRESET_KEYS = (
+    "advantage",
+    "policy_loss",
+    "aggregation",
+    "scale_rewards",
+    "std_unbiased",
+    "clip_low",
+    "clip_high",
+    "dual_clip",
+    "tau_pos",
+    "tau_neg",
+    "max_ratio",
+    "baseline_alpha",
+    "dynamic_sampling",
+    "max_sample_rounds",
+    "overlong_buffer",
+    "num_minibatches",
+)
+_KL_DEFAULTS = {"placement": "none", "estimator": "k3", "coef": 0.0}
+
+
+@dataclass
+class KLConfig:
+    """The KL to the reference policy: where it goes, which estimator, and β.
+
+    ``placement: loss`` adds +β·k(π_θ, π_ref) to the loss, aggregated like the policy loss (GRPO);
+    ``reward`` subtracts β·k(π_old, π_ref) from the reward, per token or summed per sequence, as the
+    advantage estimator takes it (RLHF-PPO, RLOO, REINFORCE++); ``none`` (or β = 0) loads no reference.
+    ``controller: adaptive`` adapts β toward ``target`` (Ziegler et al., arXiv 1909.08593).
+    """
+
+    placement: str | None = None
+    estimator: str | None = None  # k1 | k2 | k3 | k1+ | k3+
+    coef: float | None = None  # β (the starting β with the adaptive controller)
+    controller: str = "fixed"
+    target: float = 6.0  # adaptive: target of the batch-mean summed per-sequence KL
+    horizon: float = 10000.0  # adaptive: β ← β·(1 + clip(KL/target − 1, ±0.2)·B/horizon)
+
+    @property
+    def active(self) -> bool:
+        """True when a reference model is needed (a KL term that can be non-zero)."""
+        return self.placement in ("loss", "reward") and (bool(self.coef) or self.controller == "adaptive")
+
+
+@dataclass
+class LoRAConfig:
+    """Train low-rank adapters (PEFT) instead of all weights; the reference is the base with adapters off."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class RLConfig:
+    """Online RL of a causal LM: sample G completions per prompt, score them, estimate advantages, and
+    take ``ppo_epochs`` passes of ``num_minibatches`` optimiser steps over the rollout.
+
+    Batching: a step samples ``prompts_per_step × num_generations`` completions. Each optimiser step
+    takes one mini-batch, run as micro-batches of ``micro_batch_size`` rows whose losses are divided by
+    the normaliser of the whole mini-batch (``rlft.algos.global_normalizer``), so the micro-batch size
+    changes memory use, not the update. ``max_steps`` counts rollout steps.
+    """
+
+    # --- model and data ---
+    model: str = ""  # a Hugging Face model directory
+    ref_model: str | None = None  # null: the starting policy (under LoRA: the base with adapters disabled)
+    data: str = ""  # prompts: any load_records source, e.g. "task:arithmetic?max_operand=20"
+    format: str | None = None  # record format to validate against; null detects (prompt_only for tasks)
+    max_prompt_tokens: int | None = None  # longer prompts are dropped (counted in the data report)
+    rewards: list[Any] = field(default_factory=list)  # reward specs (rlft.rewards); [] = the task's reward
+    on_invalid_reward: str = "error"  # error | skip (NaN/inf or no reward: the sample carries no loss)
+    # --- the algorithm: a preset, or "custom" with the parts spelled out (null = the preset's value) ---
+    algorithm: str = "grpo"
+    advantage: str | None = None
+    policy_loss: str | None = None
+    aggregation: str | None = None
+    kl: KLConfig = field(default_factory=KLConfig)
+    scale_rewards: str | None = None  # group | batch | none: divide centred rewards by the group/batch std
+    std_unbiased: bool | None = None  # N−1 std (verl, TRL) or population std; null: the estimator's default
+    clip_low: float | None = None  # ε_low (ratio ≥ 1 − ε_low)
+    clip_high: float | None = None  # ε_high (ratio ≤ 1 + ε_high); null: = clip_low
+    dual_clip: float | None = None  # c > 1 caps the loss of Â < 0 tokens at −c·Â; 0 = off
+    tau_pos: float | None = None  # SAPO gate temperatures
+    tau_neg: float | None = None
+    max_ratio: float | None = None  # DCPO's cap on the dynamic upper bound
+    baseline_alpha: float | None = None  # REINFORCE's moving-average baseline: b ← α·b + (1 − α)·R̄
+    dynamic_sampling: bool | None = None  # DAPO: drop groups whose rewards are all equal, sample more
+    max_sample_rounds: int | None = None  # dynamic sampling gives up after this many rounds (≤ 0: never)
+    overlong_buffer: float | None = None  # DAPO soft overlong punishment over the last fraction of tokens
+    num_minibatches: int | None = None  # optimiser steps per pass over the rollout
+    advantage_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the estimator
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the policy loss
+    score_clip: float | None = None  # clip the score to ±c before it joins the per-token rewards (RLHF-PPO)
+    gamma: float = 1.0  # discount of per-token returns
+    lam: float = 0.95  # GAE λ (critic-based estimators)
+    entropy_coef: float = 0.0  # entropy bonus: loss −= c·aggregate(H)
+    mask_truncated: bool = False  # completions cut at max_new_tokens carry no loss (DAPO overlong filter)
+    # --- sampling ---
+    prompts_per_step: int = 8
+    num_generations: int = 8  # G completions per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: list[str] = field(default_factory=list)
+    # --- optimisation ---
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0  # cosine decay to lr × min_lr_ratio at the last step; 1.0 = constant
+    max_steps: int = 100
+    max_minutes: float = (
+        0.0  # stop after this much training time (evaluation excluded), save, evaluate; 0 = off
+    )
+    ppo_epochs: int = 1  # μ: passes over each rollout
+    micro_batch_size: int | None = None  # rows per forward/backward; null: the whole mini-batch
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    recompute_old_logp: bool = False  # false: π_old log-probs are the sampler's (same policy, same τ)
+    bf16_autocast: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
+    onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
+    lora: LoRAConfig | None = None
+    # --- evaluation, logging, checkpoints ---
+    eval_data: str | None = None  # null: the eval split of a built-in task, else no evaluation
+    eval_samples: int = 200
+    eval_every: int = 0  # 0: only before and after training
+    eval_max_new_tokens: int | None = None  # null: max_new_tokens
+    save_every: int = 0  # 0: only the final model
+    log_every: int = 1
+    seed: int = 0
+    output_dir: str | None = None
+    torch_threads: int = 2  # 0 leaves torch's default
+
+    # --- presets ---
+
+    def resolved(self) -> RLConfig:
+        """This config with every null algorithm key filled from the preset (then the generic fallback)."""
+        preset = self._preset()
+        changes: dict[str, Any] = {}
+        for key in PRESET_KEYS:
+            if getattr(self, key) is None:
+                changes[key] = preset.get(key, FALLBACKS.get(key))
+        if changes.get("clip_high", self.clip_high) is None:
+            changes["clip_high"] = changes.get("clip_low", self.clip_low)
+        kl_preset = {**_KL_DEFAULTS, **preset.get("kl", {})}
+        kl_changes = {k: kl_preset[k] for k in _KL_DEFAULTS if getattr(self.kl, k) is None}
+        return dataclasses.replace(self, **changes, kl=dataclasses.replace(self.kl, **kl_changes))
+
+    def preset_overrides(self) -> dict[str, Any]:
+        """Algorithm keys whose value differs from the preset's (what the user changed)."""
+        preset, out = self._preset(), {}
+        for key in PRESET_KEYS:
+            if key in preset and getattr(self, key) is not None and getattr(self, key) != preset[key]:
+                out[key] = getattr(self, key)
+        for key, value in preset.get("kl", {}).items():
+            mine = getattr(self.kl, key)
+            if mine is not None and mine != value:
+                out[f"kl.{key}"] = mine
+        return out
+
+    def _preset(self) -> dict[str, Any]:
+        if self.algorithm == "custom":
+            return {}
+        if self.algorithm not in PRESETS:
+            raise ConfigError(
+                f"config key 'algorithm': expected 'custom' or a preset ({', '.join(sorted(PRESETS))}), "
+                f"got {self.algorithm!r}"
+            )
+        return PRESETS[self.algorithm]
+
+    # --- checks ---
+
+    def validate(self) -> None:
+        def bad(key: str, expected: str, value: Any = None) -> ConfigError:
+            got = getattr(cfg, key) if value is None and "." not in key else value
+            return ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
+
+        cfg = self.resolved()
+        if not cfg.model:
+            raise bad("model", "a model directory (set --model DIR)")
+        if not cfg.data:
+            raise bad("data", "a prompt source such as task:arithmetic or a .jsonl file (set --data)")
+        for key, registry in (
+            ("advantage", ADVANTAGES),
+            ("policy_loss", POLICY_LOSSES),
+            ("aggregation", AGGREGATIONS),
+        ):
+            value = getattr(cfg, key)
+            if value is None:
+                raise bad(key, f"a name (algorithm 'custom' sets no default): one of {registry.names()}")
+            if value not in registry:
+                raise bad(key, f"one of {', '.join(registry.names())}")
+        if cfg.kl.placement not in KL_PLACEMENTS:
+            raise bad("kl.placement", f"one of {', '.join(KL_PLACEMENTS)}", cfg.kl.placement)
+        if cfg.kl.estimator not in KL_ESTIMATORS:
+            raise bad("kl.estimator", f"one of {', '.join(KL_ESTIMATORS.names())}", cfg.kl.estimator)
+        if cfg.kl.controller not in KL_CONTROLLER_NAMES:
+            raise bad("kl.controller", f"one of {', '.join(KL_CONTROLLER_NAMES)}", cfg.kl.controller)
+        if cfg.kl.coef < 0:
+            raise bad("kl.coef", "a number >= 0", cfg.kl.coef)
+        if cfg.kl.target <= 0 or cfg.kl.horizon <= 0:
+            raise bad("kl.target", "kl.target and kl.horizon > 0", (cfg.kl.target, cfg.kl.horizon))
+        if cfg.scale_rewards not in SCALES:
+            raise bad("scale_rewards", f"one of {', '.join(SCALES)}")
+        if cfg.on_invalid_reward not in ON_INVALID:
+            raise bad("on_invalid_reward", f"one of {', '.join(ON_INVALID)}")
+        positive = [
+            "prompts_per_step",
+            "num_generations",
+            "max_new_tokens",
+            "max_steps",
+            "ppo_epochs",
+            "num_minibatches",
+            "eval_samples",
+            "log_every",
+        ]
+        for key in positive:
+            if getattr(cfg, key) < 1:
+                raise bad(key, "a positive integer")
+        for key in ("micro_batch_size", "max_prompt_tokens", "eval_max_new_tokens"):
+            if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+                raise bad(key, "a positive integer or null")
+        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed", "top_k"):
+            if getattr(cfg, key) < 0:
+                raise bad(key, "an integer >= 0")
+        if cfg.score_clip is not None and cfg.score_clip <= 0:
+            raise bad("score_clip", "a number > 0 or null")
+        if cfg.lr <= 0:
+            raise bad("lr", "a number > 0")
+        if cfg.temperature <= 0:
+            raise bad("temperature", "a number > 0")
+        if not 0 < cfg.top_p <= 1:
+            raise bad("top_p", "a number in (0, 1]")
+        for key in (
+            "weight_decay",
+            "max_grad_norm",
+            "entropy_coef",
+            "clip_low",
+            "clip_high",
+            "dual_clip",
+            "max_minutes",
+        ):
+            if getattr(cfg, key) < 0:
+                raise bad(key, "a number >= 0")
+        if cfg.dual_clip and cfg.dual_clip <= 1:
+            raise bad("dual_clip", "0 (off) or a number > 1")
+        if not 0 <= cfg.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "a number in [0, 1]")
+        if not 0 < cfg.adam_beta2 < 1:
+            raise bad("adam_beta2", "a number in (0, 1)")
+        if not 0 <= cfg.baseline_alpha <= 1:
+            raise bad("baseline_alpha", "a number in [0, 1]")
+        if not 0 <= cfg.overlong_buffer < 1:
+            raise bad("overlong_buffer", "a fraction of max_new_tokens in [0, 1)")
+        if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
+            raise bad("gamma", "gamma and lam in [0, 1]", (cfg.gamma, cfg.lam))
+        groups_needed = cfg.advantage in ("rloo", "group_norm", "grpo", "reinforce_pp_baseline", "dcpo_sas")
+        if groups_needed and cfg.num_generations < 2:
+            raise bad(
+                "num_generations", f"at least 2 for the {cfg.advantage!r} advantage (it compares a group)"
+            )
+        if cfg.dynamic_sampling and cfg.num_generations < 2:
+            raise bad("num_generations", "at least 2 with dynamic_sampling (it filters groups by variance)")
+        rows = cfg.prompts_per_step * cfg.num_generations
+        if cfg.num_minibatches > rows:
+            raise bad("num_minibatches", f"at most prompts_per_step × num_generations = {rows}")
+        if cfg.lora is not None:
+            if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
+                raise bad("lora", "r >= 1, alpha > 0, dropout in [0, 1)", dataclasses.asdict(cfg.lora))
+            if not cfg.lora.target_modules:
+                raise bad("lora.target_modules", "a non-empty list of module names", cfg.lora.target_modules)

@@ -1,0 +1,68 @@
+"""Evaluation of the policy on held-out prompts: greedy completions, scored by the task (``eval_accuracy``
+for ``arithmetic``) and by the run's reward functions (``eval_reward``, the gold reward when the rewards
+are verifiable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlft.data import LengthLimits, PromptExample, encode_prompts, load_records
+from rlft.models import Sampler, SamplingParams
+
+from .rl_rollout import score_rows
+from .sft import task_of
+
+__all__ = ["RLEvalSet", "evaluate_policy", "load_eval_set"]
+
+
+@dataclass
+class RLEvalSet:
+    examples: list[PromptExample]
+    task: Any = None  # the built-in task whose ``evaluate`` scores completions, if any
+
+
+def load_eval_set(cfg: Any, tokenizer: Any) -> RLEvalSet | None:
+    """``eval_data``, or the eval split of a built-in task (disjoint from its train split); else None."""
+    source = cfg.eval_data or (cfg.data if cfg.data.startswith("task:") else None)
+    if source is None:
+        return None
+    fmt = cfg.format or ("prompt_only" if source.startswith("task:") else None)
+    records = load_records(source, fmt=fmt, split="eval", limit=cfg.eval_samples)
+    limits = LengthLimits(max_prompt_tokens=cfg.max_prompt_tokens, overflow="drop")
+    return RLEvalSet(examples=list(encode_prompts(records, tokenizer, limits)), task=task_of(source))
+
+
+@torch.no_grad()
+def evaluate_policy(
+    sampler: Sampler, eval_set: RLEvalSet, rewards: Any, cfg: Any, batch_size: int = 256
+) -> dict[str, float]:
+    """Greedy completions of every eval prompt → the task's metrics (``eval_<name>``) and the mean reward."""
+    params = SamplingParams(
+        max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+        stop_strings=tuple(cfg.stop_strings),
+        greedy=True,
+        seed=0,
+        bf16_autocast=cfg.bf16_autocast,
+    )
+    texts: list[str] = []
+    lengths: list[torch.Tensor] = []
+    examples = eval_set.examples
+    for i in range(0, len(examples), batch_size):
+        rollout = sampler.sample([e.prompt_ids for e in examples[i : i + batch_size]], params)
+        texts += rollout.texts
+        lengths.append(rollout.response_lengths)
+    out: dict[str, float] = {}
+    index = torch.arange(len(examples))
+    if eval_set.task is not None:
+        keys = sorted(set().union(*(e.extra for e in examples)))
+        extra = {k: [e.extra.get(k) for e in examples] for k in keys}
+        scores = eval_set.task.evaluate([e.prompt for e in examples], texts, **extra)
+        out.update({f"eval_{k}": float(v) for k, v in scores.items()})
+    result = score_rows(rewards, examples, index, texts, torch.cat(lengths))
+    total = result.total[~result.total.isnan()]
+    out["eval_reward"] = float(total.mean()) if total.numel() else float("nan")
+    out["eval_response_len"] = float(torch.cat(lengths).float().mean())
+    return out

@@ -1,0 +1,97 @@
+"""float32 linear layers on oneDNN for the training and reference passes (forward and backward).
+
+Why: PyTorch's float32 GEMM on CPU is MKL, which runs its AVX2 code on the project's AMD CPUs, while
+oneDNN's AVX-512 kernels do the same exact-float32 products 2–5× faster at the shapes of an RL step
+(``rlft/models/onednn.py`` measured the same for decoding; ``benchmarks/grpo_vs_trl.py`` for the step).
+With the three products of a linear layer routed to oneDNN —
+
+    y = x·Wᵀ + b,    ∂x = ∂y·W,    ∂W = ∂yᵀ·x,    ∂b = Σ_rows ∂y
+
+— the same float32 function is computed (to float rounding) with the matmuls, about three quarters of a
+small model's step, several times faster. Under autocast (bfloat16) the layer keeps PyTorch's own path,
+which already uses oneDNN for bfloat16.
+
+Installed per model with :func:`use_onednn_linears`, which rebinds ``forward`` of every ``nn.Linear``
+instance (the module type, its parameters and ``state_dict`` are untouched, so saving and the fast
+sampler's architecture check see a plain model). When the oneDNN ops are missing or disagree with
+``F.linear`` (``rlft.models.onednn.onednn_linear_available``) nothing is changed.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rlft.models.onednn import PackedLinear, onednn_linear_available
+
+__all__ = ["onednn_linear", "use_onednn_linears"]
+
+
+def _mm(a: Tensor, b_t: Tensor) -> Tensor:
+    """a·b_tᵀ for 2-D float32 a (m, k) and b_t (n, k) with oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        w = weight.contiguous()
+        y = torch.ops.mkldnn._linear_pointwise(rows, w, bias, "none", [], "")
+        ctx.save_for_backward(rows, w)
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        rows, w = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = _mm(g, w.t().contiguous()).view(*grad.shape[:-1], w.shape[1])
+        if ctx.needs_input_grad[1]:
+            dw = _mm(g.t().contiguous(), rows.t().contiguous())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum(0)
+        return dx, dw, db
+
+
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` computed by oneDNN in float32 (with autograd); PyTorch's path otherwise."""
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return F.linear(x, weight, bias)
+    if x.device.type != "cpu" or x.numel() == 0:
+        return F.linear(x, weight, bias)
+    return _OneDNNLinear.apply(x, weight, bias)
+
+
+def _forward(self: nn.Linear, x: Tensor) -> Tensor:
+    return onednn_linear(x, self.weight, self.bias)
+
+
+def _frozen_forward(self: nn.Linear, x: Tensor) -> Tensor:
+    if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled():
+        return F.linear(x, self.weight, self.bias)
+    return self._packed(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], self.out_features)
+
+
+def use_onednn_linears(model: nn.Module, frozen: bool = False) -> int:
+    """Route every ``nn.Linear`` of ``model`` through :func:`onednn_linear`; returns how many (0 when
+    oneDNN is unavailable here). ``frozen=True`` (a reference model whose weights never change) packs
+    each weight for oneDNN once, instead of on every call, for no-grad float32 forwards (the packed copy
+    costs one more copy of the weights in memory)."""
+    if not onednn_linear_available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            if frozen:
+                module._packed = PackedLinear(module.weight, module.bias, torch.float32, batch_hint=1024)
+                module.forward = types.MethodType(_frozen_forward, module)
+            else:
+                module.forward = types.MethodType(_forward, module)
+            count += 1
+    return count

@@ -1,0 +1,205 @@
+"""The optimise stage of online RL: the loss of a micro-batch, and μ passes of mini-batch updates.
+
+    for epoch in 1..μ:                                   (ppo_epochs)
+        for each of num_minibatches shuffled mini-batches:
+            N = global_normalizer(mini-batch mask)       tokens or sequences of the WHOLE mini-batch
+            for each micro-batch:  backward( policy_loss(…, normalizer=N) + β·KL(…, N) − c·H(…, N) )
+            clip the gradient norm; optimiser step
+
+Because every term is divided by the mini-batch's normaliser, not the micro-batch's, the summed micro-batch
+losses equal the mini-batch loss whatever the micro-batch size (the aggregation modes of rlft.algos are
+additive given a normaliser). Rows are grouped by length before being cut into micro-batches, so each
+micro-batch pays only for its own longest row.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlft.algos import POLICY_LOSSES, aggregate, global_normalizer, kl_estimate
+from rlft.run import ConfigError
+
+from .rl_logprobs import batch_logprobs
+from .rollout_batch import RolloutBatch
+
+__all__ = ["LossSettings", "loss_settings", "micro_batch_loss", "old_logprobs", "policy_update"]
+
+_CONFIG_LOSS_KEYS = ("clip_low", "clip_high", "dual_clip", "tau_pos", "tau_neg", "max_ratio")
+
+
+@dataclass
+class LossSettings:
+    """Everything the loss of a micro-batch needs besides the data, derived once from the config."""
+
+    policy_loss: str
+    loss_kwargs: dict[str, Any]
+    aggregation: str
+    max_len: int  # L_max of seq-mean-token-sum-norm (the generation budget)
+    kl_in_loss: bool = False
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    log_entropy: bool = True
+    temperature: float = 1.0
+    bf16_autocast: bool = False
+
+
+def loss_settings(cfg: Any) -> LossSettings:
+    """LossSettings of a resolved RLConfig: the policy loss gets the config's clip/τ values that its
+    signature names (so a new loss with a ``clip_high`` parameter picks it up), plus ``loss_kwargs``."""
+    params = inspect.signature(POLICY_LOSSES.get(cfg.policy_loss)).parameters
+    kwargs = {k: getattr(cfg, k) for k in _CONFIG_LOSS_KEYS if k in params}
+    if "dual_clip" in kwargs and not kwargs["dual_clip"]:
+        kwargs["dual_clip"] = None if params["dual_clip"].default is None else kwargs["dual_clip"]
+    for key, value in cfg.loss_kwargs.items():
+        if key not in params:
+            raise ConfigError(f"config key 'loss_kwargs': policy loss {cfg.policy_loss!r} takes no {key!r}")
+        kwargs[key] = value
+    return LossSettings(
+        policy_loss=cfg.policy_loss,
+        loss_kwargs=kwargs,
+        aggregation=cfg.aggregation,
+        max_len=cfg.max_new_tokens,
+        kl_in_loss=cfg.kl.placement == "loss" and cfg.kl.active,
+        kl_estimator=cfg.kl.estimator,
+        entropy_coef=cfg.entropy_coef,
+        temperature=cfg.temperature,
+        bf16_autocast=cfg.bf16_autocast,
+    )
+
+
+@dataclass
+class _Sums:
+    """Token-weighted sums of per-micro-batch diagnostics."""
+
+    tokens: float = 0.0
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, n_tokens: float, **values: float) -> None:
+        self.tokens += n_tokens
+        for k, v in values.items():
+            self.values[k] = self.values.get(k, 0.0) + n_tokens * v
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.tokens, 1.0) for k, v in self.values.items()}
+
+
+def micro_batch_loss(
+    model: torch.nn.Module,
+    mb: RolloutBatch,
+    s: LossSettings,
+    kl_coef: float,
+    normalizer: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """The loss of micro-batch ``mb`` as its share of a mini-batch whose normaliser is ``normalizer``:
+
+        policy_loss(logp, old, Â, m) + β·aggregate(k(logp, ref)) − c·aggregate(H)
+
+    ``old`` is ``mb.old_logp``, or the current log-probs detached when the policy has not moved since
+    sampling (μ = 1, one mini-batch): the ratio is then exactly 1 and no extra forward pass is needed.
+    """
+    mask = mb.loss_mask.to(torch.float32)
+    want_entropy = s.entropy_coef > 0 or s.log_entropy
+    logp, entropy = batch_logprobs(
+        model, mb, mb.loss_mask, s.temperature, want_entropy, s.entropy_coef > 0, s.bf16_autocast
+    )
+    old = mb.old_logp if mb.old_logp is not None else logp.detach()
+    pg_loss, diag = POLICY_LOSSES.get(s.policy_loss)(
+        logp,
+        old,
+        mb.advantages,
+        mask,
+        aggregation=s.aggregation,
+        normalizer=normalizer,
+        max_len=s.max_len,
+        **s.loss_kwargs,
+    )
+    loss = pg_loss
+    stats = {k: float(v) for k, v in diag.items()}
+    stats["pg_loss"] = float(pg_loss.detach())
+    if s.kl_in_loss:
+        kl = kl_estimate(s.kl_estimator, logp, mb.ref_logp)
+        kl_term = aggregate(kl, mask, s.aggregation, normalizer, s.max_len)
+        loss = loss + kl_coef * kl_term
+        stats["kl_loss"] = float(kl_term.detach())
+    if entropy is not None:
+        ent_term = aggregate(entropy, mask, s.aggregation, normalizer, s.max_len)
+        if s.entropy_coef:
+            loss = loss - s.entropy_coef * ent_term  # the entropy bonus of PPO's objective
+        with torch.no_grad():
+            stats["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+    return loss, stats
+
+
+def _micro_batches(mb: RolloutBatch, size: int | None) -> list[RolloutBatch]:
+    """``mb`` cut into micro-batches of ``size`` rows of similar length, padding columns trimmed."""
+    if size is None or size >= len(mb):
+        return [mb.trimmed()]
+    order = torch.argsort(mb.loss_mask.sum(-1), stable=True)
+    return [mb.select(chunk).trimmed() for chunk in order.split(size)]
+
+
+@torch.no_grad()
+def old_logprobs(
+    model: torch.nn.Module, batch: RolloutBatch, s: LossSettings, micro_batch_size: int | None
+) -> Tensor:
+    """log π_old at the loss positions, recomputed with the rollout weights (one no-grad pass)."""
+    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+    index = torch.arange(len(batch))
+    size = micro_batch_size or len(batch)
+    for chunk in index.split(size):
+        mb = batch.select(chunk).trimmed()
+        logp, _ = batch_logprobs(model, mb, mb.loss_mask, s.temperature, bf16_autocast=s.bf16_autocast)
+        out[chunk, : logp.shape[1]] = logp
+    return out
+
+
+def policy_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    batch: RolloutBatch,
+    s: LossSettings,
+    *,
+    kl_coef: float,
+    ppo_epochs: int,
+    num_minibatches: int,
+    micro_batch_size: int | None,
+    max_grad_norm: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """μ passes over ``batch`` in ``num_minibatches`` shuffled mini-batches, one optimiser step each.
+    Rows without loss tokens (masked truncations, invalid rewards) are left out. Returns mean diagnostics."""
+    rows = (batch.loss_mask.sum(-1) > 0).nonzero().flatten()
+    if rows.numel() == 0:
+        return {}
+    sums, grad_norms = _Sums(), []
+    totals: dict[str, float] = {}  # loss terms summed over micro-batches = the mini-batch's loss terms
+    n_steps = 0
+    for _ in range(ppo_epochs):
+        shuffled = rows[torch.randperm(rows.numel(), generator=generator)]
+        for mb_rows in shuffled.tensor_split(min(num_minibatches, rows.numel())):
+            mb = batch.select(mb_rows)
+            normalizer = global_normalizer(mb.loss_mask.to(torch.float32), s.aggregation)
+            optimizer.zero_grad(set_to_none=True)
+            for micro in _micro_batches(mb, micro_batch_size):
+                loss, stats = micro_batch_loss(model, micro, s, kl_coef, normalizer)
+                loss.backward()
+                stats["loss"] = float(loss.detach())
+                for key in ("loss", "pg_loss", "kl_loss"):
+                    if key in stats:
+                        totals[key] = totals.get(key, 0.0) + stats.pop(key)
+                sums.add(float(micro.loss_mask.sum()), **stats)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+            optimizer.step()
+            grad_norms.append(float(grad_norm))
+            n_steps += 1
+    out = sums.means()
+    out.update({k: v / n_steps for k, v in totals.items()})
+    out["grad_norm"] = sum(grad_norms) / n_steps
+    out["optimizer_steps"] = n_steps
+    return out

@@ -1,0 +1,88 @@
+"""``RMConfig``: every knob of reward-model training, loaded with ``rlft.run.load_config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlft.data.lengths import OVERFLOW_MODES
+from rlft.run import ConfigError
+
+__all__ = ["RM_LOSSES", "RMConfig"]
+
+RM_LOSSES = ("auto", "pairwise", "kwise")
+
+
+@dataclass
+class RMConfig:
+    """Reward-model training on preference pairs (prompt, chosen, rejected[, margin]) or ranked lists
+    (prompt, responses, scores).
+
+    One *element* of a batch is a pair (``loss: pairwise``) or a prompt with all its responses
+    (``loss: kwise``, InstructGPT); ``batch_size`` counts elements, and a step's loss is the sum of element
+    losses over all its micro-batches divided by the step's element count. ``auto`` picks pairwise for
+    preference data and kwise for ranked data; pairwise on ranked data uses every pair as its own element.
+    """
+
+    model: str = ""  # an SFT causal-LM directory (gets a fresh scalar head) or a reward model to continue
+    data: str = ""  # a preference/ranked file, or e.g. "task:preference?n=8000&label_noise=0.1"
+    eval_data: str | None = None  # null: the eval split of a built-in task, or no eval for other data
+    format: str | None = None  # preference | ranked; null: detect (tasks: preference, or ranked for kwise)
+    eval_samples: int = 500  # held-out records read
+    loss: str = "auto"  # auto | pairwise | kwise
+    use_margin: bool = True  # pairwise: subtract each row's `margin` (Llama 2) when the data has one
+    center_coef: float = 0.0  # η of the centring term η·(r_w + r_l)² (TRL uses 0.01)
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    max_len: int | None = None  # max tokens of prompt + response
+    overflow: str = "truncate"  # truncate | drop | error
+    batch_size: int = 32  # elements (pairs or prompts) per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    max_steps: int | None = None
+    epochs: int | None = 1  # used when max_steps is null (InstructGPT trains its RM for one epoch)
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # 0: only at the start and the end
+    save_every: int = 0  # 0: no intermediate checkpoints
+    log_every: int = 1
+    norm_samples: int = 1000  # responses of the reference set for the saved mean/std
+    norm_data: str | None = None  # null: the responses of the training data (the policy's distribution)
+    seed: int = 0
+    output_dir: str | None = None
+    torch_threads: int = 2
+
+    def validate(self) -> None:
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"config key '{key}': expected {expected}, got {getattr(self, key)!r}")
+
+        if not self.model:
+            raise bad("model", "an SFT model directory (set --model DIR)")
+        if not self.data:
+            raise bad("data", "preference or ranked data, e.g. task:preference (set --data)")
+        if self.loss not in RM_LOSSES:
+            raise bad("loss", f"one of {', '.join(RM_LOSSES)}")
+        if self.format not in (None, "preference", "ranked"):
+            raise bad("format", "preference, ranked or null")
+        for key in ("eval_samples", "batch_size", "grad_accum", "log_every", "norm_samples"):
+            if getattr(self, key) < 1:
+                raise bad(key, "a positive integer")
+        for key in ("max_prompt_tokens", "max_completion_tokens", "max_len", "max_steps", "epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise bad(key, "a positive integer or null")
+        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, "an integer >= 0")
+        if self.overflow not in OVERFLOW_MODES:
+            raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
+        if self.lr <= 0:
+            raise bad("lr", "a number > 0")
+        for key in ("weight_decay", "max_grad_norm", "center_coef"):
+            if getattr(self, key) < 0:
+                raise bad(key, "a number >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad("min_lr_ratio", "a number in [0, 1]")
+        if self.max_steps is None and self.epochs is None:
+            raise bad("max_steps", "a step count (or set epochs)")

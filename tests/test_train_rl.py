@@ -1,0 +1,627 @@
+"""The online RL trainer: every preset trains and computes the loss rlft.algos gives by hand; micro-batching
+does not change the update; DAPO's dynamic sampling; ReMax's greedy baseline; exact resume; bad rewards."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rlft.algos import (
+    SASState,
+    aggregate,
+    cispo_loss,
+    dcpo_loss,
+    dcpo_sas_advantages,
+    global_normalizer,
+    group_normalized_advantages,
+    gspo_loss,
+    gspo_token_loss,
+    kl_k1,
+    kl_k3,
+    ppo_clip_loss,
+    reinforce_loss,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    rloo_advantages,
+    sapo_loss,
+    shaped_token_rewards,
+)
+from rlft.data import get_task
+from rlft.models import (
+    HFSampler,
+    SamplingParams,
+    load_causal_lm,
+    load_tokenizer,
+    response_logprobs,
+    sample,
+    save_pretrained_atomic,
+    train_tokenizer,
+)
+from rlft.rewards import RewardError, RewardResult
+from rlft.run import ConfigError, RunDir, load_config
+from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
+from rlft.train.rl_advantages import AdvantageState, estimate_advantages
+from rlft.train.rl_presets import PRESETS
+from rlft.train.rl_rollout import DynamicSamplingError, PromptStream, collect_rollout, zero_variance_groups
+from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_update
+
+DATA = "task:arithmetic?max_operand=9&n=64"
+QUIET = {"show_progress": False, "log": lambda _: None}
+
+# A reward with variance on an untrained model's gibberish: the fraction of digit characters.
+REWARD_SOURCE = """
+def digits(prompts, completions, **fields):
+    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]
+
+def wrong_count(prompts, completions, **fields):
+    return [0.0] * (len(completions) - 1)
+
+def nan_reward(prompts, completions, **fields):
+    return [float("nan")] + [0.0] * (len(completions) - 1)
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls are fastest on one thread, and a second thread spinning on a busy machine costs 10×."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide Llama with a byte-level tokenizer: fast enough for many short runs."""
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    tokenizer = train_tokenizer(get_task("arithmetic").corpus(300), vocab_size=280, model_max_length=64)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return str(save_pretrained_atomic(model.eval(), tokenizer, out))
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("rewards") / "rewards_fn.py"
+    path.write_text(REWARD_SOURCE)
+    return str(path)
+
+
+def small_cfg(model: str, reward_file: str, **changes) -> RLConfig:
+    base = RLConfig(
+        model=model,
+        data=DATA,
+        rewards=[{"function": f"{reward_file}:digits"}],
+        prompts_per_step=2,
+        num_generations=4,
+        max_new_tokens=6,
+        lr=1e-2,
+        max_steps=2,
+        eval_samples=8,
+        torch_threads=1,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --- a fixed batch and the loss of each preset by hand --------------------------------------------------
+
+
+def fixed_batch(tiny_model: str) -> tuple[RolloutBatch, torch.nn.Module]:
+    """2 prompts × 3 responses of lengths 1..4 with fixed token ids, rewards, π_old and π_ref."""
+    model = load_causal_lm(tiny_model)
+    tokenizer = load_tokenizer(tiny_model)
+    prompts = [tokenizer("3+4=")["input_ids"], tokenizer("12+5=")["input_ids"]]
+    width = max(map(len, prompts))
+    prompt_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts]).repeat_interleave(3, 0)
+    prompt_mask = (prompt_ids != 0).long()
+    gen = torch.Generator().manual_seed(0)
+    response_ids = torch.randint(4, len(tokenizer), (6, 4), generator=gen)
+    lengths = torch.tensor([4, 2, 3, 1, 4, 2])
+    response_mask = (torch.arange(4)[None] < lengths[:, None]).long()
+    response_ids = response_ids * response_mask
+    batch = RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        finished=torch.ones(6, dtype=torch.bool),
+        group_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
+        prompt_index=torch.tensor([5, 5, 5, 9, 9, 9]),
+        sampler_logp=torch.zeros(6, 4),
+        scores=torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 1.0]),
+        baseline_scores=torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0]),
+        loss_mask=response_mask.clone(),
+    )
+    with torch.no_grad():
+        logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    m = response_mask.float()
+    # π_old off the current policy (as after earlier mini-batches) so that clipping is exercised.
+    batch.old_logp = (logp + 0.3 * torch.randn(6, 4, generator=gen)) * m
+    batch.ref_logp = (logp - 0.2 * torch.randn(6, 4, generator=gen).abs()) * m
+    return batch, model
+
+
+def hand_loss(preset: str, b: RolloutBatch, logp: torch.Tensor) -> torch.Tensor:
+    """The loss of ``preset`` on batch ``b`` spelled out with rlft.algos (ALGORITHMS.md §1, §8–§14)."""
+    m = b.response_mask.float()
+    R, g, old, ref = b.scores, b.group_ids, b.old_logp, b.ref_logp
+    seq = lambda a: a[:, None] * m  # noqa: E731 - a sequence advantage on every token
+    k1_old = kl_k1(old, ref) * m
+    if preset == "reinforce":  # first step: the baseline is still 0, so Â = R
+        return reinforce_loss(logp, old, seq(R), m, aggregation="seq-mean-token-sum")[0]
+    if preset == "rloo":  # sequence-level k1 in the reward, β = 0.03
+        a = rloo_advantages(R - 0.03 * k1_old.sum(-1), g)
+        return reinforce_loss(logp, old, seq(a), m, aggregation="seq-mean-token-sum")[0]
+    if preset == "remax":
+        return reinforce_loss(logp, old, seq(R - b.baseline_scores), m, aggregation="seq-mean-token-sum")[0]
+    if preset == "reinforce_pp":
+        a = reinforce_pp_advantages(shaped_token_rewards(R, m, k1_old, 0.001), m)[0]
+        return ppo_clip_loss(logp, old, a, m, 0.2, 0.2, aggregation="token-mean")[0]
+    if preset == "reinforce_pp_baseline":
+        a = reinforce_pp_baseline_advantages(R, g, m, k1_old, 0.001)[0]
+        return ppo_clip_loss(logp, old, a, m, 0.2, 0.2, aggregation="token-mean")[0]
+    a = seq(group_normalized_advantages(R, g, "group"))
+    if preset == "grpo":
+        pg = ppo_clip_loss(logp, old, a, m, 0.2, 0.2, aggregation="seq-mean-token-mean")[0]
+        return pg + 0.04 * aggregate(kl_k3(logp, ref), m, "seq-mean-token-mean")
+    if preset == "dr_grpo":
+        a = seq(group_normalized_advantages(R, g, "none"))
+        return ppo_clip_loss(logp, old, a, m, 0.2, 0.2, aggregation="seq-mean-token-sum-norm", max_len=4)[0]
+    if preset == "dapo":
+        return ppo_clip_loss(logp, old, a, m, 0.2, 0.28, aggregation="token-mean")[0]
+    if preset == "gspo":
+        return gspo_loss(logp, old, a, m, 3e-4, 4e-4, aggregation="seq-mean-token-mean")[0]
+    if preset == "gspo_token":
+        return gspo_token_loss(logp, old, a, m, 3e-4, 4e-4, aggregation="seq-mean-token-mean")[0]
+    if preset == "sapo":
+        return sapo_loss(logp, old, a, m, 1.0, 1.05, aggregation="seq-mean-token-mean")[0]
+    if preset == "cispo":
+        return cispo_loss(logp, old, a, m, None, 0.2, aggregation="token-mean")[0]
+    if preset == "dcpo":
+        a = seq(dcpo_sas_advantages(R, g, {0: "5", 1: "9"}, SASState(), unbiased=False))
+        return dcpo_loss(logp, old, a, m, 0.16, 0.2, 10.0, 10.0, aggregation="only-token-mean")[0]
+    raise AssertionError(f"no hand computation for {preset}")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_loss_equals_hand_computation(preset, tiny_model, reward_file) -> None:
+    cfg = small_cfg(tiny_model, reward_file, algorithm=preset, max_new_tokens=4).resolved()
+    batch, model = fixed_batch(tiny_model)
+    kl = kl_k1(batch.old_logp, batch.ref_logp) if cfg.kl.placement == "reward" else None
+    batch.advantages, batch.returns, _ = estimate_advantages(
+        cfg.advantage,
+        batch,
+        kl=kl,
+        kl_coef=cfg.kl.coef,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+        scale=cfg.scale_rewards,
+        unbiased=cfg.std_unbiased,
+        state=AdvantageState(),
+    )
+    normalizer = global_normalizer(batch.loss_mask.float(), cfg.aggregation)
+    loss, _ = micro_batch_loss(model, batch, loss_settings(cfg), cfg.kl.coef, normalizer)
+    logp = response_logprobs(
+        model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+    )
+    expected = hand_loss(preset, batch, logp)
+    assert float(expected.detach()) != 0.0
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    # and the gradients agree too
+    g1 = torch.autograd.grad(loss, model.model.embed_tokens.weight)[0]
+    g2 = torch.autograd.grad(
+        hand_loss(
+            preset,
+            batch,
+            response_logprobs(
+                model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+            ),
+        ),
+        model.model.embed_tokens.weight,
+    )[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains(preset, tiny_model, reward_file, tmp_path) -> None:
+    cfg = small_cfg(tiny_model, reward_file, algorithm=preset)
+    result = train_rl(cfg, RunDir.create(tmp_path / "run"), **QUIET)
+    assert result.steps == 2
+    before, after = load_causal_lm(tiny_model), load_causal_lm(str(result.model_dir))
+    changed = [
+        n
+        for (n, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert changed, f"{preset}: no parameter changed"
+    row = result.last_metrics
+    for key in (
+        "reward",
+        "reward_std",
+        "reward_digits",
+        "entropy",
+        "clipfrac_low",
+        "clipfrac_high",
+        "response_len_mean",
+        "response_len_max",
+        "clipped_ratio",
+        "zero_var_groups",
+        "time_sample",
+        "time_score",
+        "time_reference",
+        "time_update",
+        "tokens_per_s",
+        "grad_norm",
+    ):
+        assert key in row, f"{preset}: metric {key} missing"
+    assert ("kl_ref" in row) == (PRESETS[preset]["kl"]["coef"] > 0)
+    assert "eval_accuracy" in result.final_eval
+
+
+# --- micro-batching, dynamic sampling, ReMax ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "dr_grpo", "dcpo"])
+def test_micro_batch_size_does_not_change_the_update(preset, tiny_model, reward_file) -> None:
+    cfg = small_cfg(tiny_model, reward_file, algorithm=preset, max_new_tokens=4).resolved()
+    batch, model = fixed_batch(tiny_model)
+    batch.advantages = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)) * batch.loss_mask
+    results = []
+    for micro in (None, 1, 4):
+        m = copy.deepcopy(model)
+        params = [p for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.5)  # linear in the gradient (Adam would magnify float noise)
+        stats = policy_update(
+            m,
+            optimizer,
+            params,
+            batch,
+            loss_settings(cfg),
+            kl_coef=cfg.kl.coef,
+            ppo_epochs=2,
+            num_minibatches=2,
+            micro_batch_size=micro,
+            max_grad_norm=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert stats["optimizer_steps"] == 4
+        results.append((weights(m), stats["loss"]))
+    start = weights(model)
+    assert not torch.equal(results[0][0]["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
+    for w, loss in results[1:]:
+        assert loss == pytest.approx(results[0][1], rel=1e-4, abs=1e-6)
+        for name in w:
+            torch.testing.assert_close(w[name], results[0][0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class ScriptedRewards:
+    """A reward set whose value depends on the prompt: prompt rows listed in ``flat`` get 0 for every
+    completion (a zero-variance group); others get the completion's digit fraction."""
+
+    names = ("scripted",)
+
+    def __init__(self, flat_answers: set[str]):
+        self.flat = flat_answers
+
+    def __call__(self, prompts, completions, rows=None, completion_lengths=None) -> RewardResult:
+        values = [
+            0.0 if a in self.flat else (sum(c.isdigit() for c in t) + 1) / (len(t) + 2) + i * 1e-3
+            for i, (a, t) in enumerate(zip(rows["answer"], completions, strict=True))
+        ]
+        total = torch.tensor(values)
+        return RewardResult(total, {"scripted": total}, torch.ones(len(values), dtype=torch.bool), 0)
+
+
+def _examples(tiny_model: str, n: int = 16):
+    from rlft.data import encode_prompts, load_records
+
+    records = load_records(f"task:arithmetic?max_operand=9&n={n}", fmt="prompt_only")
+    return list(encode_prompts(records, load_tokenizer(tiny_model)))
+
+
+def test_dynamic_sampling_keeps_only_groups_with_variance_and_stops_at_its_cap(tiny_model) -> None:
+    examples = _examples(tiny_model)
+    sampler = HFSampler(load_causal_lm(tiny_model), load_tokenizer(tiny_model))
+    params = SamplingParams(max_new_tokens=4, n=4)
+    flat = {e.extra["answer"] for e in examples[::2]}  # about half the prompts give all-equal rewards
+    stream = PromptStream(len(examples), seed=0)
+    batch, stats = collect_rollout(
+        sampler, ScriptedRewards(flat), examples, stream, params, 4, 0, dynamic_sampling=True, max_rounds=10
+    )
+    assert torch.unique(batch.group_ids).numel() == 4 and len(batch) == 16
+    assert not bool(zero_variance_groups(batch.scores, batch.group_ids).any())
+    assert stats.rounds >= 2 and stats.zero_variance > 0
+    assert all(examples[int(i)].extra["answer"] not in flat for i in batch.prompt_index)
+    # every group flat: the cap stops it, with a message that says what to change
+    everything = {e.extra["answer"] for e in examples}
+    with pytest.raises(DynamicSamplingError, match=r"0 of 4 prompt groups.*3 rounds.*max_sample_rounds=3"):
+        collect_rollout(
+            sampler,
+            ScriptedRewards(everything),
+            examples,
+            PromptStream(len(examples), 0),
+            params,
+            4,
+            0,
+            dynamic_sampling=True,
+            max_rounds=3,
+        )
+
+
+def test_remax_baseline_is_the_reward_of_the_greedy_decode(tiny_model) -> None:
+    examples = _examples(tiny_model)
+    model, tokenizer = load_causal_lm(tiny_model), load_tokenizer(tiny_model)
+    rewards = ScriptedRewards(set())
+    params = SamplingParams(max_new_tokens=5, n=3, temperature=1.5)
+    batch, _ = collect_rollout(
+        HFSampler(model, tokenizer),
+        rewards,
+        examples,
+        PromptStream(len(examples), 0),
+        params,
+        4,
+        0,
+        greedy_baseline=True,
+        seed=3,
+    )
+    picked = PromptStream(len(examples), 0).take(4)
+    greedy = sample(
+        model,
+        tokenizer,
+        [examples[i].prompt_ids for i in picked],
+        SamplingParams(max_new_tokens=5, greedy=True),
+    )
+    expected = rewards(
+        None, greedy.texts, rows={"answer": [examples[i].extra["answer"] for i in picked]}
+    ).total
+    torch.testing.assert_close(batch.baseline_scores, expected[batch.group_ids])
+    assert not torch.equal(batch.scores, batch.baseline_scores)  # sampled completions differ from greedy
+    adv, _, _ = estimate_advantages(
+        "remax",
+        batch,
+        kl=None,
+        kl_coef=0.0,
+        gamma=1.0,
+        lam=1.0,
+        scale="group",
+        unbiased=None,
+        state=AdvantageState(),
+    )
+    m = batch.loss_mask.float()
+    torch.testing.assert_close(adv, (batch.scores - expected[batch.group_ids])[:, None] * m)
+
+
+# --- resume, errors, config -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"algorithm": "dcpo", "ppo_epochs": 2, "num_minibatches": 2},  # SAS state, shuffled mini-batches
+        {"algorithm": "grpo", "kl": KLConfig(controller="adaptive", target=0.01, horizon=10.0)},
+        {"algorithm": "reinforce"},  # the moving-average baseline
+    ],
+    ids=["dcpo", "grpo-adaptive-kl", "reinforce"],
+)
+def test_resume_equals_an_uninterrupted_run(changes, tiny_model, reward_file, tmp_path) -> None:
+    cfg = small_cfg(tiny_model, reward_file, max_steps=5, save_every=2, warmup_steps=2, **changes)
+    full = train_rl(cfg, RunDir.create(tmp_path / "full"), **QUIET)
+    run = RunDir.create(tmp_path / "cut")
+    cut = train_rl(cfg, run, stop_after=3, **QUIET)  # "crash" after step 3
+    assert cut.steps == 3 and not cut.model_dir.exists()
+    assert latest_checkpoint(run).name == "step-2"
+    state = load_trainer_state(latest_checkpoint(run))
+    if cfg.algorithm == "dcpo":
+        assert len(state["advantage_state"]["sas"]) == 4  # 2 steps × 2 prompts seen
+    resumed = train_rl(cfg, run, resume=True, **QUIET)
+    assert resumed.steps == 5
+    w_full = weights(load_causal_lm(str(full.model_dir)))
+    w_resumed = weights(load_causal_lm(str(resumed.model_dir)))
+    for name in w_full:
+        assert torch.equal(w_full[name], w_resumed[name]), name
+    rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3, 4, 5]
+    full_rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in rows if "reward" in r] == [r["reward"] for r in full_rows if "reward" in r]
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("wrong_count", r"'wrong_count' returned 7 values for 8 completions"),
+        ("nan_reward", r"'nan_reward'.*nan"),
+    ],
+)
+def test_a_bad_reward_function_fails_clearly(function, message, tiny_model, reward_file, tmp_path) -> None:
+    cfg = small_cfg(tiny_model, reward_file, rewards=[{"function": f"{reward_file}:{function}"}])
+    with pytest.raises(RewardError, match=message):
+        train_rl(cfg, RunDir.create(tmp_path / "run"), **QUIET)
+
+
+def test_cli_reports_errors_in_one_line(tiny_model, reward_file, tmp_path, capsys) -> None:
+    from rlft.cli import main
+
+    config = tmp_path / "rl.yaml"
+    config.write_text(
+        f"model: {tiny_model}\ndata: '{DATA}'\nrewards: [{{function: '{reward_file}:wrong_count'}}]\n"
+        "prompts_per_step: 2\nnum_generations: 2\nmax_new_tokens: 3\nmax_steps: 1\ntorch_threads: 1\n"
+    )
+    code = main(["rl", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert re.fullmatch(
+        r"rlft: error: reward function 'wrong_count' returned \d+ values for \d+ completions", err[-1]
+    )
+    assert main(["rl", "--config", str(config), "--algorithm", "ppo2", "--out", str(tmp_path / "r2")]) == 2
+    assert "expected 'custom' or a preset" in capsys.readouterr().err
+
+
+def test_config_presets_and_overrides(tiny_model) -> None:
+    cfg = load_config(
+        RLConfig,
+        overrides=[
+            "--model",
+            tiny_model,
+            "--data",
+            DATA,
+            "--algorithm",
+            "dapo",
+            "--clip_high",
+            "0.3",
+            "--kl.coef",
+            "0.01",
+            "--kl.placement",
+            "loss",
+        ],
+    )
+    r = cfg.resolved()
+    assert (r.advantage, r.policy_loss, r.aggregation) == ("group_norm", "ppo_clip", "token-mean")
+    assert (r.clip_low, r.clip_high, r.dynamic_sampling, r.overlong_buffer) == (0.2, 0.3, True, 0.2)
+    assert (r.kl.placement, r.kl.estimator, r.kl.coef) == ("loss", "k3", 0.01)
+    assert cfg.preset_overrides() == {"clip_high": 0.3, "kl.placement": "loss", "kl.coef": 0.01}
+    with pytest.raises(ConfigError, match=r"'advantage'.*algorithm 'custom' sets no default"):
+        load_config(RLConfig, overrides=["--model", "m", "--data", "d", "--algorithm", "custom"])
+    custom = load_config(
+        RLConfig,
+        overrides=[
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--algorithm",
+            "custom",
+            "--advantage",
+            "rloo",
+            "--policy_loss",
+            "cispo",
+            "--aggregation",
+            "token-mean",
+        ],
+    ).resolved()
+    assert custom.kl.placement == "none" and custom.clip_low == 0.2
+    with pytest.raises(ConfigError, match=r"policy_loss.*one of"):
+        load_config(RLConfig, overrides=["--model", "m", "--data", "d", "--policy_loss", "ppo2"])
+    with pytest.raises(ConfigError, match=r"num_generations.*at least 2"):
+        load_config(RLConfig, overrides=["--model", "m", "--data", "d", "--num_generations", "1"])
+
+
+def test_lora_trains_adapters_and_uses_the_base_as_reference(tiny_model, reward_file, tmp_path) -> None:
+    from rlft.train import LoRAConfig
+
+    cfg = small_cfg(
+        tiny_model,
+        reward_file,
+        algorithm="grpo",
+        lora=LoRAConfig(r=2, target_modules=["q_proj", "v_proj"]),
+        max_steps=2,
+        save_every=1,
+    )
+    run = RunDir.create(tmp_path / "run")
+    result = train_rl(cfg, run, **QUIET)
+    assert (latest_checkpoint(run) / "adapter_config.json").is_file()  # checkpoints hold the adapters
+    assert result.last_metrics["kl_ref"] > 0  # the reference (adapters off) differs from the policy
+    before, after = weights(load_causal_lm(tiny_model)), weights(load_causal_lm(str(result.model_dir)))
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed)  # merged adapters
+
+
+def test_weighted_rewards_are_logged_per_function_and_invalid_samples_can_be_skipped(
+    tiny_model, reward_file, tmp_path
+) -> None:
+    cfg = small_cfg(
+        tiny_model,
+        reward_file,
+        rewards=[
+            {"function": f"{reward_file}:digits", "weight": 2.0},
+            {"function": f"{reward_file}:nan_reward", "alias": "flaky"},
+        ],
+        on_invalid_reward="skip",
+        max_steps=1,
+    )
+    run = RunDir.create(tmp_path / "run")
+    result = train_rl(cfg, run, **QUIET)
+    row = json.loads(run.metrics_path.read_text().splitlines()[1])  # line 0: the eval before training
+    assert row["reward_skipped"] == 1  # the NaN sample carries no loss instead of stopping the run
+    assert {"reward_digits", "reward_digits_std", "reward_flaky"} <= set(row)
+    # total = 2·digits + flaky (0 where valid)
+    assert row["reward"] == pytest.approx(2 * row["reward_digits"], rel=0.2)
+    assert result.steps == 1
+
+
+def test_onednn_linears_compute_the_same_logprobs_and_gradients(tiny_model) -> None:
+    from rlft.train.rl_linear import use_onednn_linears
+    from rlft.train.rl_logprobs import batch_logprobs
+
+    batch, model = fixed_batch(tiny_model)
+    fast, frozen = copy.deepcopy(model), copy.deepcopy(model)
+    assert use_onednn_linears(fast) == 15 and use_onednn_linears(frozen, frozen=True) == 15
+    grads = []
+    for m in (model, fast):
+        logp, _ = batch_logprobs(m, batch, batch.loss_mask)
+        logp.sum().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+        ref = logp.detach()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():
+        expected, _ = batch_logprobs(model, batch, batch.loss_mask)
+        packed, _ = batch_logprobs(frozen, batch, batch.loss_mask)
+    torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_entropy_bonus_subtracts_c_times_the_aggregated_entropy(tiny_model, reward_file) -> None:
+    from rlft.models.logprobs import token_logprobs
+
+    cfg = small_cfg(tiny_model, reward_file, algorithm="dapo", max_new_tokens=4).resolved()
+    batch, model = fixed_batch(tiny_model)
+    batch.advantages = torch.ones(6, 4) * batch.loss_mask
+    n = global_normalizer(batch.loss_mask.float(), "token-mean")
+    plain, _ = micro_batch_loss(model, batch, loss_settings(cfg), 0.0, n)
+    bonus, stats = micro_batch_loss(
+        model, batch, loss_settings(dataclasses.replace(cfg, entropy_coef=0.1)), 0.0, n
+    )
+    ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+    mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+    _, entropy = token_logprobs(
+        model, ids, mask, logits_to_keep_from=batch.prompt_ids.shape[1] - 1, return_entropy=True
+    )
+    m = batch.loss_mask.float()
+    mean_entropy = (entropy * m).sum() / m.sum()
+    torch.testing.assert_close(bonus, plain - 0.1 * mean_entropy, rtol=1e-5, atol=1e-6)
+    assert stats["entropy"] == pytest.approx(float(mean_entropy), rel=1e-5)
+
+
+def test_demo_stage_runs_grpo_from_a_model_and_reports_before_and_after(tiny_model, tmp_path, capsys) -> None:
+    from rlft.commands.rl import rl_demo_stage
+
+    out = rl_demo_stage(tmp_path, tiny_model, seed=0, show_progress=False, steps=2)
+    assert out["steps"] == 2 and (out["model_dir"] / "config.json").is_file()
+    assert 0.0 <= out["before"] <= 1.0 and 0.0 <= out["after"] <= 1.0
+    assert "greedy acc" in capsys.readouterr().out
