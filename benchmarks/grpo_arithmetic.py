@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/grpo_arithmetic.py [--minutes 15] [--sft DIR] [--out DIR] [--seed 0]
 
-Starts from the SFT checkpoint that ``rlft lm-demo`` / ``rlft demo`` produce (built here when ``--sft`` is
+Starts from the SFT checkpoint of the demo's first language-model stage (built here when ``--sft`` is
 not given: the 1m tiny Llama after 500 SFT steps on operands 0..20), runs the ``grpo`` preset with the
 demo's hyper-parameters for ``--minutes`` of training time (evaluation excluded, ``max_minutes``), and
 reports greedy accuracy on the task's held-out split (300 prompts) before, during and after. The target
@@ -22,7 +22,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="training-time budget")
-    parser.add_argument("--sft", help="SFT model directory (default: build it with lm_demo)")
+    parser.add_argument("--sft", help="SFT model directory (default: build it with the demo's SFT stage)")
     parser.add_argument("--out", help="output directory (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=500)
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.15, help="required accuracy gain")
     args = parser.parse_args()
 
-    from rlft.commands.lm import lm_demo
+    from rlft.commands.lm import arithmetic_sft_stage
     from rlft.commands.rl import demo_config
     from rlft.run import RunDir, plot_run, save_config
     from rlft.train import train_rl
@@ -40,8 +40,7 @@ def main() -> None:
     if args.sft:
         sft = Path(args.sft)
     else:
-        lm_demo(root / "lm", seed=args.seed, show_progress=False)
-        sft = root / "lm" / "sft" / "model"
+        sft = arithmetic_sft_stage(root / "lm", seed=args.seed, show_progress=False)
     cfg = dataclasses.replace(
         demo_config(sft, seed=args.seed),
         max_steps=1_000_000,  # the time budget ends the run
@@ -73,10 +72,16 @@ def main() -> None:
     }
     (root / "report.json").write_text(json.dumps(report, indent=1))
     plot = plot_run(run, keys=["reward", "eval_accuracy", "kl_ref", "entropy", "response_len_mean"])
-    print(f"\nGRPO on arithmetic from {sft}: {result.steps} steps in {result.train_seconds / 60:.1f} min of training")
-    print(f"greedy held-out accuracy {before:.3f} → {after:.3f} ({gain:+.3f}; best {report['best_accuracy']:.3f})")
+    print(
+        f"\nGRPO on arithmetic from {sft}: {result.steps} steps in {result.train_seconds / 60:.1f} min of training"
+    )
+    print(
+        f"greedy held-out accuracy {before:.3f} → {after:.3f} ({gain:+.3f}; best {report['best_accuracy']:.3f})"
+    )
     print("curve: " + ", ".join(f"{s}:{a:.3f}" for s, a in curve))
-    print(f"{'PASS' if report['passed'] else 'FAIL'} (target +{args.target:.2f})   report: {root / 'report.json'}")
+    print(
+        f"{'PASS' if report['passed'] else 'FAIL'} (target +{args.target:.2f})   report: {root / 'report.json'}"
+    )
     print(f"plot: {plot}")
 
 

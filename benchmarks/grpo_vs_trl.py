@@ -1,6 +1,6 @@
 """rlft's GRPO vs TRL's GRPOTrainer on the same machine, the same model directory, task, reward and batch.
 
-    .venv/bin/python benchmarks/grpo_vs_trl.py [--mode speed|accuracy|both] [--sizes 1m,15m] [--quick]
+    .venv/bin/python benchmarks/grpo_vs_trl.py [--mode speed|accuracy|both|cputime] [--sizes 1m,15m] [--quick]
         [--trl-python /work/trl-venv/bin/python] [--wait-idle 600] [--out DIR]
 
 Each side runs as a subprocess with its own interpreter (TRL lives in a separate venv and this file imports
@@ -15,14 +15,19 @@ speed     Random-init tiny Llamas ("1m" ≈ 1.1M and "15m" ≈ 14M parameters) o
           model-FLOPs utilisation: 2N FLOPs per token sampled or scored by the reference, 6N per trained
           token (N = parameters, tokens = non-pad prompt + completion), over the float32 2048² matmul rate
           measured in the same run.
-accuracy  From the SFT checkpoint of ``rlft lm-demo`` (1m model, arithmetic 0..20): TRL trains a fixed
+accuracy  From the SFT checkpoint of the demo's SFT stage (1m model, arithmetic 0..20): TRL trains a fixed
           budget of steps; both final models are scored by the same greedy held-out evaluation (the eval
-          split of the task). rlft trains with the same hyper-parameters and evaluates every few steps; its
-          time to reach TRL's final accuracy counts training time only (evaluation excluded on both sides).
+          split of the task). rlft trains with the same hyper-parameters (8 × 8, β = 0.04, lr 1e-4, τ = 0.7 by
+          default) and evaluates every few steps; its time to reach TRL's final accuracy counts training time
+          only (evaluation excluded on both sides) and is capped at TRL's training time.
+
+cputime   (for busy shared machines) One-thread CPU seconds per step of each side, from the difference of a
+          short and a long run; see :func:`cputime`.
 
 TRL is configured as PERFORMANCE.md says an expert would on a CPU: no gradient checkpointing, float32,
-``use_cpu``, KV cache on, logging/saving/tqdm off, no dataloader workers, the whole batch in one device
-batch, constant learning rate (rlft's default), the same AdamW settings and gradient clipping (1.0).
+``use_cpu``, KV cache on, saving/tqdm off, no dataloader workers, the whole batch in one device batch,
+constant learning rate (rlft's default), the same AdamW settings and gradient clipping (1.0). Logging is
+every step (its completion lengths feed the FLOP count; TRL computes those metrics every step anyway).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -93,7 +99,7 @@ def trl_worker(spec: dict) -> dict:
         max_steps=spec["steps"],
         loss_type="grpo",
         scale_rewards="group",
-        temperature=1.0,
+        temperature=spec.get("temperature", 1.0),
         num_iterations=1,
         steps_per_generation=1,
         gradient_checkpointing=False,
@@ -167,6 +173,8 @@ def rlft_worker(spec: dict) -> dict:
         lr=spec["lr"],
         kl=KLConfig(coef=spec["beta"]),
         max_steps=spec["steps"],
+        max_minutes=spec.get("max_minutes", 0.0),
+        temperature=spec.get("temperature", 1.0),
         bf16_autocast=spec["bf16"],
         seed=spec["seed"],
         torch_threads=spec["threads"],
@@ -230,6 +238,7 @@ def matmul_gflops(threads: int, repeats: int = 5) -> float:
 
 
 def run_worker(side: str, spec: dict, trl_python: str) -> dict:
+    """Run one side in its own interpreter; the result carries the worker's CPU seconds (``cpu_s``)."""
     python = trl_python if side == "trl" else MAIN_PYTHON
     env = dict(
         os.environ,
@@ -239,10 +248,14 @@ def run_worker(side: str, spec: dict, trl_python: str) -> dict:
     )
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         cmd = [python, str(HERE), "--worker", side, "--spec", json.dumps(spec), "--result", out.name]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=HERE.parent.parent)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"{side} worker failed:\n{proc.stderr[-4000:]}")
-        return json.loads(Path(out.name).read_text())
+        result = json.loads(Path(out.name).read_text())
+        result["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return result
 
 
 def write_prompts(path: Path, n: int, max_operand: int, seed: int, split: str = "train") -> Path:
@@ -330,8 +343,62 @@ def speed(args: argparse.Namespace, root: Path) -> list[dict]:
     return results
 
 
+def cputime(args: argparse.Namespace, root: Path) -> list[dict]:
+    """Per-step CPU seconds of each side with one thread, from two runs of different lengths.
+
+    On a shared, busy machine wall-clock step times measure the neighbours; the CPU time a one-thread
+    process spends per step does not (much), so (CPU(long run) − CPU(short run)) / (step difference)
+    approximates the idle one-thread step time and cancels start-up costs. Not the 2-thread figure the
+    targets name, but a fair A/B when no idle machine is available.
+    """
+    from rlft.data import get_task
+    from rlft.models import build_tiny_model
+
+    data = write_prompts(root / "prompts.jsonl", 2000, 99, 0)
+    short, long = 2, 2 + args.steps
+    results = []
+    for size in args.sizes.split(","):
+        model = build_tiny_model(
+            root / f"model-{size}", size=size, corpus=get_task("arithmetic").corpus(2000)
+        )
+        spec = dict(
+            model=str(model),
+            data=str(data),
+            prompts=8,
+            generations=8,
+            max_new_tokens=32,
+            beta=0.04,
+            lr=1e-6,
+            bf16=False,
+            seed=0,
+            threads=1,
+        )
+        per_step: dict[str, list[float]] = {"rlft": [], "trl": []}
+        for r in range(args.repeats):
+            for side in ("rlft", "trl"):
+                cpu = {}
+                for steps in (short, long):
+                    out = run_worker(
+                        side,
+                        {**spec, "steps": steps, "out": str(root / f"cpu-{side}-{size}-{r}-{steps}")},
+                        args.trl_python,
+                    )
+                    cpu[steps] = out["cpu_s"]
+                per_step[side].append((cpu[long] - cpu[short]) / (long - short))
+                print(f"  {size} {side} repeat {r}: {per_step[side][-1]:.3f} CPU-s per step", flush=True)
+        row = {
+            "size": size,
+            "rlft_cpu_s_per_step": statistics.median(per_step["rlft"]),
+            "trl_cpu_s_per_step": statistics.median(per_step["trl"]),
+        }
+        row["rlft_over_trl"] = row["rlft_cpu_s_per_step"] / row["trl_cpu_s_per_step"]
+        results.append(row)
+        print(json.dumps(row, indent=1), flush=True)
+    return results
+
+
 def accuracy(args: argparse.Namespace, root: Path) -> dict:
-    from rlft.commands.lm import lm_demo
+    from rlft.commands.lm import arithmetic_sft_stage
     from rlft.models import HFSampler, load_causal_lm, load_tokenizer
     from rlft.rewards import build_rewards
     from rlft.train import RLConfig
@@ -339,8 +406,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
 
     sft = Path(args.sft) if args.sft else None
     if sft is None:
-        lm_demo(root / "lm", seed=0, show_progress=False)
-        sft = root / "lm" / "sft" / "model"
+        sft = arithmetic_sft_stage(root / "lm", seed=0, show_progress=False)
     data = write_prompts(root / "train-0-20.jsonl", 5000, 20, 0)
     source = "task:arithmetic?max_operand=20"
     spec = dict(
@@ -351,6 +417,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
         max_new_tokens=32,
         beta=0.04,
         lr=args.lr,
+        temperature=args.temperature,
         steps=args.budget,
         bf16=False,
         seed=0,
@@ -384,6 +451,10 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
         {
             **spec,
             "out": str(root / "rlft-acc"),
+            # run on (up to 5× TRL's steps) until TRL's training time is used up: reaching TRL's accuracy
+            # any later than that fails the target anyway
+            "steps": 5 * args.budget,
+            "max_minutes": trl_seconds / 60,
             "eval_data": source,
             "eval_samples": 300,
             "eval_every": args.eval_every,
@@ -415,7 +486,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="both", choices=["speed", "accuracy", "both"])
+    parser.add_argument("--mode", default="both", choices=["speed", "accuracy", "both", "cputime"])
     parser.add_argument("--sizes", default="1m,15m")
     parser.add_argument("--steps", type=int, default=12, help="speed: steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="speed: steps not timed")
@@ -423,7 +494,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200, help="accuracy: TRL's training steps")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-4, help="accuracy: learning rate of both sides")
-    parser.add_argument("--sft", help="accuracy: SFT model directory (default: run rlft lm-demo)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="accuracy: sampling τ of both sides")
+    parser.add_argument("--sft", help="accuracy: SFT model directory (default: the demo's SFT stage)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trl-python", default="/work/trl-venv/bin/python")
     parser.add_argument(
@@ -451,6 +523,8 @@ def main() -> None:
         report["speed"] = speed(args, root)
     if args.mode in ("accuracy", "both"):
         report["accuracy"] = accuracy(args, root)
+    if args.mode == "cputime":
+        report["cputime"] = cputime(args, root)
     (root / "report.json").write_text(json.dumps(report, indent=1))
     print(f"report: {root / 'report.json'}")
 

@@ -43,6 +43,7 @@ DEMO_DPO: dict[str, Any] = {
     "eval_samples": 256,
     "win_rate_samples": 16,
     "n": 8000,
+    "label_noise": 0.1,  # the task's default: labels disagree with the gold order on 10% of pairs
 }
 
 
@@ -99,12 +100,15 @@ def dpo_demo_stage(
     from rlft.train import DPOConfig, train_dpo
 
     settings = {**DEMO_DPO, **overrides}
-    n = settings.pop("n")
+    n, label_noise = settings.pop("n"), settings.pop("label_noise")
     out_root = Path(out_root)
     start = time.monotonic()
     settings.setdefault("ref_cache_dir", str(out_root / "ref-cache"))
     cfg = DPOConfig(
-        model=str(sft_model_dir), data=f"task:preference?n={n}&seed={seed}", seed=seed, **settings
+        model=str(sft_model_dir),
+        data=f"task:preference?n={n}&seed={seed}&label_noise={label_noise}",
+        seed=seed,
+        **settings,
     )
     cfg.validate()
     run = RunDir.create(out_root / "dpo", prefix="dpo")

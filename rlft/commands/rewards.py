@@ -21,6 +21,7 @@ __all__ = ["DEMO_LABEL_NOISE", "add_reward_commands", "preference_sft", "rm_demo
 
 DEMO_LABEL_NOISE = 0.1  # share of the demo's preference labels flipped: the accuracy ceiling is 0.9
 DEMO_SFT_STEPS = 150
+DEMO_VOCAB = 768  # BPE stops at 663 tokens on this corpus: every word of the task is a single token
 DEMO_RM_STEPS = 500
 
 
@@ -152,9 +153,10 @@ def preference_sft(
     from rlft.train import SFTConfig, train_sft
 
     out_root = Path(out_root)
-    base = build_tiny_model(
-        out_root / "tiny-1m", size="1m", corpus=_tokenizer_corpus(["preference"], seed), seed=seed
-    )
+    # A vocabulary big enough that every topic word is one token (at 512, BPE runs out of merges and splits
+    # "robot" into r-o-b-o-t; the reward model then has to learn spelling before it can learn topics).
+    corpus = _tokenizer_corpus(["preference"], seed)
+    base = build_tiny_model(out_root / "tiny-1m", size="1m", corpus=corpus, vocab_size=DEMO_VOCAB, seed=seed)
     cfg = SFTConfig(
         model=str(base),
         data=f"task:preference?n=4000&seed={seed}",

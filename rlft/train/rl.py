@@ -92,7 +92,7 @@ def describe_algorithm(cfg: RLConfig) -> str:
         f"dual_clip={r.dual_clip:g}" if r.dual_clip else "",
         f"kl={kl}",
         f"aggregation={r.aggregation}",
-        f"G={r.num_generations} × {r.prompts_per_step} prompts",
+        f"G={r.num_generations} × {r.prompts_per_step} prompts, ≤{r.max_new_tokens} tokens at τ={r.temperature:g}",
         f"μ={r.ppo_epochs} × {r.num_minibatches} mini-batch(es)",
         f"dynamic sampling (≤{r.max_sample_rounds} rounds)" if r.dynamic_sampling else "",
         f"overlong buffer {r.overlong_buffer:g}" if r.overlong_buffer else "",
@@ -327,7 +327,7 @@ def train_rl(
             if not reuse_old:
                 batch.old_logp = (
                     old_logprobs(model, batch, losses, cfg.micro_batch_size)
-                    if cfg.recompute_old_logp
+                    if cfg.recompute_old_logp or cfg.bf16_autocast  # bf16 kernels differ in rounding
                     else batch.sampler_logp
                 )
             rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp

@@ -143,7 +143,8 @@ class RLConfig:
     ppo_epochs: int = 1  # μ: passes over each rollout
     micro_batch_size: int | None = None  # rows per forward/backward; null: the whole mini-batch
     max_grad_norm: float = 1.0  # 0 disables clipping
-    recompute_old_logp: bool = False  # false: π_old log-probs are the sampler's (same policy, same τ)
+    recompute_old_logp: bool = False  # false: π_old = the sampler's log-probs (same policy, same τ; float32
+    # only — under bf16_autocast they are always recomputed, since the two bf16 paths round differently)
     bf16_autocast: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
     onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
     lora: LoRAConfig | None = None
