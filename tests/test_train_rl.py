@@ -625,3 +625,19 @@ def test_demo_stage_runs_grpo_from_a_model_and_reports_before_and_after(tiny_mod
     assert out["steps"] == 2 and (out["model_dir"] / "config.json").is_file()
     assert 0.0 <= out["before"] <= 1.0 and 0.0 <= out["after"] <= 1.0
     assert "greedy acc" in capsys.readouterr().out
+
+
+def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(tiny_model) -> None:
+    from rlft.train.rl_logprobs import batch_logprobs
+
+    batch, model = fixed_batch(tiny_model)
+    batch = batch.select([3, 0, 5, 1, 4, 2])  # groups interleaved, prompts of different lengths
+    results = []
+    for share in (False, True):
+        logp, _ = batch_logprobs(model, batch, batch.loss_mask, share_prompts=share)
+        (logp * torch.arange(1.0, 7.0)[:, None]).sum().backward()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad()
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=2e-5)
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)

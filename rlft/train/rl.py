@@ -53,7 +53,7 @@ from .rl_eval import RLEvalSet, evaluate_policy, load_eval_set
 from .rl_linear import use_onednn_linears
 from .rl_logprobs import batch_logprobs
 from .rl_rollout import PromptStream, collect_rollout
-from .rl_update import loss_settings, old_logprobs, policy_update
+from .rl_update import LossSettings, loss_settings, old_logprobs, policy_update
 from .rollout_batch import RolloutBatch
 from .schedule import warmup_cosine_scheduler
 from .sft import _trim_metrics, task_of
@@ -157,19 +157,16 @@ class Reference:
             self.model.requires_grad_(False)
 
     @torch.no_grad()
-    def logprobs(
-        self, batch: RolloutBatch, temperature: float, micro: int | None, bf16: bool
-    ) -> torch.Tensor:
+    def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:
         out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
         for chunk in torch.arange(len(batch)).split(micro or len(batch)):
             mb = batch.select(chunk).trimmed()
+            kwargs = {"bf16_autocast": s.bf16_autocast, "share_prompts": s.share_prompts}
             if self.model is not None:
-                logp, _ = batch_logprobs(self.model, mb, mb.response_mask, temperature, bf16_autocast=bf16)
+                logp, _ = batch_logprobs(self.model, mb, mb.response_mask, s.temperature, **kwargs)
             else:
                 with self.policy.disable_adapter():
-                    logp, _ = batch_logprobs(
-                        self.policy, mb, mb.response_mask, temperature, bf16_autocast=bf16
-                    )
+                    logp, _ = batch_logprobs(self.policy, mb, mb.response_mask, s.temperature, **kwargs)
             out[chunk, : logp.shape[1]] = logp
         return out
 
@@ -333,9 +330,7 @@ def train_rl(
             rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp
             kl_in_reward = None
             if reference is not None:
-                batch.ref_logp = reference.logprobs(
-                    batch, cfg.temperature, cfg.micro_batch_size, cfg.bf16_autocast
-                )
+                batch.ref_logp = reference.logprobs(batch, losses, cfg.micro_batch_size)
                 mask = batch.response_mask.to(torch.float32)
                 kl_tokens = kl_estimate(cfg.kl.estimator, rollout_logp, batch.ref_logp) * mask
                 k1_seq = (kl_estimate("k1", rollout_logp, batch.ref_logp) * mask).sum(-1)

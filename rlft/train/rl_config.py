@@ -147,6 +147,7 @@ class RLConfig:
     # only — under bf16_autocast they are always recomputed, since the two bf16 paths round differently)
     bf16_autocast: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
     onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
+    share_prompts: bool = True  # run each group's prompt once in the training/reference passes
     lora: LoRAConfig | None = None
     # --- evaluation, logging, checkpoints ---
     eval_data: str | None = None  # null: the eval split of a built-in task, else no evaluation

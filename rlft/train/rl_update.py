@@ -46,6 +46,7 @@ class LossSettings:
     log_entropy: bool = True
     temperature: float = 1.0
     bf16_autocast: bool = False
+    share_prompts: bool = True
 
 
 def loss_settings(cfg: Any) -> LossSettings:
@@ -69,6 +70,7 @@ def loss_settings(cfg: Any) -> LossSettings:
         entropy_coef=cfg.entropy_coef,
         temperature=cfg.temperature,
         bf16_autocast=cfg.bf16_autocast,
+        share_prompts=cfg.share_prompts,
     )
 
 
@@ -105,7 +107,14 @@ def micro_batch_loss(
     mask = mb.loss_mask.to(torch.float32)
     want_entropy = s.entropy_coef > 0 or s.log_entropy
     logp, entropy = batch_logprobs(
-        model, mb, mb.loss_mask, s.temperature, want_entropy, s.entropy_coef > 0, s.bf16_autocast
+        model,
+        mb,
+        mb.loss_mask,
+        s.temperature,
+        want_entropy,
+        s.entropy_coef > 0,
+        s.bf16_autocast,
+        share_prompts=s.share_prompts,
     )
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
     pg_loss, diag = POLICY_LOSSES.get(s.policy_loss)(
@@ -153,7 +162,14 @@ def old_logprobs(
     size = micro_batch_size or len(batch)
     for chunk in index.split(size):
         mb = batch.select(chunk).trimmed()
-        logp, _ = batch_logprobs(model, mb, mb.loss_mask, s.temperature, bf16_autocast=s.bf16_autocast)
+        logp, _ = batch_logprobs(
+            model,
+            mb,
+            mb.loss_mask,
+            s.temperature,
+            bf16_autocast=s.bf16_autocast,
+            share_prompts=s.share_prompts,
+        )
         out[chunk, : logp.shape[1]] = logp
     return out
 
