@@ -153,8 +153,8 @@ def preference_sft(
     from rlft.train import SFTConfig, train_sft
 
     out_root = Path(out_root)
-    # A vocabulary big enough that every topic word is one token (at 512, BPE runs out of merges and splits
-    # "robot" into r-o-b-o-t; the reward model then has to learn spelling before it can learn topics).
+    # A vocabulary big enough that every word of the task is one token (at 512, BPE runs out of merges and
+    # splits "robot" into r-o-b-o-t): shorter sequences, and topics the models need not spell out.
     corpus = _tokenizer_corpus(["preference"], seed)
     base = build_tiny_model(out_root / "tiny-1m", size="1m", corpus=corpus, vocab_size=DEMO_VOCAB, seed=seed)
     cfg = SFTConfig(
