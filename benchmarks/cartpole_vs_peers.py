@@ -47,7 +47,7 @@ def run_rlft(seed: int, max_steps: int) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         r = train(cfg, RunDir.create(tmp), show_progress=False)
-    return {"seconds": r.seconds if r.solved_at_step else None, "steps": r.solved_at_step}
+    return {"seconds": r.solved_at_seconds, "steps": r.solved_at_step}
 
 
 def run_sb3(seed: int, max_steps: int) -> dict:

@@ -7,7 +7,7 @@ import torch
 
 from rlft.algos import entropy_bonus, masked_whiten, reinforce_loss, value_loss
 
-from .common import batch_advantages, explained_variance, set_lr
+from .common import batch_advantages, clip_grad_norm, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -42,7 +42,7 @@ class A2C:
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        clip_grad_norm(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         return {
             "pg_loss": pg_loss.item(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -23,6 +25,17 @@ def batch_advantages(batch: Batch, cfg: ControlConfig) -> tuple[Tensor, Tensor]:
         bootstrap=batch.last_value,
     )
     return adv.T.reshape(-1), returns.T.reshape(-1)
+
+
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """Scale all gradients by min(1, max_norm / (‖g‖₂ + 1e-6)), ‖g‖₂ over all of them together.
+
+    The same rule as `torch.nn.utils.clip_grad_norm_` in four foreach ops, half its cost on these tiny
+    networks (where its argument checks and dispatch outweigh the arithmetic)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, frac: float, anneal: bool) -> float:

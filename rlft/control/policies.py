@@ -5,12 +5,24 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlft.algos import categorical_kl, entropy_from_logits, gaussian_entropy, gaussian_kl
 
 
-def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear/tanh stack whose forward calls `F.linear` and `torch.tanh` directly: the per-layer
+    `Module.__call__` dispatch costs about as much as the arithmetic of these tiny layers. Same parameters
+    and state-dict keys as the `nn.Sequential` it subclasses."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self:
+            x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
+        return x
+
+
+def mlp(sizes: list[int], out_gain: float) -> MLP:
     """tanh MLP with orthogonal init: gain √2 on hidden layers, `out_gain` on the head, zero biases.
     The init matters for PPO (Engstrom et al. 2020, "Implementation Matters", arXiv 2005.12729)."""
     layers: list[nn.Module] = []
@@ -22,7 +34,7 @@ def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
         layers.append(linear)
         if not last:
             layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class ActorCritic(nn.Module):
@@ -69,7 +81,9 @@ class ActorCritic(nn.Module):
         if self.discrete:
             if deterministic:
                 return params.argmax(-1)
-            return torch.multinomial(torch.softmax(params, -1), 1).squeeze(-1)
+            # Gumbel-max: argmax(logits − log E), E ~ Exp(1), is a draw from softmax(logits) in three small
+            # ops, about 3× cheaper than softmax + multinomial at these batch sizes
+            return (params - torch.empty_like(params).exponential_().log()).argmax(-1)
         return params if deterministic else params + torch.randn_like(params) * torch.exp(self.log_std)
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ from rlft.algos import (
     value_loss,
 )
 
-from .common import batch_advantages, explained_variance, set_lr
+from .common import batch_advantages, clip_grad_norm, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -63,7 +63,7 @@ class PPO:
                     loss = loss + cfg.ent_coef * entropy_bonus(policy.entropy(params), mask)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                clip_grad_norm(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
             if p.target_kl is not None and info["approx_kl"] > p.target_kl:
                 break

@@ -12,7 +12,7 @@ import torch
 
 from rlft.algos import MovingAverageBaseline, masked_whiten, reinforce_loss, reward_to_go, value_loss
 
-from .common import explained_variance, set_lr
+from .common import clip_grad_norm, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -59,7 +59,7 @@ class Reinforce:
             stats["baseline"] = float(self.moving_average.value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        clip_grad_norm(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         return stats
 

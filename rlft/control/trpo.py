@@ -19,7 +19,7 @@ from rlft.algos import (
     value_loss,
 )
 
-from .common import batch_advantages, explained_variance, set_lr
+from .common import batch_advantages, clip_grad_norm, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -105,7 +105,7 @@ class TRPO:
                 )
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 v_loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.critic.parameters(), cfg.max_grad_norm)
+                clip_grad_norm(self.policy.critic.parameters(), cfg.max_grad_norm)
                 self.critic_optimizer.step()
         return {
             "surrogate_gain": evaluate_gain(loss_before.item(), surrogate, step),
