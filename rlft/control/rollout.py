@@ -52,19 +52,6 @@ class Batch:
         return x.reshape(-1, *x.shape[2:])
 
 
-def _record(obs, params, actions, reward, terminated, truncated, valid) -> tuple:
-    f32 = np.float32
-    return (
-        obs,
-        params,
-        actions,
-        torch.from_numpy(reward),
-        torch.from_numpy(terminated.astype(f32)),
-        torch.from_numpy(truncated.astype(f32)),
-        torch.from_numpy(valid.astype(f32)),
-    )
-
-
 def _pickle_envs(envs) -> bytes | None:
     """The vector env with all its state, or None when it cannot be pickled (e.g. Box2D worlds; resume then
     restarts the episodes). SyncVectorEnv keeps its env factories, local closures that pickle refuses; they
@@ -103,16 +90,17 @@ class Collector:
         self.ep_return = np.zeros(self.num_envs)
         self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
 
-    def _observe(self, raw: np.ndarray) -> Tensor:
-        obs = np.asarray(raw, dtype=np.float32).reshape(self.num_envs, self.obs_dim)
+    def _observe(self, raw: np.ndarray) -> np.ndarray:
+        # np.array copies: the stored observation must not alias a buffer the environment reuses
+        obs = np.array(raw, dtype=np.float32).reshape(self.num_envs, self.obs_dim)
         if self.obs_norm is not None:
             obs = self.obs_norm(obs, update=True)
-        return torch.from_numpy(obs)
+        return obs
 
-    def _step(self, actions: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
         """One environment step; returns (reward, terminated, truncated, valid, finished episodes)."""
         valid = ~self.prev_done
-        env_actions = actions.numpy() if self.discrete else np.clip(actions.numpy(), self.low, self.high)
+        env_actions = actions if self.discrete else np.clip(actions, self.low, self.high)
         raw, reward, terminated, truncated, _ = self.envs.step(env_actions)
         reward = np.asarray(reward, dtype=np.float64)
         self.ep_return += reward * valid
@@ -133,11 +121,16 @@ class Collector:
         self.episodes += len(finished)
 
     def _assemble(self, policy: ActorCritic, steps: list, finished: list, bootstrap: bool) -> Batch:
-        """Stack the per-step records; values and log-probs are computed here in one batched pass (the
-        policy did not change during the rollout), which halves the per-step work of collection."""
-        obs, params, actions, rewards, term, trunc, valid = (torch.stack(x) for x in zip(*steps, strict=True))
+        """Stack the per-step NumPy records; the actor's outputs, log-probs and values are computed here in
+        one batched torch pass (the policy did not change during the rollout)."""
+        obs, actions, rewards, term, trunc, valid = (
+            torch.from_numpy(np.stack(x)) for x in zip(*steps, strict=True)
+        )
+        term, trunc, valid = term.float(), trunc.float(), valid.float()
         T, N = valid.shape
-        all_values = policy.value(torch.cat([obs.reshape(T * N, -1), self.obs])) if bootstrap else None
+        flat_obs = obs.reshape(T * N, -1)
+        params = policy.actor(flat_obs).view(T, N, -1)
+        all_values = policy.value(torch.cat([flat_obs, torch.from_numpy(self.obs)])) if bootstrap else None
         values = all_values[: T * N].view(T, N) if bootstrap else torch.zeros(T, N)
         last_value = all_values[T * N :] if bootstrap else torch.zeros(N)
         logp = policy.log_prob(params.reshape(T * N, -1), actions.reshape(T * N, *actions.shape[2:])).view(
@@ -167,13 +160,13 @@ class Collector:
     def collect(self, policy: ActorCritic, n_steps: int, bootstrap: bool = True) -> Batch:
         """n_steps steps in every environment, continuing where the last rollout stopped."""
         steps, finished = [], []
+        draw = policy.sampler()
         for _ in range(n_steps):
             obs = self.obs
-            params = policy.actor(obs)
-            actions = policy.sample(params)
+            actions = draw(obs)
             reward, terminated, truncated, valid, done_eps = self._step(actions)
             finished += done_eps
-            steps.append(_record(obs, params, actions, reward, terminated, truncated, valid))
+            steps.append((obs, actions, reward, terminated, truncated, valid))
         return self._assemble(policy, steps, finished, bootstrap)
 
     @torch.no_grad()
@@ -183,10 +176,10 @@ class Collector:
         self.reset()
         steps, finished = [], []
         ended = np.zeros(self.num_envs, dtype=bool)
+        draw = policy.sampler()
         while not ended.all():
             obs = self.obs
-            params = policy.actor(obs)
-            actions = policy.sample(params)
+            actions = draw(obs)
             reward, terminated, truncated, valid, done_eps = self._step(actions)
             valid &= ~ended
             finished += [
@@ -195,7 +188,7 @@ class Collector:
                 if not ended[i]
             ]
             ended |= terminated | truncated
-            steps.append(_record(obs, params, actions, reward, terminated, truncated, valid))
+            steps.append((obs, actions, reward, terminated, truncated, valid))
         return self._assemble(policy, steps, finished, bootstrap)
 
     # --- checkpointing ----------------------------------------------------------------------------
