@@ -19,7 +19,6 @@ global state beyond ``torch.set_num_threads``.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -53,14 +52,12 @@ from rlft.run import (
     MetricsWriter,
     Progress,
     RunDir,
-    atomic_write_text,
-    capture_rng_state,
-    read_metrics,
-    restore_rng_state,
     seed_everything,
 )
 
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .checkpoint import latest_checkpoint, save_checkpoint
+from .epochs import adamw, epoch_order, position_state, restore_position, shuffle_seed
+from .epochs import trim_metrics as _trim_metrics  # noqa: F401 - still imported from here by rm.py, dpo.py
 from .schedule import warmup_cosine_scheduler
 from .sft_config import SFTConfig
 
@@ -200,15 +197,6 @@ def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:
     return eval_set
 
 
-def shuffle_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch ``epoch``'s data order: a fresh permutation every epoch, reproducible from (seed, epoch)."""
-    return seed * 1_000_003 + epoch
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed(seed, epoch)))
-
-
 def step_batches(
     examples: Sequence[Example], order: torch.Tensor, batch_index: int, cfg: SFTConfig, pad_id: int
 ) -> list[dict[str, Any]]:
@@ -224,15 +212,6 @@ def step_batches(
         )
         for m in range(cfg.grad_accum)
     ]
-
-
-def _trim_metrics(run: RunDir, last_step: int) -> None:
-    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
-    if not run.metrics_path.exists():
-        return
-    rows = [r for r in read_metrics(run.metrics_path) if r.get("step", 0) <= last_step]
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write_text(run.metrics_path, text)
 
 
 # --- the trainer ------------------------------------------------------------------------------------------
@@ -279,37 +258,16 @@ def train_sft(
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     model.train()
 
-    # AdamW; no weight decay on biases and norm weights (1-D tensors), as usual for transformers.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
     step, epoch, batch_index = 0, 0, 0
     if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
-        if state["shuffle_seed"] != shuffle_seed(cfg.seed, epoch):
-            raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={cfg.seed}")
-        _trim_metrics(run, step)
-        say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
+        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
 
     def save(at_step: int) -> None:
-        state = {
-            "step": at_step,
-            "epoch": epoch,
-            "batch_index": batch_index,
-            "shuffle_seed": shuffle_seed(cfg.seed, epoch),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": capture_rng_state(),
-        }
+        state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
         save_checkpoint(run, at_step, model, tokenizer, state)
 
     def evaluate() -> dict[str, float]:

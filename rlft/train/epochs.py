@@ -1,0 +1,81 @@
+"""Plumbing shared by the epoch-based trainers (SFT, reward model, DPO): the data order of each epoch,
+the AdamW recipe, and the part of a checkpoint that says where training stands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlft.data import DataError
+from rlft.run import RunDir, atomic_write_text, capture_rng_state, read_metrics, restore_rng_state
+
+from .checkpoint import load_trainer_state
+
+__all__ = ["adamw", "epoch_order", "position_state", "restore_position", "shuffle_seed", "trim_metrics"]
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s data order: a fresh permutation every epoch, reproducible from (seed, epoch)."""
+    return seed * 1_000_003 + epoch
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed(seed, epoch)))
+
+
+def adamw(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, beta2: float = 0.95
+) -> torch.optim.AdamW:
+    """AdamW(β₁ 0.9, β₂, ε 1e-8) with no weight decay on 1-D tensors (biases and norm weights), the usual
+    recipe for transformers."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), eps=1e-8)
+
+
+def trim_metrics(run: RunDir, last_step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
+    if not run.metrics_path.exists():
+        return
+    rows = [r for r in read_metrics(run.metrics_path) if r.get("step", 0) <= last_step]
+    atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def position_state(
+    step: int, epoch: int, batch_index: int, seed: int, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
+    """The trainer state of an epoch-based trainer's checkpoint (the model is saved beside it)."""
+    return {
+        "step": step,
+        "epoch": epoch,
+        "batch_index": batch_index,
+        "shuffle_seed": shuffle_seed(seed, epoch),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng_state(),
+    }
+
+
+def restore_position(
+    checkpoint: Path, run: RunDir, seed: int, optimizer: Any, scheduler: Any, say: Callable[[str], None]
+) -> tuple[int, int, int, dict[str, Any]]:
+    """Load what :func:`position_state` saved into ``optimizer``, ``scheduler`` and the RNGs, trim the
+    metrics to the checkpoint, and return (step, epoch, batch_index, the whole state dict) so a trainer
+    can read its own extra keys."""
+    state = load_trainer_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
+    if state["shuffle_seed"] != shuffle_seed(seed, epoch):
+        raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={seed}")
+    trim_metrics(run, step)
+    say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
+    return step, epoch, batch_index, state
