@@ -222,12 +222,13 @@ def wait_idle(limit: float) -> float:
     return busy
 
 
-def matmul_gflops(threads: int, repeats: int = 5) -> float:
+def matmul_gflops(threads: int, repeats: int = 5, bf16: bool = False) -> float:
     import torch
 
     torch.set_num_threads(threads)
     n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -301,7 +302,7 @@ def speed(args: argparse.Namespace, root: Path) -> list[dict]:
             beta=0.04,
             lr=1e-6,
             steps=args.steps,
-            bf16=False,
+            bf16=args.bf16,
             seed=0,
             threads=args.threads,
         )
@@ -317,8 +318,8 @@ def speed(args: argparse.Namespace, root: Path) -> list[dict]:
                     f"  {size} {side} repeat {r}: median step {step:.3f}s (cpu busy before {busy:.0%})",
                     flush=True,
                 )
-        peak = matmul_gflops(args.threads)
-        row = {"size": size, "peak_gflops": peak}
+        peak = matmul_gflops(args.threads, bf16=args.bf16)
+        row = {"size": size, "bf16": args.bf16, "peak_gflops": peak}
         for side, outs in per_side.items():
             meds = [statistics.median(o["step_times"][args.warmup :]) for o in outs]
             gens = [statistics.median(o["gen_times"][args.warmup :]) for o in outs]
@@ -497,6 +498,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="accuracy: sampling τ of both sides")
     parser.add_argument("--sft", help="accuracy: SFT model directory (default: the demo's SFT stage)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="speed: bfloat16 autocast on both sides (MFU against the bf16 rate)",
+    )
     parser.add_argument("--trl-python", default="/work/trl-venv/bin/python")
     parser.add_argument(
         "--wait-idle", type=float, default=0, help="wait up to this many seconds for an idle CPU"
