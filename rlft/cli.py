@@ -11,6 +11,7 @@ from pathlib import Path
 from rlft.algos import UnknownNameError
 from rlft.commands.dpo import add_dpo_commands
 from rlft.commands.lm import add_lm_commands
+from rlft.commands.pipeline import add_pipeline_commands
 from rlft.commands.rewards import add_reward_commands
 from rlft.commands.rl import add_rl_commands
 from rlft.run import ConfigError
@@ -168,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument("--control-only", action="store_true", help="run only the CartPole stage")
     demo.add_argument(
-        "--stages", default="sft,grpo,rm,dpo", help="language-model stages to run (comma-separated subset)"
+        "--stages",
+        default="sft,grpo,rm,dpo,ppo",
+        help="language-model stages to run (comma-separated subset)",
     )
     demo.set_defaults(func=_demo)
 
@@ -176,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reward_commands(sub)
     add_rl_commands(sub)
     add_dpo_commands(sub)
+    add_pipeline_commands(sub)
 
     plot = sub.add_parser("plot", help="plot a run's metrics.jsonl to RUN_DIR/plots/metrics.png")
     plot.add_argument("run_dir")

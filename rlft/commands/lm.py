@@ -176,7 +176,7 @@ def arithmetic_sft_stage(
     return Path(result.model_dir)
 
 
-LM_DEMO_STAGES = ("sft", "grpo", "rm", "dpo")
+LM_DEMO_STAGES = ("sft", "grpo", "rm", "dpo", "ppo")
 
 
 def lm_demo(
@@ -192,7 +192,8 @@ def lm_demo(
     - ``grpo``: GRPO on ``arithmetic`` from that SFT model (held-out greedy accuracy before/after);
     - ``rm``: a second tiny model SFT-ed on ``preference``, then a reward model trained from it
       (held-out pairwise accuracy against the hidden gold scorer);
-    - ``dpo``: DPO from the same preference SFT model (gold win rate against it).
+    - ``dpo``: DPO from the same preference SFT model (gold win rate against it);
+    - ``ppo``: RLHF-PPO from the same SFT model against the reward model (gold score before/after).
     """
     unknown = set(stages) - set(LM_DEMO_STAGES)
     if unknown:
@@ -207,7 +208,7 @@ def lm_demo(
 
             rl = rl_demo_stage(out_root, sft_model, seed=seed, show_progress=show_progress)
             summary.append(f"GRPO arithmetic greedy accuracy {rl['before']:.1%} → {rl['after']:.1%}")
-    if "rm" in stages or "dpo" in stages:
+    if "rm" in stages or "dpo" in stages or "ppo" in stages:
         from rlft.commands.rewards import preference_sft, rm_demo_stage
 
         pref_sft = preference_sft(out_root / "preference", seed=seed, show_progress=show_progress)
@@ -223,6 +224,17 @@ def lm_demo(
             dpo = dpo_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
             summary.append(
                 f"DPO gold win rate vs the SFT model {dpo['win_rate_before']:.1%} → {dpo['win_rate_after']:.1%}"
+            )
+        if "ppo" in stages:
+            from rlft.commands.rl import ppo_demo_stage
+
+            if "rm" not in stages:  # PPO needs the reward model
+                rm = rm_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
+            ppo = ppo_demo_stage(
+                out_root / "preference", pref_sft, rm["reward_model"], seed=seed, show_progress=show_progress
+            )
+            summary.append(
+                f"PPO gold score {ppo['gold_before']:.3f} → {ppo['gold_after']:.3f} (KL {ppo['kl']:.2f})"
             )
     if summary:
         print(f"\nlanguage-model demo ({time.monotonic() - start:.0f}s):\n  " + "\n  ".join(summary))

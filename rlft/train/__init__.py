@@ -5,7 +5,7 @@ from .dpo import DPOResult, offline_loss, train_dpo
 from .dpo_config import DPOConfig
 from .ref_cache import reference_logprob_sums
 from .rl import RLResult, train_rl
-from .rl_config import KLConfig, LoRAConfig, RLConfig
+from .rl_config import CriticConfig, KLConfig, LoRAConfig, RLConfig
 from .rm import RMResult, evaluate_rm, rm_loss, train_rm
 from .rm_config import RMConfig
 from .rollout_batch import RolloutBatch
@@ -22,6 +22,7 @@ from .sft import (
 from .sft_config import SFTConfig
 
 __all__ = [
+    "CriticConfig",
     "DPOConfig",
     "DPOResult",
     "EvalSet",

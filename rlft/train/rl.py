@@ -10,6 +10,10 @@
                  POLICY_LOSSES[policy_loss](logp, logp_old, Â) + β·k(π_θ, π_ref) − c·H   (rl_update.py)
         adapt β (adaptive controller); log; evaluate every eval_every; checkpoint every save_every
 
+PPO (RLHF, the ``ppo`` preset) is the same loop with a critic (``rl_critic.py``): V(s_t) joins the ref stage,
+GAE(γ, λ) over the KL-shaped per-token rewards is the estimator, the optimise stage also takes clipped
+value-loss steps, and PPO-ptx adds ptx_coef·NLL of SFT/pretraining batches (``rl_ptx.py``).
+
 Each named part is a function in a registry of ``rlft.algos``; the presets (``rl_presets.py``) only pick
 names and numbers. The rollout travels between stages as one :class:`RolloutBatch`.
 
@@ -33,7 +37,7 @@ from typing import Any
 
 import torch
 
-from rlft.algos import AdaptiveKLController, FixedKLController, kl_estimate, masked_mean
+from rlft.algos import ADVANTAGES, AdaptiveKLController, FixedKLController, masked_mean
 from rlft.data import DataError, LengthLimits, encode_prompts, load_records
 from rlft.models import HFSampler, SamplingParams, load_causal_lm, load_tokenizer, save_pretrained_atomic
 from rlft.run import (
@@ -47,11 +51,13 @@ from rlft.run import (
 )
 
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from .rl_advantages import AdvantageState, check_advantage, estimate_advantages
+from .rl_advantages import AdvantageState, advantage_step, check_advantage, needs_critic
 from .rl_config import RLConfig
+from .rl_critic import Critic, reward_model_dir
 from .rl_eval import RLEvalSet, evaluate_policy, load_eval_set
 from .rl_linear import use_onednn_linears
 from .rl_logprobs import batch_logprobs
+from .rl_ptx import PtxData
 from .rl_rollout import PromptStream, collect_rollout
 from .rl_update import LossSettings, loss_settings, old_logprobs, policy_update
 from .rollout_batch import RolloutBatch
@@ -98,6 +104,15 @@ def describe_algorithm(cfg: RLConfig) -> str:
         f"overlong buffer {r.overlong_buffer:g}" if r.overlong_buffer else "",
         "truncated completions masked" if r.mask_truncated else "",
         f"entropy bonus {r.entropy_coef:g}" if r.entropy_coef else "",
+        "advantages whitened" if r.whiten_advantages else "",
+        f"score clip ±{r.score_clip:g}" if r.score_clip else "",
+        (
+            f"critic ({'shared backbone' if r.critic.shared_backbone else 'init ' + r.critic.init}, "
+            f"ε_v={r.critic.value_clip}, γ={r.gamma:g}, λ={r.lam:g})"
+        )
+        if r.advantage in ADVANTAGES and needs_critic(r.advantage)
+        else "",
+        f"ptx {r.ptx_coef:g}·NLL({r.ptx_data})" if r.ptx_coef else "",
         f"lr={r.lr:g}",
     ]
     changed = cfg.preset_overrides()
@@ -109,6 +124,8 @@ def reward_specs(cfg: RLConfig) -> list[Any]:
     """The reward specs of a run: ``rewards``, or the task's own reward for a built-in task; plus DAPO's
     overlong punishment when ``overlong_buffer`` > 0."""
     specs = list(cfg.rewards)
+    if cfg.reward_model:
+        specs.append({"reward_model": cfg.reward_model, "normalize": cfg.normalize_score})
     if not specs:
         task = task_of(cfg.data)
         if task is None:
@@ -120,6 +137,10 @@ def reward_specs(cfg: RLConfig) -> list[Any]:
     if cfg.overlong_buffer:
         cache = max(round(cfg.overlong_buffer * cfg.max_new_tokens), 1)
         specs.append({"name": "overlong", "max_len": cfg.max_new_tokens, "cache": cache})
+    task = task_of(cfg.data)
+    if reward_model_dir(cfg) and task is not None and hasattr(task, "gold_score"):
+        # Logged, not optimised: the hidden gold score next to the reward model's (overoptimisation).
+        specs.append({"task": f"task:{task.name}", "weight": 0.0, "alias": "gold"})
     return specs
 
 
@@ -220,12 +241,18 @@ def train_rl(
         checkpoint = latest_checkpoint(run) if resume else None
         model = _load_policy(cfg, checkpoint)
         model.eval()  # no dropout: the sampler's log-probs and the loss's must describe the same policy
-        check_advantage(cfg.advantage, has_critic=False, extra=cfg.advantage_kwargs)
+        critic = Critic(cfg, model) if needs_critic(cfg.advantage) else None
+        check_advantage(cfg.advantage, has_critic=critic is not None, extra=cfg.advantage_kwargs)
+        if critic is not None:
+            say(f"critic: {critic.source}")
         reference = Reference(cfg, model) if cfg.kl.active else None
+        ptx = PtxData(cfg, tokenizer) if cfg.ptx_coef > 0 else None
         if cfg.onednn_linear:  # float32 matmuls of the training and reference passes on oneDNN (rl_linear.py)
             use_onednn_linears(model)
             if reference is not None and reference.model is not None:
                 use_onednn_linears(reference.model, frozen=True)
+            if critic is not None and critic.model is not None:  # trained: no packed copy
+                use_onednn_linears(critic.model)
         sampler = HFSampler(model, tokenizer)
         losses = loss_settings(cfg)
 
@@ -254,6 +281,10 @@ def train_rl(
             stream.load_state_dict(state["stream"])
             kl_ctl.value = state["kl_coef"]
             adv_state.load_state_dict(state["advantage_state"])
+            if critic is not None:
+                critic.load_state_dict(state["critic"])
+            if ptx is not None:
+                ptx.load_state_dict(state["ptx_stream"])
             step = state["step"]
             _trim_metrics(run, step)
             say(f"resuming from {checkpoint} (step {step})")
@@ -268,6 +299,10 @@ def train_rl(
                 "kl_coef": float(kl_ctl.value),
                 "advantage_state": adv_state.state_dict(),
             }
+            if critic is not None:
+                state["critic"] = critic.state_dict()
+            if ptx is not None:
+                state["ptx_stream"] = ptx.state_dict()
             save_checkpoint(run, at_step, model, tokenizer, state)
 
         def evaluate() -> dict[str, float]:
@@ -318,45 +353,26 @@ def train_rl(
             )
             if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
                 batch.loss_mask = batch.loss_mask * batch.finished[:, None].to(batch.loss_mask.dtype)
+            if cfg.missing_eos_penalty:  # TRL: a completion cut at max_new_tokens loses this much score
+                batch.scores = batch.scores - cfg.missing_eos_penalty * (~batch.finished).to(
+                    batch.scores.dtype
+                )
             # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
             t_ref = time.perf_counter()
-            kl_metrics: dict[str, float] = {}
             if not reuse_old:
                 batch.old_logp = (
                     old_logprobs(model, batch, losses, cfg.micro_batch_size)
                     if cfg.recompute_old_logp or cfg.bf16_autocast  # bf16 kernels differ in rounding
                     else batch.sampler_logp
                 )
-            rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp
-            kl_in_reward = None
             if reference is not None:
                 batch.ref_logp = reference.logprobs(batch, losses, cfg.micro_batch_size)
-                mask = batch.response_mask.to(torch.float32)
-                kl_tokens = kl_estimate(cfg.kl.estimator, rollout_logp, batch.ref_logp) * mask
-                k1_seq = (kl_estimate("k1", rollout_logp, batch.ref_logp) * mask).sum(-1)
-                kl_metrics = {
-                    "kl_ref": float(masked_mean(kl_tokens, mask)),
-                    "kl_ref_seq": float(k1_seq.mean()),
-                    "kl_coef": float(kl_ctl.value),
-                }
-                if cfg.kl.placement == "reward":
-                    kl_in_reward = kl_tokens
+            if critic is not None:  # V_old of every response token
+                batch.values = critic.values(batch, cfg.micro_batch_size)
             time_ref = time.perf_counter() - t_ref
-            # 4. advantages
+            # 4. per-token rewards (KL shaping) and advantages
             t_update = time.perf_counter()
-            batch.advantages, batch.returns, batch.token_rewards = estimate_advantages(
-                cfg.advantage,
-                batch,
-                kl=kl_in_reward,
-                kl_coef=float(kl_ctl.value),
-                gamma=cfg.gamma,
-                lam=cfg.lam,
-                scale=cfg.scale_rewards,
-                unbiased=cfg.std_unbiased,
-                state=adv_state,
-                extra=cfg.advantage_kwargs,
-                score_clip=cfg.score_clip,
-            )
+            kl_metrics = advantage_step(cfg, batch, float(kl_ctl.value), adv_state)
             # 5. μ passes of mini-batch policy updates
             lr = scheduler.get_last_lr()[0]
             update = policy_update(
@@ -371,6 +387,8 @@ def train_rl(
                 micro_batch_size=cfg.micro_batch_size,
                 max_grad_norm=cfg.max_grad_norm,
                 generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 7919),
+                critic=critic,
+                ptx=ptx,
             )
             scheduler.step()
             if reference is not None:
@@ -425,6 +443,8 @@ def train_rl(
         rewards.close()
     model_dir = run.root / "model"
     if step == cfg.max_steps or out_of_time:
+        if critic is not None:
+            critic.save(run.root / "critic", tokenizer)
         _save_final(model, tokenizer, model_dir, cfg.lora is not None)
     return RLResult(
         steps=step,

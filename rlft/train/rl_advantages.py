@@ -33,6 +33,9 @@ from rlft.algos import (
     ADVANTAGES,
     MovingAverageBaseline,
     SASState,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
     reward_to_go,
     shaped_token_rewards,
 )
@@ -40,7 +43,14 @@ from rlft.run import ConfigError
 
 from .rollout_batch import RolloutBatch
 
-__all__ = ["AdvantageState", "advantage_inputs", "estimate_advantages", "moving_average_advantages"]
+__all__ = [
+    "AdvantageState",
+    "advantage_inputs",
+    "advantage_step",
+    "estimate_advantages",
+    "moving_average_advantages",
+    "needs_critic",
+]
 
 
 @ADVANTAGES.register("moving_average")
@@ -101,6 +111,11 @@ def advantage_inputs(name: str) -> tuple[set[str], set[str]]:
     params = inspect.signature(ADVANTAGES.get(name)).parameters.values()
     required = {p.name for p in params if p.default is inspect.Parameter.empty}
     return required, {p.name for p in params} - required
+
+
+def needs_critic(name: str) -> bool:
+    """True when estimator ``name`` takes critic values (``gae``)."""
+    return "values" in advantage_inputs(name)[0]
 
 
 def check_advantage(name: str, has_critic: bool, extra: dict[str, Any]) -> None:
@@ -187,3 +202,58 @@ def estimate_advantages(
     if advantages.ndim == 1:
         advantages = advantages[:, None].expand_as(mask)
     return advantages.to(torch.float32) * mask, returns, token_rewards
+
+
+def advantage_step(cfg: Any, batch: RolloutBatch, kl_coef: float, state: AdvantageState) -> dict[str, float]:
+    """The estimate stage of the loop, from a batch whose log-probs, scores (and values) are filled in:
+
+        KL_t     = k(π_old, π_ref) on response tokens                        (when ``batch.ref_logp`` is set)
+        r_t      = −β·KL_t + clip(score, ±c)·[t = last]      (KL placement ``reward``: RLHF-PPO, RLOO, …)
+        Â, R     = ADVANTAGES[cfg.advantage](…)              (GAE with ``batch.values`` for PPO)
+        Â        ← (Â − mean)/std over the batch's tokens     (``whiten_advantages``)
+
+    Fills ``batch.advantages``, ``returns`` and ``token_rewards``; returns the step's KL and reward metrics
+    (``kl_ref``, ``kl_ref_seq``, ``kl_coef``, ``score``, ``non_score_reward``, and with a critic
+    ``value_mean``, ``return_mean``, ``explained_variance``)."""
+    metrics: dict[str, float] = {}
+    kl_in_reward = None
+    mask = batch.response_mask.to(torch.float32)
+    if batch.ref_logp is not None:
+        rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp
+        kl_tokens = kl_estimate(cfg.kl.estimator, rollout_logp, batch.ref_logp) * mask
+        k1_seq = (kl_estimate("k1", rollout_logp, batch.ref_logp) * mask).sum(-1)
+        metrics = {
+            "kl_ref": float(masked_mean(kl_tokens, mask)),
+            "kl_ref_seq": float(k1_seq.mean()),
+            "kl_coef": float(kl_coef),
+        }
+        if cfg.kl.placement == "reward":
+            kl_in_reward = kl_tokens
+    batch.advantages, batch.returns, batch.token_rewards = estimate_advantages(
+        cfg.advantage,
+        batch,
+        kl=kl_in_reward,
+        kl_coef=kl_coef,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+        scale=cfg.scale_rewards,
+        unbiased=cfg.std_unbiased,
+        state=state,
+        extra=cfg.advantage_kwargs,
+        score_clip=cfg.score_clip,
+    )
+    loss_mask = batch.loss_mask.to(torch.float32)
+    if batch.values is not None:
+        from .rl_critic import explained_variance
+
+        returns = batch.returns if batch.returns is not None else batch.advantages + batch.values
+        metrics["score"] = float(batch.scores.mean())
+        metrics["value_mean"] = float(masked_mean(batch.values, loss_mask))
+        metrics["return_mean"] = float(masked_mean(returns, loss_mask))
+        metrics["explained_variance"] = explained_variance(batch.values, returns, loss_mask)
+    if kl_in_reward is not None:
+        metrics["score"] = float(batch.scores.mean())
+        metrics["non_score_reward"] = float((-kl_coef * kl_in_reward * loss_mask).sum(-1).mean())
+    if cfg.whiten_advantages and float(loss_mask.sum()) >= 2:
+        batch.advantages = masked_whiten(batch.advantages, loss_mask)
+    return metrics

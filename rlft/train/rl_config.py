@@ -15,7 +15,7 @@ from rlft.run import ConfigError
 
 from .rl_presets import FALLBACKS, PRESETS
 
-__all__ = ["KLConfig", "LoRAConfig", "RLConfig"]
+__all__ = ["CriticConfig", "KLConfig", "LoRAConfig", "RLConfig"]
 
 KL_PLACEMENTS = ("loss", "reward", "none")
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
@@ -38,7 +38,9 @@ PRESET_KEYS = (
     "max_sample_rounds",
     "overlong_buffer",
     "num_minibatches",
+    "whiten_advantages",
 )
+CRITIC_INITS = ("auto", "reward_model", "actor")
 _KL_DEFAULTS = {"placement": "none", "estimator": "k3", "coef": 0.0}
 
 
@@ -78,6 +80,27 @@ class LoRAConfig:
 
 
 @dataclass
+class CriticConfig:
+    """The value model V(s_t) of critic-based estimators (``advantage: gae``, the ``ppo`` preset).
+
+    ``init``: ``auto`` (the run's reward model when it has one, as in InstructGPT, else the actor),
+    ``reward_model``, ``actor``, or the directory of a scalar-head (value/reward) model. The critic is a
+    separate model with its own optimiser, or with ``shared_backbone`` a value head on the actor's own
+    hidden states: one body, one backward of policy loss + vf_coef·value loss; the head has its own
+    optimiser, the body's share of the value gradient goes through the actor's.
+    """
+
+    init: str = "auto"
+    shared_backbone: bool = False
+    lr: float | None = None  # null: the actor's lr
+    value_clip: float | None = (
+        0.2  # ε_v of the clipped value loss (verl, TRL, DeepSpeed-Chat); null: unclipped
+    )
+    vf_coef: float = 0.1  # weight of the value loss in the actor's loss (shared backbone only; TRL 0.1)
+    max_grad_norm: float | None = None  # null: the actor's max_grad_norm
+
+
+@dataclass
 class RLConfig:
     """Online RL of a causal LM: sample G completions per prompt, score them, estimate advantages, and
     take ``ppo_epochs`` passes of ``num_minibatches`` optimiser steps over the rollout.
@@ -96,6 +119,11 @@ class RLConfig:
     max_prompt_tokens: int | None = None  # longer prompts are dropped (counted in the data report)
     rewards: list[Any] = field(default_factory=list)  # reward specs (rlft.rewards); [] = the task's reward
     on_invalid_reward: str = "error"  # error | skip (NaN/inf or no reward: the sample carries no loss)
+    reward_model: str | None = (
+        None  # shorthand: add {reward_model: DIR, normalize: normalize_score} to rewards
+    )
+    normalize_score: bool = False  # (r − mean)/std with the statistics `rlft rm` saved with reward_model
+    missing_eos_penalty: float | None = None  # subtracted from the score of completions without EOS (TRL)
     # --- the algorithm: a preset, or "custom" with the parts spelled out (null = the preset's value) ---
     algorithm: str = "grpo"
     advantage: str | None = None
@@ -115,12 +143,20 @@ class RLConfig:
     max_sample_rounds: int | None = None  # dynamic sampling gives up after this many rounds (≤ 0: never)
     overlong_buffer: float | None = None  # DAPO soft overlong punishment over the last fraction of tokens
     num_minibatches: int | None = None  # optimiser steps per pass over the rollout
+    whiten_advantages: bool | None = None  # (Â − mean)/std over the batch's tokens (TRL/verl PPO)
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the estimator
     loss_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the policy loss
     score_clip: float | None = None  # clip the score to ±c before it joins the per-token rewards (RLHF-PPO)
     gamma: float = 1.0  # discount of per-token returns
     lam: float = 0.95  # GAE λ (critic-based estimators)
     entropy_coef: float = 0.0  # entropy bonus: loss −= c·aggregate(H)
+    critic: CriticConfig = field(default_factory=CriticConfig)  # used when the advantage needs values
+    # --- PPO-ptx (InstructGPT eq. 2): + ptx_coef · token-mean NLL of a batch of ptx_data per optimiser step
+    ptx_data: str | None = None  # any load_records source of SFT/pretraining text, e.g. task:preference
+    ptx_format: str | None = None
+    ptx_coef: float = 0.0  # γ_ptx (InstructGPT 27.8 with their loss scale; DeepSpeed-Chat unsup_coef)
+    ptx_batch_size: int = 8
+    ptx_max_tokens: int | None = None  # longer ptx examples are truncated
     mask_truncated: bool = False  # completions cut at max_new_tokens carry no loss (DAPO overlong filter)
     # --- sampling ---
     prompts_per_step: int = 8
@@ -293,8 +329,39 @@ class RLConfig:
         rows = cfg.prompts_per_step * cfg.num_generations
         if cfg.num_minibatches > rows:
             raise bad("num_minibatches", f"at most prompts_per_step × num_generations = {rows}")
+        self._validate_ppo(cfg, bad)
         if cfg.lora is not None:
             if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
                 raise bad("lora", "r >= 1, alpha > 0, dropout in [0, 1)", dataclasses.asdict(cfg.lora))
             if not cfg.lora.target_modules:
                 raise bad("lora.target_modules", "a non-empty list of module names", cfg.lora.target_modules)
+
+    def _validate_ppo(self, cfg: RLConfig, bad: Any) -> None:
+        """The critic, score shaping and PPO-ptx keys."""
+        c = cfg.critic
+        if not isinstance(c.init, str) or not c.init:
+            raise bad("critic.init", f"one of {', '.join(CRITIC_INITS)} or a model directory", c.init)
+        if c.shared_backbone and c.init not in ("auto", "actor"):
+            raise bad(
+                "critic.init", "auto or actor with critic.shared_backbone (the head reads the actor)", c.init
+            )
+        if c.lr is not None and c.lr <= 0:
+            raise bad("critic.lr", "a number > 0 or null", c.lr)
+        if c.value_clip is not None and c.value_clip <= 0:
+            raise bad("critic.value_clip", "a number > 0 or null", c.value_clip)
+        if c.vf_coef < 0:
+            raise bad("critic.vf_coef", "a number >= 0", c.vf_coef)
+        if c.max_grad_norm is not None and c.max_grad_norm < 0:
+            raise bad("critic.max_grad_norm", "a number >= 0 or null", c.max_grad_norm)
+        if cfg.missing_eos_penalty is not None and cfg.missing_eos_penalty < 0:
+            raise bad("missing_eos_penalty", "a number >= 0 or null")
+        if cfg.normalize_score and not cfg.reward_model:
+            raise bad("normalize_score", "reward_model to be set (or put normalize: true in its reward spec)")
+        if cfg.ptx_coef < 0:
+            raise bad("ptx_coef", "a number >= 0")
+        if cfg.ptx_coef > 0 and not cfg.ptx_data:
+            raise bad("ptx_data", "a data source (ptx_coef > 0), e.g. task:preference")
+        if cfg.ptx_batch_size < 1:
+            raise bad("ptx_batch_size", "a positive integer")
+        if cfg.ptx_max_tokens is not None and cfg.ptx_max_tokens < 2:
+            raise bad("ptx_max_tokens", "an integer >= 2 or null")

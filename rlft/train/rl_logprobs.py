@@ -26,7 +26,7 @@ from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from
 
 from .rollout_batch import RolloutBatch
 
-__all__ = ["autocast_context", "batch_logprobs"]
+__all__ = ["autocast_context", "batch_logprobs", "logprobs_from_states", "response_states"]
 
 
 def autocast_context(enabled: bool) -> contextlib.AbstractContextManager:
@@ -85,6 +85,23 @@ def batch_logprobs(
     π(·|x, y_<t) at the same positions when ``entropy`` (with gradient only if ``entropy_grad``)."""
     with autocast_context(bf16_autocast):
         states = response_states(model, batch, share_prompts)
+    return logprobs_from_states(
+        model, states, batch, positions, temperature, entropy, entropy_grad, chunk_size
+    )
+
+
+def logprobs_from_states(
+    model: torch.nn.Module,
+    states: Tensor,
+    batch: RolloutBatch,
+    positions: Tensor,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    entropy_grad: bool = False,
+    chunk_size: int = 4096,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`batch_logprobs` from the (B, R, d) states of :func:`response_states` (so that a value head
+    can read the same states: PPO's critic on a shared backbone)."""
     keep = positions.to(torch.bool)
     rows = states[keep]  # (N, d): the states that predict each kept response token
     targets = batch.response_ids[keep]

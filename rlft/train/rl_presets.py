@@ -143,6 +143,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # MiniMax-M1 (arXiv 2506.13585): clipped, detached IS weight on every token; upper bound only
     # (1 + 0.2, verl's example; a lower clip of 1.0 means a lower bound of 0, i.e. none), token-mean.
+    # RLHF-PPO (InstructGPT arXiv 2203.02155, DeepSpeed-Chat, TRL's PPOTrainer): per-token k1 in the reward
+    # (β = 0.05, TRL; InstructGPT 0.02, DeepSpeed-Chat 0.1), the score on the last token, GAE (γ = 1,
+    # λ = 0.95) with a critic, advantages whitened over the batch (TRL/verl; DeepSpeed-Chat does not),
+    # PPO-clip ε = 0.2 and the clipped value loss ε_v = 0.2, token-mean.
+    "ppo": {
+        "advantage": "gae",
+        "policy_loss": "ppo_clip",
+        "clip_low": 0.2,
+        "clip_high": 0.2,
+        "aggregation": "token-mean",
+        "kl": {"placement": "reward", "estimator": "k1", "coef": 0.05},
+        "whiten_advantages": True,
+    },
     "cispo": {
         "advantage": "group_norm",
         "scale_rewards": "group",
@@ -169,6 +182,7 @@ FALLBACKS: dict[str, Any] = {
     "max_sample_rounds": 10,
     "overlong_buffer": 0.0,
     "num_minibatches": 1,
+    "whiten_advantages": False,
 }
 
 

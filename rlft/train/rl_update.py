@@ -3,8 +3,11 @@
     for epoch in 1..μ:                                   (ppo_epochs)
         for each of num_minibatches shuffled mini-batches:
             N = global_normalizer(mini-batch mask)       tokens or sequences of the WHOLE mini-batch
-            for each micro-batch:  backward( policy_loss(…, normalizer=N) + β·KL(…, N) − c·H(…, N) )
+            for each micro-batch:  backward( policy_loss(…, normalizer=N) + β·KL(…, N) − c·H(…, N)
+                                             [+ vf_coef·L^VF(…, N_tokens) with a shared-backbone critic] )
+            [PPO-ptx: backward( ptx_coef · NLL(one batch of ptx data) )]
             clip the gradient norm; optimiser step
+            [separate critic: for each micro-batch backward( L^VF(…, N_tokens) ); clip; critic step]
 
 Because every term is divided by the mini-batch's normaliser, not the micro-batch's, the summed micro-batch
 losses equal the mini-batch loss whatever the micro-batch size (the aggregation modes of rlft.algos are
@@ -24,7 +27,7 @@ from torch import Tensor
 from rlft.algos import POLICY_LOSSES, aggregate, global_normalizer, kl_estimate
 from rlft.run import ConfigError
 
-from .rl_logprobs import batch_logprobs
+from .rl_logprobs import autocast_context, batch_logprobs, logprobs_from_states, response_states
 from .rollout_batch import RolloutBatch
 
 __all__ = ["LossSettings", "loss_settings", "micro_batch_loss", "old_logprobs", "policy_update"]
@@ -96,6 +99,8 @@ def micro_batch_loss(
     s: LossSettings,
     kl_coef: float,
     normalizer: float,
+    critic: Any = None,
+    value_normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of micro-batch ``mb`` as its share of a mini-batch whose normaliser is ``normalizer``:
 
@@ -103,19 +108,29 @@ def micro_batch_loss(
 
     ``old`` is ``mb.old_logp``, or the current log-probs detached when the policy has not moved since
     sampling (μ = 1, one mini-batch): the ratio is then exactly 1 and no extra forward pass is needed.
+    With a shared-backbone ``critic`` the value head reads the same hidden states and vf_coef·L^VF joins
+    the loss.
     """
     mask = mb.loss_mask.to(torch.float32)
     want_entropy = s.entropy_coef > 0 or s.log_entropy
-    logp, entropy = batch_logprobs(
-        model,
-        mb,
-        mb.loss_mask,
-        s.temperature,
-        want_entropy,
-        s.entropy_coef > 0,
-        s.bf16_autocast,
-        share_prompts=s.share_prompts,
-    )
+    shared_critic = critic is not None and critic.shared
+    if shared_critic:
+        with autocast_context(s.bf16_autocast):
+            states = response_states(model, mb, s.share_prompts)
+        logp, entropy = logprobs_from_states(
+            model, states, mb, mb.loss_mask, s.temperature, want_entropy, s.entropy_coef > 0
+        )
+    else:
+        logp, entropy = batch_logprobs(
+            model,
+            mb,
+            mb.loss_mask,
+            s.temperature,
+            want_entropy,
+            s.entropy_coef > 0,
+            s.bf16_autocast,
+            share_prompts=s.share_prompts,
+        )
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
     pg_loss, diag = POLICY_LOSSES.get(s.policy_loss)(
         logp,
@@ -141,6 +156,10 @@ def micro_batch_loss(
             loss = loss - s.entropy_coef * ent_term  # the entropy bonus of PPO's objective
         with torch.no_grad():
             stats["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+    if shared_critic:
+        v_loss, v_stats = critic.loss(mb, value_normalizer, states)
+        loss = loss + critic.vf_coef * v_loss
+        stats.update(v_stats)
     return loss, stats
 
 
@@ -187,13 +206,18 @@ def policy_update(
     micro_batch_size: int | None,
     max_grad_norm: float,
     generator: torch.Generator,
+    critic: Any = None,
+    ptx: Any = None,
 ) -> dict[str, float]:
     """μ passes over ``batch`` in ``num_minibatches`` shuffled mini-batches, one optimiser step each.
-    Rows without loss tokens (masked truncations, invalid rewards) are left out. Returns mean diagnostics."""
+    Rows without loss tokens (masked truncations, invalid rewards) are left out. Returns mean diagnostics.
+
+    ``critic`` (``rl_critic.Critic``): its value loss on the same mini-batches, token-mean, with its own
+    optimiser step. ``ptx`` (``rl_ptx.PtxData``): + ptx_coef·NLL of one ptx batch in every actor step."""
     rows = (batch.loss_mask.sum(-1) > 0).nonzero().flatten()
     if rows.numel() == 0:
         return {}
-    sums, grad_norms = _Sums(), []
+    sums, critic_sums, grad_norms, critic_norms = _Sums(), _Sums(), [], []
     totals: dict[str, float] = {}  # loss terms summed over micro-batches = the mini-batch's loss terms
     n_steps = 0
     for _ in range(ppo_epochs):
@@ -201,21 +225,39 @@ def policy_update(
         for mb_rows in shuffled.tensor_split(min(num_minibatches, rows.numel())):
             mb = batch.select(mb_rows)
             normalizer = global_normalizer(mb.loss_mask.to(torch.float32), s.aggregation)
+            v_normalizer = global_normalizer(mb.loss_mask.to(torch.float32), "token-mean")
+            micros = _micro_batches(mb, micro_batch_size)
             optimizer.zero_grad(set_to_none=True)
-            for micro in _micro_batches(mb, micro_batch_size):
-                loss, stats = micro_batch_loss(model, micro, s, kl_coef, normalizer)
+            if critic is not None:
+                critic.zero_grad()
+            for micro in micros:
+                loss, stats = micro_batch_loss(model, micro, s, kl_coef, normalizer, critic, v_normalizer)
                 loss.backward()
                 stats["loss"] = float(loss.detach())
-                for key in ("loss", "pg_loss", "kl_loss"):
+                for key in ("loss", "pg_loss", "kl_loss", "value_loss"):
                     if key in stats:
                         totals[key] = totals.get(key, 0.0) + stats.pop(key)
                 sums.add(float(micro.loss_mask.sum()), **stats)
+            if ptx is not None:
+                ptx_loss, nll = ptx.loss(model)
+                ptx_loss.backward()
+                totals["ptx_nll"] = totals.get("ptx_nll", 0.0) + nll
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
             optimizer.step()
             grad_norms.append(float(grad_norm))
+            if critic is not None:
+                if not critic.shared:
+                    for micro in micros:
+                        v_loss, v_stats = critic.loss(micro, v_normalizer)
+                        v_loss.backward()
+                        totals["value_loss"] = totals.get("value_loss", 0.0) + v_stats.pop("value_loss")
+                        critic_sums.add(float(micro.loss_mask.sum()), **v_stats)
+                critic_norms.append(critic.step())
             n_steps += 1
-    out = sums.means()
+    out = {**sums.means(), **critic_sums.means()}
     out.update({k: v / n_steps for k, v in totals.items()})
     out["grad_norm"] = sum(grad_norms) / n_steps
+    if critic_norms:
+        out["critic_grad_norm"] = sum(critic_norms) / n_steps
     out["optimizer_steps"] = n_steps
     return out

@@ -1,0 +1,154 @@
+"""The critic of RLHF-PPO: V(s_t) at every response token and its clipped value loss.
+
+    V(s_t)   = head(h_t)       h_t: the hidden state that predicts response token t (the same states as
+                               the policy's log-probs, ``rl_logprobs.response_states``)
+    L^VF     = ½·max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²), token-mean     (rlft.algos.value_loss)
+
+Two layouts (``CriticConfig.shared_backbone``):
+
+- separate (default): a scalar-head model (``…ForSequenceClassification``, num_labels=1) initialised from the
+  reward model (InstructGPT, arXiv 2203.02155; DeepSpeed-Chat) or from the actor's start weights with a
+  fresh head, trained by its own optimiser on the same mini-batches as the actor;
+- shared: a bias-free head on the actor's final hidden states; the policy loss and vf_coef·L^VF are one
+  backward through one body (less memory, one forward), the head has its own optimiser.
+
+V_old (``batch.values``) is computed once per rollout with no gradient; the returns come from GAE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rlft.algos import masked_mean, value_loss
+from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
+from rlft.run import ConfigError
+
+from .rl_logprobs import autocast_context, response_states
+from .rollout_batch import RolloutBatch
+
+__all__ = ["Critic", "explained_variance", "reward_model_dir"]
+
+
+def reward_model_dir(cfg: Any) -> str | None:
+    """The run's reward model: ``reward_model``, else the first ``{reward_model: DIR}`` reward spec."""
+    if cfg.reward_model:
+        return str(cfg.reward_model)
+    for spec in cfg.rewards:
+        if isinstance(spec, Mapping) and "reward_model" in spec:
+            return str(spec["reward_model"])
+    return None
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 − Var[R − V] / Var[R] over the masked tokens: 1 is a perfect critic, ≤ 0 no better than a constant."""
+    mask = mask.to(torch.float32)
+    var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    resid = returns - values
+    var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
+    return float("nan") if float(var) == 0 else float(1 - var_resid / var)
+
+
+class Critic:
+    """V(s_t) of rollout tokens, the value loss of a micro-batch, and the critic's optimiser."""
+
+    def __init__(self, cfg: Any, policy: nn.Module, log: Any = None):
+        c = cfg.critic
+        self.shared = c.shared_backbone
+        self.policy = policy
+        self.clip = c.value_clip
+        self.vf_coef = c.vf_coef
+        self.max_grad_norm = cfg.max_grad_norm if c.max_grad_norm is None else c.max_grad_norm
+        self.share_prompts = cfg.share_prompts
+        self.bf16 = cfg.bf16_autocast
+        self.model: nn.Module | None = None
+        if self.shared:
+            width = policy.config.get_text_config().hidden_size
+            self.head = nn.Linear(width, 1, bias=False)
+            nn.init.zeros_(self.head.weight)  # V ≡ 0 at the start: no random values in the first returns
+            self.source = "actor (shared backbone)"
+        else:
+            rm = reward_model_dir(cfg)
+            init = c.init
+            if init == "auto":
+                init = "reward_model" if rm else "actor"
+            if init == "reward_model":
+                if rm is None:
+                    raise ConfigError(
+                        "config key 'critic.init': 'reward_model' needs a reward model in the run (set "
+                        "reward_model: DIR or a {reward_model: DIR} reward), or use critic.init: actor"
+                    )
+                init = rm
+            if init == "actor":
+                self.model = reward_model_from_causal_lm(cfg.model, seed=cfg.seed)
+                self.source = f"actor ({cfg.model}) with a fresh value head"
+            else:
+                self.model = load_reward_model(init)[0]
+                self.source = init
+            self.model.eval()  # no dropout: V_old and V must describe the same function
+            self.head = self.model.score
+        params = list(self.model.parameters() if self.model is not None else self.head.parameters())
+        self.params = [p for p in params if p.requires_grad]
+        groups = [
+            {"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=c.lr or cfg.lr, betas=(0.9, cfg.adam_beta2), eps=1e-8
+        )
+
+    # --- values ---
+
+    def _states(self, mb: RolloutBatch) -> Tensor:
+        with autocast_context(self.bf16):
+            return response_states(self.model or self.policy, mb, self.share_prompts)
+
+    def values_from_states(self, states: Tensor) -> Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return self.head(states.float()).squeeze(-1).float()
+
+    @torch.no_grad()
+    def values(self, batch: RolloutBatch, micro: int | None) -> Tensor:
+        """(B, R) V(s_t) on response tokens (0 on padding), no gradient: the rollout's V_old."""
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for chunk in torch.arange(len(batch)).split(micro or len(batch)):
+            mb = batch.select(chunk).trimmed()
+            v = self.values_from_states(self._states(mb)) * mb.response_mask
+            out[chunk, : v.shape[1]] = v
+        return out
+
+    # --- loss and optimiser ---
+
+    def loss(
+        self, mb: RolloutBatch, normalizer: float, states: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Clipped value loss of micro-batch ``mb`` as its share of a mini-batch of ``normalizer`` tokens;
+        ``states`` are the actor's (shared backbone), else the critic runs its own body."""
+        mask = mb.loss_mask.to(torch.float32)
+        v = self.values_from_states(self._states(mb) if states is None else states)
+        loss, diag = value_loss(v, mb.values, mb.returns, mask, self.clip, "token-mean", normalizer)
+        return loss, {"value_loss": float(loss.detach()), "vf_clipfrac": float(diag["vf_clipfrac"])}
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        return float(norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        weights = (self.model or self.head).state_dict()
+        return {"weights": weights, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        (self.model or self.head).load_state_dict(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, out: Any, tokenizer: Any) -> None:
+        """The separate critic as a reward-model directory (a shared head lives in the checkpoints only)."""
+        if self.model is not None:
+            save_reward_model(self.model, tokenizer, out)

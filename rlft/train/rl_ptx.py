@@ -1,0 +1,57 @@
+"""PPO-ptx: the pretraining term of InstructGPT's objective (Ouyang et al., arXiv 2203.02155, eq. 2),
+
+    objective(φ) = E_{(x,y)∼π_φ}[r(x,y) − β·log(π_φ(y|x)/π_SFT(y|x))] + γ_ptx·E_{x∼D_pretrain}[log π_φ(x)],
+
+as a loss: + ptx_coef · (token-mean next-token NLL of one batch of ``ptx_data``), added to the loss of every
+actor optimiser step (so the step follows the gradient of the whole objective; DeepSpeed-Chat instead takes
+a separate step on ``unsup_coef``·NLL after each PPO step). Any ``load_records`` source of SFT or plain
+text works, e.g. ``task:preference`` (its SFT demonstrations); labels follow ``rlft sft`` (completion-only
+loss on prompt/completion records). The data position is part of the checkpoint (exact resume).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
+
+from .rl_logprobs import autocast_context
+from .rl_rollout import PromptStream
+from .sft import token_loss_sum
+
+__all__ = ["PtxData"]
+
+
+class PtxData:
+    """Batches of ``cfg.ptx_data`` in a seeded order and their loss ``ptx_coef``·NLL."""
+
+    def __init__(self, cfg: Any, tokenizer: Any):
+        limits = LengthLimits(max_total_tokens=cfg.ptx_max_tokens, overflow="truncate")
+        records = load_records(cfg.ptx_data, fmt=cfg.ptx_format)
+        self.examples = encode_sft(records, tokenizer, limits)
+        if len(self.examples) == 0:
+            raise DataError(f"ptx_data {cfg.ptx_data}: no examples ({self.examples.report})")
+        self.coef = cfg.ptx_coef
+        self.batch_size = cfg.ptx_batch_size
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.bf16 = cfg.bf16_autocast
+        self.stream = PromptStream(len(self.examples), cfg.seed * 1_000_003 + 17)
+
+    def next_batch(self) -> dict[str, Any]:
+        return collate_sft([self.examples[i] for i in self.stream.take(self.batch_size)], self.pad_id)
+
+    def loss(self, model: torch.nn.Module) -> tuple[Tensor, float]:
+        """(ptx_coef · token-mean NLL of the next batch, the NLL) for one optimiser step."""
+        with autocast_context(self.bf16):
+            total, n = token_loss_sum(model, self.next_batch())
+        nll = total.float() / max(n, 1)
+        return self.coef * nll, float(nll.detach())
+
+    def state_dict(self) -> dict[str, int]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.stream.load_state_dict(state)
