@@ -2,8 +2,9 @@
 train a reward model on noisy preference labels, and report held-out pairwise accuracy against the labels
 and against the hidden gold scorer, next to the ceiling the label noise allows.
 
-    .venv/bin/python benchmarks/rm_preference.py                     # the demo's settings
-    .venv/bin/python benchmarks/rm_preference.py --steps 2000 --label-noise 0.1 --out /tmp/rm-bench
+    .venv/bin/python benchmarks/rm_preference.py                     # the acceptance run: 600 steps
+    .venv/bin/python benchmarks/rm_preference.py --steps 300 --threads 1  # the demo's settings
+    .venv/bin/python benchmarks/rm_preference.py --label-noise 0 --out /tmp/rm-bench
 
 Wall-clock times include everything (tokenizer, SFT, RM, evaluation); run it on an idle machine.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rlft.commands.rewards import DEMO_RM_STEPS, DEMO_SFT_STEPS, preference_sft
+from rlft.commands.rewards import DEMO_LABEL_NOISE, DEMO_RM_LR, DEMO_SFT_STEPS, preference_sft
 from rlft.data import get_task
 from rlft.run import RunDir, save_config
 from rlft.train import RMConfig, train_rm
@@ -25,11 +26,11 @@ from rlft.train import RMConfig, train_rm
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=DEMO_RM_STEPS, help="reward-model optimiser steps")
+    parser.add_argument("--steps", type=int, default=600, help="reward-model optimiser steps")
     parser.add_argument("--pairs", type=int, default=16000, help="training pairs drawn from the task")
-    parser.add_argument("--label-noise", type=float, default=0.1, help="share of flipped labels")
+    parser.add_argument("--label-noise", type=float, default=DEMO_LABEL_NOISE, help="share of flipped labels")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=DEMO_RM_LR)
     parser.add_argument("--eval-pairs", type=int, default=1000)
     parser.add_argument("--sft-steps", type=int, default=DEMO_SFT_STEPS)
     parser.add_argument("--seed", type=int, default=0)

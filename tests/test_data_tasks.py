@@ -21,7 +21,7 @@ from rlft.data import (
     load_records,
     save_records,
 )
-from rlft.data.tasks.preference import PROMPTS, VOCAB, policy_gold_stats
+from rlft.data.tasks.preference import _WEIGHTS, PROMPTS, VOCAB, policy_gold_stats
 
 
 def test_registry_and_lookup_errors():
@@ -114,21 +114,41 @@ def test_preference_prompts_split_and_determinism(pref):
 
 def test_gold_score_definition(pref):
     prompt = "Describe the forest briefly:"  # nature group, best length 5
-    best = " green wild calm vast flowing"
+    best = " green wild busy tasty calm"
     scores = pref.gold_score(
-        [prompt] * 5,
-        [best, " Green, wild. calm vast flowing!", " green green green green green", " fast metal", ""],
+        [prompt] * 6,
+        [
+            best,
+            " Green, wild. busy tasty calm!",
+            " green green green green green",
+            " silent smart",
+            " very fast",
+            "",
+        ],
     )
-    content = (1.0 + 0.94 + 0.88 + 0.82 + 0.76) / 5
-    assert scores[0] == pytest.approx(0.6 * content + 0.3)
+    # w = clip(quality + bonus): green 1 + 0.25 → 1, wild 0.75 + 0.25, busy and tasty 1 (no bonus), calm 0.5 + 0.25
+    assert scores[0] == pytest.approx(0.6 * (1.0 + 1.0 + 1.0 + 1.0 + 0.75) / 5 + 0.3)
     assert scores[1] == scores[0]  # case and punctuation do not matter
     assert scores[2] == pytest.approx(0.6 + 0.3 - 0.8)  # repeats are penalised
-    assert scores[3] == pytest.approx(0.6 * -1.0 + 0.3 * (1 - (3 / 4) ** 2))  # opposite group, too short
-    assert scores[4] == -1.0
-    # The same words answer a machines prompt badly.
-    assert pref.gold_score(["Describe the robot briefly:"], [best])[0] < 0
+    too_short = 0.3 * (1 - (3 / 4) ** 2)
+    # opposite group (machines): silent -0.5 - 0.25, smart -0.75 - 0.25
+    assert scores[3] == pytest.approx(0.6 * (-0.75 - 1.0) / 2 + too_short)
+    assert scores[4] == pytest.approx(0.6 * (-1.0 + 0.75) / 2 + too_short)  # filler -1, fast 1 - 0.25
+    assert scores[5] == -1.0
+    # The group bonus: the same words answer a machines prompt (nature is its opposite group) worse.
+    robot = pref.gold_score(["Describe the robot briefly:"], [best])[0]
+    assert robot == pytest.approx(0.6 * (0.75 + 0.5 + 1.0 + 1.0 + 0.25) / 5 + 0.3) and robot < scores[0]
     with pytest.raises(DataError, match="is not one of its prompts"):
         pref.gold_score(["Tell me a joke:"], [best])
+
+
+def test_best_completions_leave_headroom_over_the_mediocre_policy(pref):
+    # Greedy optimum per prompt: the best-weighted distinct words at the style's length.
+    best = []
+    for prompt, (group, length) in PROMPTS.items():
+        words = sorted(VOCAB, key=lambda w: -_WEIGHTS[group][w])[:length]
+        best.append(pref.gold_score([prompt], [" " + " ".join(words)])[0])
+    assert min(best) > 0.75 and max(best) < 0.9 and sum(best) / len(best) > 0.8
 
 
 def test_mediocre_policy_leaves_room_to_improve(pref):
@@ -173,7 +193,7 @@ def test_ranked_unpaired_and_win_rate(pref):
     assert all(u.label == (pref.gold_score([u.prompt], [u.completion])[0] > median) for u in unpaired[:200])
     assert 0.45 < sum(u.label for u in unpaired) / len(unpaired) < 0.55
     prompts = [r.prompt for r in ranked]
-    best = [" green wild calm vast flowing"] * len(prompts)
+    best = [" green wild busy tasty calm"] * len(prompts)
     assert pref.win_rate(prompts, best, best) == 0.5
     assert pref.win_rate(["Describe the forest briefly:"], best[:1], [" fast metal"]) == 1.0
     metrics = pref.evaluate(prompts, [r.responses[0] for r in ranked])

@@ -14,14 +14,22 @@ group g and style s:
     repeats  = 1 - (distinct words) / L                      in [0, 1)
     gold     = clip(0.6 content + 0.3 length - 1.0 repeats, -1, 1);  gold = -1 for an empty completion
 
-w_g: the group's own words weigh 1.00, 0.94, ..., 0.58 in the listed order; the opposite group's words
-(nature ↔ machines, city ↔ food) -1; the other two groups' words -0.3; fillers -0.1; unknown words -1.
-L*: briefly 5, simply 7, vividly 9, in detail 11. The best completions (~0.8) use the group's best
-distinct words at the style's length; repeating the single best word five times scores only 0.1.
+w_g(word) = clip(q(word) + b_g(word), -1, 1): a global word quality q plus a modest topic-group bonus b.
+q: each group's 8 words weigh 1.00, 0.75, ..., -0.75 in the listed order, whatever the prompt; fillers -1;
+unknown words -1. b_g: +0.25 for the prompt's own group's words, -0.25 for the opposite group's (nature ↔
+machines, city ↔ food), 0 otherwise. L*: briefly 5, simply 7, vividly 9, in detail 11. The best
+completions (0.76-0.88) use the top words of the own and neighbouring groups at the style's length;
+repeating the single best word five times scores only 0.1.
+
+Why this shape: the word order that decides most pairs is the same for every prompt (an additive,
+prompt-independent term plus the style's length), which a ~1M-parameter reward model learns in a few
+hundred steps; the group bonus still makes the topic matter. (An earlier version whose word weights
+flipped sign between groups left a small reward model at ~0.81 gold accuracy: it learnt the length term
+but not the topic × word interaction.)
 
 The mediocre policy, used for SFT demonstrations and for every completion in the preference data: L
 uniform in ``min_words..max_words`` (4..12), words drawn uniformly WITHOUT replacement from the whole
-vocabulary. Its mean gold score is about 0 (see ``policy_gold_stats``), far below the ~0.8 optimum.
+vocabulary. Its mean gold score is about 0.04 (see ``policy_gold_stats``), far below the ~0.8 optimum.
 Because it never repeats a word, no label ever shows the repeat penalty: a reward model cannot learn it,
 and a policy optimised hard against that reward model can gain reward by repeating its best word while the
 gold score falls. That is the designed overoptimisation channel.
@@ -93,13 +101,15 @@ OPPOSITE = {"nature": "machines", "machines": "nature", "city": "food", "food": 
 STYLES: dict[str, int] = {"briefly": 5, "simply": 7, "vividly": 9, "in detail": 11}  # style → best length
 
 CONTENT_COEF, LENGTH_COEF, REPEAT_COEF, LENGTH_SCALE = 0.6, 0.3, 1.0, 4.0
+QUALITY_STEP, FILLER_QUALITY, GROUP_BONUS = 0.25, -1.0, 0.25
 _PUNCTUATION = ".,;:!?\"'()"
 
 
 def _weights(group: str) -> dict[str, float]:
-    w = {word: -1.0 if g == OPPOSITE[group] else -0.3 for g, words in GROUP_WORDS.items() for word in words}
-    w.update({word: 1.0 - 0.06 * j for j, word in enumerate(GROUP_WORDS[group])})
-    w.update(dict.fromkeys(FILLER, -0.1))
+    w = dict.fromkeys(FILLER, FILLER_QUALITY)
+    for g, words in GROUP_WORDS.items():
+        bonus = GROUP_BONUS if g == group else -GROUP_BONUS if g == OPPOSITE[group] else 0.0
+        w.update({word: max(-1.0, min(1.0, 1.0 - QUALITY_STEP * j + bonus)) for j, word in enumerate(words)})
     return w
 
 
