@@ -41,17 +41,16 @@ from rlft.run import (
     MetricsWriter,
     Progress,
     RunDir,
-    capture_rng_state,
-    restore_rng_state,
     seed_everything,
 )
 
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .checkpoint import latest_checkpoint, save_checkpoint
 from .dpo_config import DPOConfig
 from .dpo_data import OfflineData, load_offline
+from .epochs import adamw, epoch_order, position_state, restore_position
 from .ref_cache import model_fingerprint, reference_logprob_sums
 from .schedule import warmup_cosine_scheduler
-from .sft import _trim_metrics, epoch_order, shuffle_seed, task_of
+from .sft import task_of
 
 __all__ = ["DPOResult", "WinRate", "offline_loss", "score_sequences", "train_dpo"]
 
@@ -336,16 +335,6 @@ def length_limits(cfg: DPOConfig) -> LengthLimits:
     )
 
 
-def _optimizer(model: Any, cfg: DPOConfig) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    # AdamW; no weight decay on biases and norm weights (1-D tensors), as in SFT.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8), params
-
-
 def train_dpo(
     cfg: DPOConfig,
     run: RunDir,
@@ -415,31 +404,16 @@ def train_dpo(
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     model.train()
-    optimizer, params = _optimizer(model, cfg)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
     step, epoch, batch_index = 0, 0, 0
     if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
-        if state["shuffle_seed"] != shuffle_seed(cfg.seed, epoch):
-            raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={cfg.seed}")
-        _trim_metrics(run, step)
-        say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
+        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
 
     def save(at_step: int) -> None:
-        state = {
-            "step": at_step,
-            "epoch": epoch,
-            "batch_index": batch_index,
-            "shuffle_seed": shuffle_seed(cfg.seed, epoch),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": capture_rng_state(),
-        }
+        state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
         save_checkpoint(run, at_step, model, tokenizer, state)
 
     def evaluate() -> dict[str, float]:

@@ -51,6 +51,7 @@ from rlft.run import (
 )
 
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .epochs import adamw, trim_metrics
 from .rl_advantages import AdvantageState, advantage_step, check_advantage, needs_critic
 from .rl_config import RLConfig
 from .rl_critic import Critic, reward_model_dir
@@ -62,7 +63,7 @@ from .rl_rollout import PromptStream, collect_rollout
 from .rl_update import LossSettings, loss_settings, old_logprobs, policy_update
 from .rollout_batch import RolloutBatch
 from .schedule import warmup_cosine_scheduler
-from .sft import _trim_metrics, task_of
+from .sft import task_of
 
 __all__ = ["RLResult", "describe_algorithm", "reward_specs", "train_rl"]
 
@@ -256,12 +257,8 @@ def train_rl(
         sampler = HFSampler(model, tokenizer)
         losses = loss_settings(cfg)
 
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2), eps=1e-8)
+        optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay, beta2=cfg.adam_beta2)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         kl_ctl = (
             AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
@@ -286,7 +283,7 @@ def train_rl(
             if ptx is not None:
                 ptx.load_state_dict(state["ptx_stream"])
             step = state["step"]
-            _trim_metrics(run, step)
+            trim_metrics(run, step)
             say(f"resuming from {checkpoint} (step {step})")
 
         def save(at_step: int) -> None:

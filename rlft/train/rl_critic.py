@@ -27,6 +27,7 @@ from rlft.algos import masked_mean, value_loss
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
 
+from .epochs import adamw
 from .rl_logprobs import autocast_context, response_states
 from .rollout_batch import RolloutBatch
 
@@ -92,13 +93,7 @@ class Critic:
             self.head = self.model.score
         params = list(self.model.parameters() if self.model is not None else self.head.parameters())
         self.params = [p for p in params if p.requires_grad]
-        groups = [
-            {"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=c.lr or cfg.lr, betas=(0.9, cfg.adam_beta2), eps=1e-8
-        )
+        self.optimizer = adamw(self.params, c.lr or cfg.lr, cfg.weight_decay, beta2=cfg.adam_beta2)
 
     # --- values ---
 

@@ -52,12 +52,13 @@ from rlft.models import (
     save_reward_model,
     sequence_scores,
 )
-from rlft.run import MetricsWriter, Progress, RunDir, capture_rng_state, restore_rng_state, seed_everything
+from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .checkpoint import latest_checkpoint, save_checkpoint
+from .epochs import adamw, epoch_order, position_state, restore_position
 from .rm_config import RMConfig
 from .schedule import warmup_cosine_scheduler
-from .sft import _trim_metrics, epoch_order, shuffle_seed, task_of
+from .sft import task_of
 
 __all__ = [
     "RMResult",
@@ -412,36 +413,16 @@ def train_rm(
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups_ = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups_, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
     step, epoch, batch_index = 0, 0, 0
     if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
-        if state["shuffle_seed"] != shuffle_seed(cfg.seed, epoch):
-            raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={cfg.seed}")
-        _trim_metrics(run, step)
-        say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
+        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
 
     def save(at_step: int) -> None:
-        state = {
-            "step": at_step,
-            "epoch": epoch,
-            "batch_index": batch_index,
-            "shuffle_seed": shuffle_seed(cfg.seed, epoch),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": capture_rng_state(),
-        }
+        state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
         save_checkpoint(run, at_step, model, tokenizer, state)
 
     def evaluate() -> dict[str, float]:

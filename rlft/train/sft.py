@@ -57,7 +57,6 @@ from rlft.run import (
 
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .epochs import adamw, epoch_order, position_state, restore_position, shuffle_seed
-from .epochs import trim_metrics as _trim_metrics  # noqa: F401 - still imported from here by rm.py, dpo.py
 from .schedule import warmup_cosine_scheduler
 from .sft_config import SFTConfig
 
