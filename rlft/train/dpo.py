@@ -47,9 +47,8 @@ from rlft.run import (
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .dpo_config import DPOConfig
 from .dpo_data import OfflineData, load_offline
-from .epochs import adamw, epoch_order, position_state, restore_position
+from .epochs import epoch_order, position_state, start_training
 from .ref_cache import model_fingerprint, reference_logprob_sums
-from .schedule import warmup_cosine_scheduler
 from .sft import task_of
 
 __all__ = ["DPOResult", "WinRate", "offline_loss", "score_sequences", "train_dpo"]
@@ -404,13 +403,9 @@ def train_dpo(
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     model.train()
-    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-
-    step, epoch, batch_index = 0, 0, 0
-    if checkpoint is not None:
-        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
+    optimizer, scheduler, params, step, epoch, batch_index = start_training(
+        model, cfg, total_steps, checkpoint, run, say
+    )
 
     def save(at_step: int) -> None:
         state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)

@@ -14,8 +14,17 @@ from rlft.data import DataError
 from rlft.run import RunDir, atomic_write_text, capture_rng_state, read_metrics, restore_rng_state
 
 from .checkpoint import load_trainer_state
+from .schedule import warmup_cosine_scheduler
 
-__all__ = ["adamw", "epoch_order", "position_state", "restore_position", "shuffle_seed", "trim_metrics"]
+__all__ = [
+    "adamw",
+    "epoch_order",
+    "position_state",
+    "restore_position",
+    "shuffle_seed",
+    "start_training",
+    "trim_metrics",
+]
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
@@ -79,3 +88,18 @@ def restore_position(
     trim_metrics(run, step)
     say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
     return step, epoch, batch_index, state
+
+
+def start_training(
+    model: Any, cfg: Any, total_steps: int, checkpoint: Path | None, run: RunDir, say: Callable[[str], None]
+) -> tuple[torch.optim.Optimizer, Any, list[torch.nn.Parameter], int, int, int]:
+    """The optimiser (:func:`adamw`) and warm-up + cosine schedule of an epoch-based trainer, restored from
+    ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed.
+    Returns (optimizer, scheduler, trained parameters, step, epoch, batch_index)."""
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    step, epoch, batch_index = 0, 0, 0
+    if checkpoint is not None:
+        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
+    return optimizer, scheduler, params, step, epoch, batch_index

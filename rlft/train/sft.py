@@ -56,8 +56,7 @@ from rlft.run import (
 )
 
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import adamw, epoch_order, position_state, restore_position, shuffle_seed
-from .schedule import warmup_cosine_scheduler
+from .epochs import epoch_order, position_state, shuffle_seed, start_training
 from .sft_config import SFTConfig
 
 __all__ = [
@@ -257,13 +256,9 @@ def train_sft(
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     model.train()
 
-    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-
-    step, epoch, batch_index = 0, 0, 0
-    if checkpoint is not None:
-        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
+    optimizer, scheduler, params, step, epoch, batch_index = start_training(
+        model, cfg, total_steps, checkpoint, run, say
+    )
 
     def save(at_step: int) -> None:
         state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
