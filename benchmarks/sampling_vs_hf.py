@@ -15,6 +15,7 @@ sequences end at different lengths.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.wait_idle:
         print(f"CPU busy before start: {wait_idle(args.wait_idle):.0%}")
+    load_start = os.getloadavg()[0]
 
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     peaks["fp32_onednn"] = (
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nthreads={args.threads}  batch={args.batch}  new tokens={args.new_tokens} (EOS ignored)  "
-        f"repeats={args.repeats}  oneDNN decode={'on' if onednn_linear_available() else 'off'}"
+        f"repeats={args.repeats}  oneDNN decode={'on' if onednn_linear_available() else 'off'}  "
+        f"load average (1 min) {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     )
     print(
         f"peaks (2048² matmul, GFLOP/s): float32 torch.matmul {peaks['fp32']:.0f} at start, {peaks_end:.0f} at end "

@@ -3,24 +3,28 @@
 At the batch sizes RL fine-tuning samples with on a CPU, a decode step of a small model is dominated
 by per-op overhead and by matmul speed, not by FLOPs: HF's layer code issues ~30 small ops and several
 Python wrappers per layer, and its float32 matmuls go to MKL. This decoder computes the same function
-with fewer, faster ops:
+with about half as many, faster ops (16 per layer per token, views not counted):
 
 - q, k, v projections fused into one matmul, gate and up projections into another;
 - the attention scale 1/√d folded into the query weights (RoPE is linear, so rope(s·q) = s·rope(q));
 - each RMSNorm weight folded into the matmul after it;
-- matmul weights prepacked for oneDNN (:mod:`rlft.models.onednn`, about 2-3× MKL's float32 rate here);
-- RoPE from a cos/sin table, applied to queries and keys together; decode attention as two batched
-  matmuls over the KV heads (grouped-query attention without repeating keys), with an additive
-  padding bias only when the batch has padding; prefill attention through SDPA.
+- matmul weights prepacked for oneDNN (:mod:`rlft.models.onednn`, about 2-3× MKL's float32 rate
+  here; oneDNN's fused residual-add post-op measured no faster than a separate add, so it is unused);
+- RoPE as one complex multiplication e^{iθ·pos}·(x_j + i·x_{j+D/2}): the q/k weight rows are stored
+  with each rotation pair adjacent, which permutes the head dimension of q and k alike and so leaves
+  every q·k unchanged; the rotated keys are written straight into the cache;
+- a preallocated static KV cache (:class:`~rlft.models.kv_cache.StaticKVCache`) written in place;
+  decode attention as ``baddbmm`` (padding bias folded in) + softmax + ``bmm`` over (B·H_kv) heads
+  (grouped-query attention without repeating keys); prefill attention through SDPA.
 
-It keeps HF's cache object (:mod:`rlft.models.kv_cache`), so it shares masks, compaction and
-bookkeeping with :class:`HFDecoder`. The architecture check below is strict: anything unusual (LoRA
-wrappers, extra norms, other activations, sliding windows, hooks) falls back to :class:`HFDecoder`.
-Numerically it matches the HF forward to float32 rounding (tested against ``token_logprobs``).
+The architecture check below is strict: anything unusual (LoRA wrappers, extra norms, other
+activations, sliding windows, hooks) falls back to :class:`HFDecoder`. Numerically it matches the HF
+forward to float32 rounding (tested against ``token_logprobs``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +34,8 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from .decoders import HFDecoder
-from .kv_cache import cache_is_plain
+from .kv_cache import StaticKVCache
+from .logprobs import position_ids_from_mask
 from .onednn import PackedLinear
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -83,6 +88,19 @@ def fast_path_blocker(model: PreTrainedModel) -> str | None:
             return "attention uses a non-standard scale"
     if not type(body.norm).__name__.endswith("RMSNorm"):
         return f"final norm {type(body.norm).__name__} is not a Llama-style RMSNorm"
+    rotary = getattr(body, "rotary_emb", None)
+    try:
+        cos, sin = rotary(torch.zeros(1, 1), torch.arange(4)[None])
+        half = cos.shape[-1] // 2
+        standard = (
+            cos.shape[-1] == body.layers[0].self_attn.head_dim  # no partial rotary
+            and torch.equal(cos[..., :half], cos[..., half:])
+            and torch.equal(sin[..., :half], sin[..., half:])
+        )
+    except Exception:  # anything unexpected about the rotary module: not the layout the fast path assumes
+        standard = False
+    if not standard:
+        return "the rotary embedding is not HF's half-split cos/sin layout"
     return None
 
 
@@ -115,18 +133,32 @@ def _bias(linear: nn.Linear) -> Tensor:
     return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
 
 
-def _cat_bias(*linears: nn.Linear, scales: tuple[float, ...]) -> Tensor | None:
+def _cat_bias(*linears: nn.Linear, scales: tuple[float, ...], orders: tuple) -> Tensor | None:
     if all(lin.bias is None for lin in linears):
         return None
-    return torch.cat([_bias(lin) * scale for lin, scale in zip(linears, scales, strict=True)])
+    parts = [_bias(lin) * scale for lin, scale in zip(linears, scales, strict=True)]
+    return torch.cat([p if order is None else p[order] for p, order in zip(parts, orders, strict=True)])
+
+
+@functools.lru_cache(maxsize=16)
+def rope_pair_order(heads: int, head_dim: int) -> Tensor:
+    """Row order that puts each RoPE pair (j, j + D/2) of every head next to each other.
+
+    HF rotates x_j with x_{j+D/2}; with rows in this order a head's output is (x_0, x_{D/2}, x_1, …),
+    which ``torch.view_as_complex`` reads as the D/2 complex numbers RoPE multiplies by e^{iθ·pos}.
+    """
+    half = head_dim // 2
+    pairs = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).flatten()
+    return (pairs[None] + head_dim * torch.arange(heads)[:, None]).flatten()
 
 
 def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: int = 64) -> FusedWeights:
     """Fuse q/k/v and gate/up, fold norms and the attention scale in, cast matmul weights to ``dtype``.
 
     Folding: rmsnorm(x)·w then W equals n(x) then W·diag(w), so each norm weight multiplies the columns
-    of the next matmul; the 1/√d attention scale multiplies W_q (and b_q). The LM head stays float32
-    for accurate log-probs (as in :meth:`HFDecoder.head`).
+    of the next matmul; the 1/√d attention scale multiplies W_q (and b_q). The rows of W_q and W_k are
+    put in :func:`rope_pair_order`. The LM head stays float32 for accurate log-probs (as in
+    :meth:`HFDecoder.head`).
     """
     body = model.get_decoder()
     config = model.config
@@ -137,23 +169,34 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
             ln1 = layer.input_layernorm.weight.float()
             ln2 = layer.post_attention_layernorm.weight.float()
             s = attn.scaling
+            q_order = rope_pair_order(config.num_attention_heads, attn.head_dim)
+            k_order = rope_pair_order(attn.k_proj.out_features // attn.head_dim, attn.head_dim)
+            # in place on the fresh concatenation: this runs for every sampled batch
             qkv_w = torch.cat(
-                [attn.q_proj.weight.float() * s, attn.k_proj.weight.float(), attn.v_proj.weight.float()]
-            )
+                [attn.q_proj.weight[q_order], attn.k_proj.weight[k_order], attn.v_proj.weight]
+            ).float()
+            qkv_w[: len(q_order)].mul_(s)
+            qkv_w.mul_(ln1)
             layers.append(
                 _LayerWeights(
                     eps1=float(layer.input_layernorm.variance_epsilon),
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
                     qkv=PackedLinear(
-                        qkv_w * ln1,
-                        _cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, scales=(s, 1, 1)),
+                        qkv_w,
+                        _cat_bias(
+                            attn.q_proj,
+                            attn.k_proj,
+                            attn.v_proj,
+                            scales=(s, 1, 1),
+                            orders=(q_order, k_order, None),
+                        ),
                         dtype,
                         batch_hint,
                     ),
                     o=PackedLinear(attn.o_proj.weight, attn.o_proj.bias, dtype, batch_hint),
                     gate_up=PackedLinear(
-                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float() * ln2,
-                        _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1, 1)),
+                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float().mul_(ln2),
+                        _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1, 1), orders=(None, None)),
                         dtype,
                         batch_hint,
                     ),
@@ -172,18 +215,39 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
         )
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class FastLlamaDecoder(HFDecoder):
-    """:class:`HFDecoder` with prefill and step computed by :meth:`_forward` (same cache and bookkeeping)."""
+    """:class:`HFDecoder`'s interface (prefill, step, select) over :meth:`_forward` and a
+    :class:`~rlft.models.kv_cache.StaticKVCache` instead of HF's model body and cache."""
 
     def __init__(self, model: PreTrainedModel, max_new_tokens: int, weight_dtype: torch.dtype) -> None:
         super().__init__(model, max_new_tokens)
         self.weight_dtype = weight_dtype
+        self.exact = weight_dtype == torch.float32  # float32 compute: rotated keys go straight to the cache
         self.rotary = self.body.rotary_emb
+
+    def start(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Per-row state and an empty cache sized for the whole generation; returns position ids (B, P)."""
+        batch, width = input_ids.shape
+        w = self.weights
+        self.key_valid = torch.ones(batch, width + self.max_new_tokens, dtype=torch.bool)
+        self.key_valid[:, :width] = attention_mask.bool()
+        positions = position_ids_from_mask(attention_mask)
+        self.length = width
+        self.positions = positions[:, -1] + 1  # each row's next position id
+        self.kv = StaticKVCache(
+            len(w.layers), batch, w.kv_heads, width + self.max_new_tokens, w.head_dim, self.weight_dtype
+        )
+        self._set_key_bias()
+        return positions
+
+    def _set_key_bias(self) -> None:
+        """(B·H_kv, 1, capacity) additive mask of the decode steps: 0 for real keys, float32 min for
+        left padding; None when no row is padded (then no mask op at all)."""
+        self.key_bias = None
+        if not bool(self.key_valid[:, : self.length].all()):
+            bias = torch.zeros(self.key_valid.shape, dtype=torch.float32)
+            bias.masked_fill_(~self.key_valid, torch.finfo(torch.float32).min)
+            self.key_bias = bias.repeat_interleave(self.weights.kv_heads, dim=0)[:, None]
 
     def prefill(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The prompts through the same fused block (oneDNN matmuls, SDPA attention), into the cache."""
@@ -192,88 +256,107 @@ class FastLlamaDecoder(HFDecoder):
         # an RL loop would be a silent bug.
         self.weights = build_fused_weights(self.model, self.weight_dtype, batch_hint=input_ids.shape[0])
         positions = self.start(input_ids, attention_mask)
-        if not cache_is_plain(self.cache):  # the architecture check should make this impossible
-            raise RuntimeError("fast decode needs a plain full-attention cache")
-        self.key_bias = torch.zeros(self.key_valid.shape, dtype=torch.float32).masked_fill_(
-            ~self.key_valid, torch.finfo(torch.float32).min
-        )
-        # RoPE angles depend only on the position for these types: compute cos/sin for every position
-        # this generation can reach once, then each step is a table lookup instead of HF's rotary call.
-        self.rope_table = None
+        # RoPE angles depend only on the position for these types: e^{iθ·pos} for every position this
+        # generation can reach, once; then each step is a table lookup instead of HF's rotary call.
+        self.cis_table = None
         if getattr(self.rotary, "rope_type", None) in STATIC_ROPE_TYPES:
             last = int(self.positions.max()) + self.max_new_tokens
-            cos, sin = self.rotary(torch.zeros(1, 1), torch.arange(last + 1)[None])
-            self.rope_table = (cos[0].float(), sin[0].float())
+            self.cis_table = _cis(*self.rotary(torch.zeros(1, 1), torch.arange(last + 1)[None]))[0]
         width = input_ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         # Causal and not a pad key; the diagonal too, so a pad query never has an all-masked row (NaN).
         # Pad positions compute garbage that nothing real attends to.
         mask = (causal & self.key_valid[:, None, :width]) | torch.eye(width, dtype=torch.bool)
-        return self._forward(input_ids, positions, mask[:, None])
+        return self._forward(input_ids, positions, 0, mask[:, None])
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per row (B,); return float32 next-token logits (B, V)."""
-        logits = self._forward(tokens[:, None], self.positions[:, None], None)
+        logits = self._forward(tokens[:, None], self.positions[:, None], self.length, None)
         self.length += 1
         self.positions = self.positions + 1
         return logits
 
     def select(self, rows: Tensor) -> None:
-        super().select(rows)
-        self.key_bias = self.key_bias.index_select(0, rows)
-        self.has_padding = not bool(self.key_valid[:, : self.length].all())
+        self.kv.select(rows)
+        self.key_valid = self.key_valid.index_select(0, rows)
+        self.positions = self.positions.index_select(0, rows)
+        self._set_key_bias()
 
-    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos, sin (B·T, 1, D) for positions (B, T)."""
-        if self.rope_table is None:
-            cos, sin = self.rotary(torch.zeros(1, 1), positions)
-            return cos.float().flatten(0, 1)[:, None], sin.float().flatten(0, 1)[:, None]
-        cos, sin = self.rope_table
+    def _rope(self, positions: Tensor) -> Tensor:
+        """e^{iθ·pos} (B·T, D/2) complex for positions (B, T)."""
         flat = positions.reshape(-1)
-        return F.embedding(flat, cos)[:, None], F.embedding(flat, sin)[:, None]
+        if self.cis_table is not None:
+            return self.cis_table.index_select(0, flat)
+        return _cis(*self.rotary(torch.zeros(1, 1), positions)).reshape(flat.shape[0], -1)
 
-    def _forward(self, tokens: Tensor, positions: Tensor, prefill_mask: Tensor | None) -> Tensor:
-        """T tokens per row through every layer, appending their keys/values to the cache; returns the
-        float32 logits (B, V) of each row's last token.
+    def _forward(self, tokens: Tensor, positions: Tensor, start: int, prefill_mask: Tensor | None) -> Tensor:
+        """T tokens per row through every layer, writing their keys/values at cache positions
+        [start, start + T); returns the float32 logits (B, V) of each row's last token.
 
         Per layer: h = x + W_o·attn(rope(W_q n), rope(W_k n), W_v n) with n = rmsnorm(x), then
-        x' = h + W_down(silu(W_gate m) ⊙ W_up m) with m = rmsnorm(h) — the Llama block. Decoding
-        (``prefill_mask`` None, T = 1) attends with two batched matmuls over the KV heads; prefill uses
-        SDPA with the given (B, 1, T, T) boolean mask.
+        x' = h + W_down(silu(W_gate m) ⊙ W_up m) with m = rmsnorm(h) — the Llama block. RoPE is one
+        complex multiplication per tensor (q/k rows are stored pair-interleaved, see
+        :func:`build_fused_weights`), the rotated keys written straight into the cache. Decoding
+        (``prefill_mask`` None, T = 1) attends with two ``bmm`` over (B·H_kv) heads, the padding bias
+        folded into the first (``baddbmm``); prefill uses SDPA with the given (B, 1, T, T) boolean mask.
         """
-        w = self.weights
+        w, kv, exact = self.weights, self.kv, self.exact
         batch, steps = tokens.shape
         heads, kv_heads, dim = w.heads, w.kv_heads, w.head_dim
-        group = heads // kv_heads
-        q_and_k = (heads + kv_heads) * dim
+        half, group = dim // 2, heads // kv_heads
+        k_end = (heads + kv_heads) * dim  # qkv columns: [q | k | v]
+        end = start + steps
         x = F.embedding(tokens.reshape(-1), w.embed).float()  # (B·T, d) residual stream, float32
         width = x.shape[-1]
-        cos, sin = self._rope(positions)
+        cis = self._rope(positions).view(batch, steps, 1, half)
         decode = prefill_mask is None
-        bias = self.key_bias[:, None, None, : self.length + 1] if decode and self.has_padding else None
-        for layer, cache_layer in zip(w.layers, self.cache.layers, strict=True):
+        bias = None if self.key_bias is None else self.key_bias.narrow(2, 0, end)
+        for i, layer in enumerate(w.layers):
             dtype = layer.qkv.dtype  # compute dtype: float32, or bfloat16 for the bf16 option
-            qkv = layer.qkv(F.rms_norm(x, (width,), None, layer.eps1))
-            qk = qkv[:, :q_and_k].view(batch * steps, heads + kv_heads, dim)
-            qk = (qk * cos + _rotate_half(qk) * sin).to(dtype).view(batch, steps, heads + kv_heads, dim)
-            v = qkv[:, q_and_k:].view(batch, steps, kv_heads, dim)
-            keys, values = cache_layer.update(qk[:, :, heads:].transpose(1, 2), v.transpose(1, 2))
-            if decode:
-                q = qk[:, 0, :heads].reshape(batch, kv_heads, group, dim)
-                scores = torch.matmul(q, keys.transpose(-1, -2))  # (B, H_kv, group, L); scale is in W_q
-                if bias is not None:
-                    scores = scores + bias
-                probs = torch.softmax(scores.float(), dim=-1).to(dtype)
-                attn = torch.matmul(probs, values).reshape(batch, heads * dim)
+            qkv = layer.qkv(F.rms_norm(x, (width,), None, layer.eps1))  # (B·T, (H + 2·H_kv)·D)
+            qk = qkv[:, :k_end] if exact else qkv[:, :k_end].float()
+            qk = torch.view_as_complex(qk.view(batch, steps, heads + kv_heads, half, 2))
+            q = torch.view_as_real(qk[:, :, :heads] * cis).to(dtype)  # (B, T, H, D/2, 2), contiguous
+            new_keys = kv.keys[i].narrow(2, start, steps).transpose(1, 2)  # (B, T, H_kv, D) cache view
+            if exact:
+                torch.mul(qk[:, :, heads:], cis, out=torch.view_as_complex(new_keys.unflatten(-1, (half, 2))))
             else:
-                q = qk[:, :, :heads].transpose(1, 2)  # (B, H, T, D)
+                new_keys.copy_(torch.view_as_real(qk[:, :, heads:] * cis).flatten(-2))
+            new_values = kv.values[i].narrow(2, start, steps).transpose(1, 2)
+            new_values.copy_(qkv[:, k_end:].view(batch, steps, kv_heads, dim))
+            if decode:
+                q3 = q.view(batch * kv_heads, group, dim)
+                keys = kv.keys3[i].narrow(1, 0, end).transpose(1, 2)  # (B·H_kv, D, L); scale is in W_q
+                if bias is None:
+                    scores = torch.bmm(q3, keys)
+                elif exact:
+                    scores = torch.baddbmm(bias, q3, keys)
+                else:
+                    scores = torch.bmm(q3, keys).float() + bias
+                probs = torch.softmax(scores, -1) if exact else torch.softmax(scores.float(), -1).to(dtype)
+                attn = torch.bmm(probs, kv.values3[i].narrow(1, 0, end)).view(batch, heads * dim)
+            else:
                 attn = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=prefill_mask, scale=1.0, enable_gqa=group > 1
+                    q.view(batch, steps, heads, dim).transpose(1, 2),
+                    kv.keys[i].narrow(2, 0, end),
+                    kv.values[i].narrow(2, 0, end),
+                    attn_mask=prefill_mask,
+                    scale=1.0,
+                    enable_gqa=group > 1,
                 )
                 attn = attn.transpose(1, 2).reshape(batch * steps, heads * dim)
             x = x + layer.o(attn)
             gate, up = layer.gate_up(F.rms_norm(x, (width,), None, layer.eps2)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         last = x.view(batch, steps, width)[:, -1]
+        if exact:
+            return w.head(F.rms_norm(last, (width,), None, w.norm_eps))
         with torch.autocast("cpu", enabled=False):
             return w.head(F.rms_norm(last, (width,), None, w.norm_eps)).float()
+
+
+def _cis(cos: Tensor, sin: Tensor) -> Tensor:
+    """cos + i·sin of HF's (…, D) rotary tables, whose two halves repeat (checked in
+    :func:`fast_path_blocker`), as (…, D/2) complex64."""
+    half = cos.shape[-1] // 2
+    return torch.complex(cos[..., :half].float(), sin[..., :half].float())

@@ -5,10 +5,16 @@
 :class:`GrowableLayer` keeps keys and values in a buffer with spare capacity, writes each new token
 into it and hands attention a view of the filled prefix; when full, the capacity doubles (amortised
 O(1) per token). Sliding-window or other special layers keep HF's own implementation.
+
+:class:`StaticKVCache` is the fused Llama decoder's own cache (no HF object): one preallocated
+(B, H_kv, capacity, D) buffer per layer for keys and one for values, sized for the whole generation
+(prompt width + max_new_tokens), so nothing is ever copied to grow, and the (B·H_kv, capacity, D)
+views the attention matmuls read are built once per batch instead of once per layer per token.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
@@ -117,3 +123,36 @@ def make_cache(model: PreTrainedModel, capacity: int) -> DynamicCache:
 def cache_is_plain(cache: DynamicCache) -> bool:
     """True if every layer is a :class:`GrowableLayer` (no sliding-window or other special attention)."""
     return bool(cache.layers) and all(type(layer) is GrowableLayer for layer in cache.layers)
+
+
+class StaticKVCache:
+    """Keys and values of ``layers`` layers in fixed (B, H_kv, capacity, D) buffers, written in place.
+
+    Position ``j`` of row ``b`` lives at ``keys[layer][b, :, j]``; the caller (which tracks how many
+    positions are filled) writes each new position (prefill: ``[0, width)``, then one per decode
+    step) and attends over the filled prefix ``keys3[layer][:, :filled]``, a view of the same memory
+    with batch and heads merged for ``bmm``. Unwritten positions hold garbage and must never be read.
+    """
+
+    def __init__(
+        self, layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype: torch.dtype
+    ) -> None:
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype) for _ in range(layers)]
+        self.values = [torch.empty(shape, dtype=dtype) for _ in range(layers)]
+        self._refresh_views()
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def _refresh_views(self) -> None:
+        batch, heads, capacity, dim = self.keys[0].shape
+        self.keys3 = [k.view(batch * heads, capacity, dim) for k in self.keys]
+        self.values3 = [v.view(batch * heads, capacity, dim) for v in self.values]
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only batch rows ``rows`` (compaction after some sequences finished)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self._refresh_views()

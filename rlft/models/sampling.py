@@ -203,18 +203,27 @@ def pick_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generat
     filtered distribution; the returned log-probs are always those of the unfiltered softmax(z/τ).
     """
     scaled = logits if params.temperature == 1.0 else logits / params.temperature
+    filtered = params.top_k > 0 or params.top_p < 1.0
+    if not params.greedy and not filtered:
+        # The default path, once per token: one softmax pass instead of log_softmax + exp; log p of the
+        # drawn token is then log(softmax) of one entry per row, equal to log_softmax to float rounding
+        # for any probability above float32's underflow (~1e-38; such a token is never drawn).
+        probs = torch.softmax(scaled, dim=-1)
+        tokens = _inverse_cdf(probs.cumsum(-1), generator)
+        return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log_()
     logp = torch.log_softmax(scaled, dim=-1)
     if params.greedy:
         tokens = scaled.argmax(-1)
     else:
-        filtered = params.top_k > 0 or params.top_p < 1.0
-        probs = (
-            torch.softmax(filter_logits(scaled, params.top_k, params.top_p), -1) if filtered else logp.exp()
-        )
-        cdf = probs.cumsum_(-1)
-        u = torch.rand(cdf.shape[0], 1, generator=generator) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+        probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), -1)
+        tokens = _inverse_cdf(probs.cumsum_(-1), generator)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(cdf: Tensor, generator: torch.Generator) -> Tensor:
+    """(b,) first index where the (b, V) cumulative probabilities exceed u·total, u ~ U[0, 1)."""
+    u = torch.rand(cdf.shape[0], 1, generator=generator).mul_(cdf[:, -1:])
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, params: SamplingParams) -> list[int]:

@@ -1,0 +1,116 @@
+"""The fused Llama decode path: static KV cache, complex-number RoPE, fallback on unknown rotaries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+from rlft.models import SamplingParams, fast_path_blocker, response_logprobs, sample, train_tokenizer
+from rlft.models.fast_llama import FastLlamaDecoder, rope_pair_order
+from rlft.models.kv_cache import StaticKVCache
+from rlft.models.sampling import make_decoder
+
+PROMPTS = ["12+34=", "the cat sees", "7+8=", "what is 5 plus 6? the answer is"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer()
+
+
+def _config(cls, tokenizer, **kw):
+    base = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return cls(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    torch.manual_seed(0)
+    return {
+        "llama_gqa": LlamaForCausalLM(_config(LlamaConfig, tokenizer)).eval(),
+        "qwen2_bias": Qwen2ForCausalLM(_config(Qwen2Config, tokenizer, tie_word_embeddings=False)).eval(),
+    }
+
+
+def test_static_kv_cache_views_share_memory_and_select_rows():
+    cache = StaticKVCache(layers=2, batch=3, kv_heads=2, capacity=5, head_dim=4, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    for layer in range(2):
+        cache.keys[layer].copy_(torch.randn(3, 2, 5, 4, generator=g))
+        cache.values[layer].copy_(torch.randn(3, 2, 5, 4, generator=g))
+    before = [k.clone() for k in cache.keys]
+    # keys3 is the (B·H_kv, capacity, D) view of the same memory: writes through one show in the other
+    cache.keys3[1][3, 2] = 7.0
+    assert cache.keys[1][1, 1, 2].eq(7.0).all()
+    before[1][1, 1, 2] = 7.0
+    cache.select(torch.tensor([2, 0]))
+    assert cache.capacity == 5 and cache.keys[0].shape == (2, 2, 5, 4)
+    for layer in range(2):
+        torch.testing.assert_close(cache.keys[layer], before[layer][[2, 0]])
+        torch.testing.assert_close(cache.keys3[layer], before[layer][[2, 0]].reshape(4, 5, 4))
+
+
+def test_complex_rope_on_pair_ordered_rows_equals_hf_rope():
+    heads, dim, n = 3, 8, 5
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=heads * dim, num_attention_heads=heads))
+    positions = torch.tensor([[0, 1, 4, 9, 30]])
+    cos, sin = rotary(torch.zeros(1, 1), positions)  # (1, n, D)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, heads, n, dim, generator=g), torch.randn(1, heads, n, dim, generator=g)
+    q_hf, k_hf = apply_rotary_pos_emb(q, k, cos, sin)  # half-split layout
+    order = rope_pair_order(heads, dim)
+    flat = q.transpose(1, 2).reshape(n, heads * dim)[:, order]  # what the reordered W_q outputs
+    cis = torch.complex(cos[0, :, : dim // 2], sin[0, :, : dim // 2])[:, None]  # (n, 1, D/2)
+    rotated = torch.view_as_real(torch.view_as_complex(flat.view(n, heads, dim // 2, 2)) * cis)
+    expected = q_hf.transpose(1, 2).reshape(n, heads * dim)[:, order]
+    torch.testing.assert_close(rotated.reshape(n, heads * dim), expected, atol=1e-6, rtol=1e-5)
+    # the same permutation of q and k leaves every attention score unchanged
+    k_flat = k_hf.transpose(1, 2).reshape(n, heads * dim)
+    torch.testing.assert_close(expected @ k_flat[:, order].T, q_hf.transpose(1, 2).reshape(n, -1) @ k_flat.T)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias"])
+@pytest.mark.parametrize("compact_at", [0.0, 1.0])
+def test_static_cache_decoder_equals_hf_decoder(models, tokenizer, name, compact_at):
+    model = models[name]
+    assert isinstance(make_decoder(model, SamplingParams()), FastLlamaDecoder)
+    params = SamplingParams(
+        max_new_tokens=20, n=2, seed=7, temperature=0.8, eos_token_ids=tuple(range(40, 50))
+    )
+    fast = sample(model, tokenizer, PROMPTS, params, decoder="fast", compact_at=compact_at)
+    slow = sample(model, tokenizer, PROMPTS, params, decoder="hf", compact_at=compact_at)
+    assert fast.finished.any() and not fast.finished.all()  # compaction really happens at 0.0
+    assert torch.equal(fast.response_ids, slow.response_ids)
+    assert torch.equal(fast.response_mask, slow.response_mask)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        ref = response_logprobs(
+            model, fast.prompt_ids, fast.prompt_mask, fast.response_ids, fast.response_mask, temperature=0.8
+        )
+    torch.testing.assert_close(fast.logprobs, ref, atol=1e-4, rtol=0)
+
+
+def test_fast_decoder_refuses_a_rotary_layout_it_does_not_know(tokenizer):
+    class SwappedHalves(nn.Module):
+        def forward(self, x, position_ids):
+            angles = position_ids[..., None].float() * torch.arange(1.0, 9.0)  # halves differ
+            return angles.cos(), angles.sin()
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_config(LlamaConfig, tokenizer))
+    assert fast_path_blocker(model) is None
+    model.model.rotary_emb = SwappedHalves()
+    assert "rotary" in fast_path_blocker(model)
