@@ -105,7 +105,9 @@ def demo_config(sft_model_dir: str | Path, seed: int = 0, steps: int = DEMO_STEP
     tuned for the 1m tiny model after SFT. Sampling at τ = 0.7 sharpens toward the greedy answer, which
     is what held-out greedy accuracy measures: in runs of 600–2500 steps, τ = 1.0 gained about +8
     points and stalled, τ = 0.5 and 0.7 kept climbing (+25–29 points by 2000–2500 steps), 0.7 the
-    steadier of the two."""
+    steadier of the two. The learning rate decays to 0 (cosine): at a constant 1e-4 the greedy answers
+    of a 16 × 8 batch policy still flip late in the run (one seed: 67% at step 900, 48% at 1200); with
+    the decay the same run ends at 70%."""
     from rlft.train import RLConfig
 
     return RLConfig(
@@ -117,6 +119,7 @@ def demo_config(sft_model_dir: str | Path, seed: int = 0, steps: int = DEMO_STEP
         max_new_tokens=8,
         temperature=0.7,
         lr=1e-4,
+        min_lr_ratio=0.0,
         max_steps=steps,
         max_minutes=DEMO_MAX_MINUTES,
         eval_every=max(steps // 4, 1),
