@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from micro_models import save_micro_llama
 
 from rlft.cli import main
 from rlft.commands.pipeline import run_pipeline
-from rlft.data import get_task
-from rlft.models import save_pretrained_atomic, train_tokenizer
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import RLConfig, latest_checkpoint
 
@@ -25,26 +23,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> str:
-    tokenizer = train_tokenizer(get_task("preference").corpus(400), vocab_size=400, model_max_length=64)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return str(save_pretrained_atomic(model.eval(), tokenizer, tmp_path_factory.mktemp("base") / "model"))
+    return save_micro_llama(tmp_path_factory.mktemp("base") / "model", "preference", 400, 400)
 
 
 def spec(base_model: str) -> dict:

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from micro_models import save_micro_llama
 
 from rlft.algos import gae, global_normalizer, masked_whiten, ppo_clip_loss, shaped_token_rewards, value_loss
-from rlft.data import get_task
 from rlft.models import (
     load_causal_lm,
     load_tokenizer,
     response_logprobs,
-    save_pretrained_atomic,
-    train_tokenizer,
 )
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError, RunDir, load_config
@@ -49,28 +47,8 @@ def models(tmp_path_factory) -> dict[str, str]:
     """A 2-layer, 32-wide Llama whose tokenizer knows the preference task, and a reward model made from it
     (random head, saved normalisation statistics)."""
     root = tmp_path_factory.mktemp("ppo")
-    tokenizer = train_tokenizer(get_task("preference").corpus(400), vocab_size=400, model_max_length=64)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    actor = str(save_pretrained_atomic(model.eval(), tokenizer, root / "actor"))
+    actor = save_micro_llama(root / "actor", "preference", 400, 400)
+    tokenizer = load_tokenizer(actor)
     rm = reward_model_from_causal_lm(actor, seed=1)
     with torch.no_grad():
         rm.score.weight.mul_(20.0)  # a reward with spread on random completions

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from micro_models import save_micro_llama
 
 from rlft.algos import (
     SASState,
@@ -32,7 +32,6 @@ from rlft.algos import (
     sapo_loss,
     shaped_token_rewards,
 )
-from rlft.data import get_task
 from rlft.models import (
     HFSampler,
     SamplingParams,
@@ -40,8 +39,6 @@ from rlft.models import (
     load_tokenizer,
     response_logprobs,
     sample,
-    save_pretrained_atomic,
-    train_tokenizer,
 )
 from rlft.rewards import RewardError, RewardResult
 from rlft.run import ConfigError, RunDir, load_config
@@ -79,27 +76,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer, 32-wide Llama with a byte-level tokenizer: fast enough for many short runs."""
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    tokenizer = train_tokenizer(get_task("arithmetic").corpus(300), vocab_size=280, model_max_length=64)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return str(save_pretrained_atomic(model.eval(), tokenizer, out))
+    return save_micro_llama(tmp_path_factory.mktemp("tiny") / "model", "arithmetic", 300, 280)
 
 
 @pytest.fixture(scope="module")
