@@ -47,7 +47,7 @@ from rlft.run import (
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .dpo_config import DPOConfig
 from .dpo_data import OfflineData, load_offline
-from .epochs import epoch_order, position_state, start_training
+from .epochs import end_of_step, epoch_order, position_state, start_training
 from .ref_cache import model_fingerprint, reference_logprob_sums
 from .sft import task_of
 
@@ -467,13 +467,10 @@ def train_dpo(
             if "rewards/accuracies" in summary:
                 shown["acc"] = summary["rewards/accuracies"]
             progress.update(1, **shown)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                final_eval = evaluate()
-                if final_eval:
-                    metrics.log(step, final_eval)
-            if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
-                save(step)
-            if stop_after is not None and steps_run >= stop_after and step < total_steps:
+            final_eval, stop = end_of_step(
+                cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval
+            )
+            if stop:
                 break
     finally:
         progress.close()

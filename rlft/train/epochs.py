@@ -18,6 +18,7 @@ from .schedule import warmup_cosine_scheduler
 
 __all__ = [
     "adamw",
+    "end_of_step",
     "epoch_order",
     "position_state",
     "restore_position",
@@ -103,3 +104,26 @@ def start_training(
     if checkpoint is not None:
         step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
     return optimizer, scheduler, params, step, epoch, batch_index
+
+
+def end_of_step(
+    cfg: Any,
+    step: int,
+    total_steps: int,
+    steps_run: int,
+    stop_after: int | None,
+    evaluate: Callable[[], dict[str, float]],
+    save: Callable[[int], None],
+    metrics: Any,
+    last_eval: dict[str, float],
+) -> tuple[dict[str, float], bool]:
+    """What follows every optimiser step: evaluate every ``cfg.eval_every`` steps and at the last one
+    (logging the result), checkpoint every ``cfg.save_every`` steps and at the last one. Returns the latest
+    evaluation and whether to stop now (``stop_after`` simulates an interruption in the resume tests)."""
+    if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+        last_eval = evaluate()
+        if last_eval:
+            metrics.log(step, last_eval)
+    if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
+        save(step)
+    return last_eval, stop_after is not None and steps_run >= stop_after and step < total_steps

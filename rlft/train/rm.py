@@ -55,7 +55,7 @@ from rlft.models import (
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import epoch_order, position_state, start_training
+from .epochs import end_of_step, epoch_order, position_state, start_training
 from .rm_config import RMConfig
 from .sft import task_of
 
@@ -493,13 +493,10 @@ def train_rm(
                     },
                 )
             progress.update(1, loss=loss_value, acc=correct / max(n_pairs, 1))
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                final_eval = evaluate()
-                if final_eval:
-                    metrics.log(step, final_eval)
-            if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
-                save(step)
-            if stop_after is not None and steps_run >= stop_after and step < total_steps:
+            final_eval, stop = end_of_step(
+                cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval
+            )
+            if stop:
                 break
     finally:
         progress.close()

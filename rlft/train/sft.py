@@ -56,7 +56,7 @@ from rlft.run import (
 )
 
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import epoch_order, position_state, shuffle_seed, start_training
+from .epochs import end_of_step, epoch_order, position_state, shuffle_seed, start_training
 from .sft_config import SFTConfig
 
 __all__ = [
@@ -320,13 +320,10 @@ def train_sft(
                     },
                 )
             progress.update(1, loss=loss_value, lr=lr)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                final_eval = evaluate()
-                if final_eval:
-                    metrics.log(step, final_eval)
-            if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
-                save(step)
-            if stop_after is not None and steps_run >= stop_after and step < total_steps:
+            final_eval, stop = end_of_step(
+                cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval
+            )
+            if stop:
                 break
     finally:
         progress.close()
