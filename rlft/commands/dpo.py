@@ -14,6 +14,8 @@ from typing import Any
 
 from rlft.run import ConfigError
 
+from .run_setup import training_run
+
 __all__ = ["DEMO_DPO", "add_dpo_commands", "dpo_demo_stage"]
 
 PLOT_KEYS = [
@@ -49,20 +51,16 @@ DEMO_DPO: dict[str, Any] = {
 
 
 def _run_offline(args: argparse.Namespace, extra: list[str], loss: str | None) -> int:
-    from rlft.run import RunDir, load_config, plot_run, save_config
+    from rlft.run import plot_run, save_config
     from rlft.train import DPOConfig, train_dpo
 
-    if args.resume:
-        run = RunDir.open(args.resume)
-        cfg = load_config(DPOConfig, run.config_path, overrides=extra)
-    else:
-        base = {"loss": loss} if loss else None
-        cfg = load_config(DPOConfig, args.config, overrides=extra, base=base)
+    def check(cfg: Any) -> None:
         if loss and cfg.loss != loss:
             raise ConfigError(f"rlft {loss}: the config sets loss: {cfg.loss} (use 'rlft dpo' for it)")
-        run = RunDir.create(args.out or cfg.output_dir, prefix=cfg.loss if loss else "dpo")
-        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-            raise ConfigError(f"run directory {run.root} already holds a run; pass a new --out or --resume")
+
+    run, cfg = training_run(
+        args, extra, DPOConfig, loss or "dpo", base={"loss": loss} if loss else None, check=check
+    )
     save_config(cfg, run.config_path)
     print(f"rlft {cfg.loss}: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_dpo(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rlft.run import ConfigError
 
+from .run_setup import training_run
+
 __all__ = ["add_lm_commands", "lm_demo"]
 
 DEMO_OPERAND = 20  # operands 0..20 with + and -; 500 steps: ~40-55% greedy accuracy (seed-dependent)
@@ -51,17 +53,10 @@ def _init_model(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _sft(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.run import RunDir, load_config, plot_run, save_config
+    from rlft.run import plot_run, save_config
     from rlft.train import SFTConfig, train_sft
 
-    if args.resume:
-        run = RunDir.open(args.resume)
-        cfg = load_config(SFTConfig, run.config_path, overrides=extra)
-    else:
-        cfg = load_config(SFTConfig, args.config, overrides=extra)
-        run = RunDir.create(args.out or cfg.output_dir, prefix="sft")
-        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-            raise ConfigError(f"run directory {run.root} already holds a run; pass a new --out or --resume")
+    run, cfg = training_run(args, extra, SFTConfig, "sft")
     save_config(cfg, run.config_path)
     print(f"rlft sft: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_sft(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)

@@ -17,6 +17,8 @@ from typing import Any
 
 from rlft.run import ConfigError
 
+from .run_setup import training_run
+
 __all__ = ["DEMO_LABEL_NOISE", "add_reward_commands", "preference_sft", "rm_demo_stage"]
 
 DEMO_LABEL_NOISE = 0.1  # share of the demo's preference labels flipped: the accuracy ceiling is 0.9
@@ -35,17 +37,10 @@ def _no_extra(extra: list[str]) -> None:
 
 
 def _rm(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.run import RunDir, load_config, plot_run, save_config
+    from rlft.run import plot_run, save_config
     from rlft.train import RMConfig, train_rm
 
-    if args.resume:
-        run = RunDir.open(args.resume)
-        cfg = load_config(RMConfig, run.config_path, overrides=extra)
-    else:
-        cfg = load_config(RMConfig, args.config, overrides=extra)
-        run = RunDir.create(args.out or cfg.output_dir, prefix="rm")
-        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-            raise ConfigError(f"run directory {run.root} already holds a run; pass a new --out or --resume")
+    run, cfg = training_run(args, extra, RMConfig, "rm")
     save_config(cfg, run.config_path)
     print(f"rlft rm: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_rm(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)

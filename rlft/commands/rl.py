@@ -14,6 +14,8 @@ from typing import Any
 
 from rlft.run import ConfigError
 
+from .run_setup import training_run
+
 __all__ = ["add_rl_commands", "ppo_demo_config", "ppo_demo_stage", "rl_demo_stage"]
 
 # The demo: GRPO on the same arithmetic task (operands 0..20) the SFT stage of the demo trained on.
@@ -64,7 +66,7 @@ def _print_presets() -> None:
 
 
 def _rl(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.run import RunDir, load_config, plot_run, save_config
+    from rlft.run import plot_run, save_config
     from rlft.train import RLConfig, train_rl
 
     if args.presets:
@@ -72,16 +74,9 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     if args.algorithm:
         extra = [f"--algorithm={args.algorithm}", *extra]
-    if args.resume:
-        run = RunDir.open(args.resume)
-        cfg = load_config(RLConfig, run.config_path, overrides=extra)
-    else:
-        if args.config is None and not extra:
-            raise ConfigError("rl: give --config FILE (and/or --key value overrides); see rlft rl --presets")
-        cfg = load_config(RLConfig, args.config, overrides=extra)
-        run = RunDir.create(args.out or cfg.output_dir, prefix=f"rl-{cfg.algorithm}")
-        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-            raise ConfigError(f"run directory {run.root} already holds a run; pass a new --out or --resume")
+    if not args.resume and args.config is None and not extra:
+        raise ConfigError("rl: give --config FILE (and/or --key value overrides); see rlft rl --presets")
+    run, cfg = training_run(args, extra, RLConfig, lambda c: f"rl-{c.algorithm}")
     save_config(cfg.resolved(), run.config_path)  # every preset value spelled out
     print(f"rlft rl: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_rl(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
