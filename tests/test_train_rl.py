@@ -605,17 +605,42 @@ def test_demo_stage_runs_grpo_from_a_model_and_reports_before_and_after(tiny_mod
     assert "greedy acc" in capsys.readouterr().out
 
 
-def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(tiny_model) -> None:
+def test_shared_prompt_and_fused_passes_give_the_same_logprobs_and_gradients(tiny_model) -> None:
     from rlft.train.rl_logprobs import batch_logprobs
 
     batch, model = fixed_batch(tiny_model)
     batch = batch.select([3, 0, 5, 1, 4, 2])  # groups interleaved, prompts of different lengths
-    results = []
-    for share in (False, True):
-        logp, _ = batch_logprobs(model, batch, batch.loss_mask, share_prompts=share)
+    results = {}
+    for share, forward in ((False, "hf"), (True, "hf"), (False, "fast"), (True, "fast")):
+        logp, _ = batch_logprobs(model, batch, batch.loss_mask, share_prompts=share, forward=forward)
         (logp * torch.arange(1.0, 7.0)[:, None]).sum().backward()
-        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        results[share, forward] = (logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
         model.zero_grad()
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=2e-5)
-    for name, g in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    expected_logp, expected_grads = results.pop((False, "hf"))  # the model's own forward, one row each
+    for key, (logp, grads) in results.items():
+        torch.testing.assert_close(logp, expected_logp, rtol=1e-5, atol=2e-5, msg=str(key))
+        for name, g in expected_grads.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"{key} {name}")
+
+
+def test_fused_forward_under_bf16_autocast_stays_close_to_float32(tiny_model) -> None:
+    from rlft.train.rl_logprobs import batch_logprobs
+
+    batch, model = fixed_batch(tiny_model)
+    with torch.no_grad():
+        exact, _ = batch_logprobs(model, batch, batch.loss_mask, forward="hf")
+        fused_bf16, _ = batch_logprobs(model, batch, batch.loss_mask, bf16_autocast=True, forward="fast")
+    error = float((fused_bf16 - exact).abs().max())
+    assert 0 < error < 0.05  # bfloat16 matmuls really ran, and the result is the same function
+
+
+def test_forward_fast_names_what_blocks_it(tiny_model) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from rlft.models import ModelError
+    from rlft.train.rl_logprobs import batch_logprobs
+
+    batch, model = fixed_batch(tiny_model)
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ModelError, match=r"forward='fast' is not possible.*LoRA"):
+        batch_logprobs(lora, batch, batch.loss_mask, forward="fast")

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from .errors import ModelError
 from .fast_llama import fast_path_blocker
 from .onednn import onednn_linear_available
 
@@ -93,6 +94,23 @@ def fast_train_blocker(model: PreTrainedModel) -> str | None:
     if type(getattr(body, "norm", None)).__name__ != type(body.layers[0].input_layernorm).__name__:
         return "the final norm differs from the layer norms"
     return None
+
+
+FORWARDS = ("auto", "fast", "hf")
+
+
+def use_fused_forward(model: PreTrainedModel, forward: str = "auto") -> bool:
+    """Whether to run ``model``'s body with the fused forward: ``forward`` "auto" (when
+    :func:`fast_train_blocker` allows it), "fast" (demanded: an error naming the blocker otherwise) or
+    "hf" (never)."""
+    if forward not in FORWARDS:
+        raise ModelError(f"forward={forward!r} (expected one of {', '.join(FORWARDS)})")
+    if forward == "hf":
+        return False
+    blocker = fast_train_blocker(model)
+    if blocker is not None and forward == "fast":
+        raise ModelError(f"forward='fast' is not possible for this model: {blocker}")
+    return blocker is None
 
 
 def _cat_bias(*linears: torch.nn.Linear, scales: tuple[float, ...]) -> Tensor | None:

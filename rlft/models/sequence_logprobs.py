@@ -34,22 +34,10 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from .errors import ModelError
-from .fast_train import SharedPrompts, fast_train_blocker, fused_hidden_rows, fused_hidden_states, linear
+from .fast_train import SharedPrompts, fused_hidden_rows, fused_hidden_states, linear, use_fused_forward
 from .logprobs import apply_lm_head
 
-FORWARDS = ("auto", "fast", "hf")
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (prompt ids, [completion ids, ...])
-
-
-def _use_fast(model: PreTrainedModel, forward: str) -> bool:
-    if forward not in FORWARDS:
-        raise ModelError(f"forward={forward!r} (expected one of {', '.join(FORWARDS)})")
-    if forward == "hf":
-        return False
-    blocker = fast_train_blocker(model)
-    if blocker is not None and forward == "fast":
-        raise ModelError(f"forward='fast' is not possible for this model: {blocker}")
-    return blocker is None
 
 
 def head_logprobs(
@@ -108,7 +96,7 @@ def sequence_logprob_sums(
     own forward, "fast" demands the fused one. Differentiable (use ``torch.no_grad()`` for a reference).
     """
     _check(input_ids, attention_mask, loss_mask)
-    use_fast = _use_fast(model, forward)
+    use_fast = use_fused_forward(model, forward)
     # Columns after the longest row are padding everywhere, and the last column predicts nothing.
     width = int(attention_mask.sum(-1).max())
     source_ids, source_mask = input_ids[:, : width - 1], attention_mask[:, : width - 1]
@@ -220,7 +208,7 @@ def grouped_logprob_sums(
     """
     if not groups:
         raise ModelError("grouped_logprob_sums: no groups to score")
-    use_fast = _use_fast(model, forward)
+    use_fast = use_fused_forward(model, forward)
     if not (use_fast and share_prompt):
         rows = [(list(p), list(c)) for p, cs in groups for c in cs]
         width = max(len(p) + len(c) for p, c in rows)

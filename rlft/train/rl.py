@@ -183,7 +183,11 @@ class Reference:
         out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
         for chunk in torch.arange(len(batch)).split(micro or len(batch)):
             mb = batch.select(chunk).trimmed()
-            kwargs = {"bf16_autocast": s.bf16_autocast, "share_prompts": s.share_prompts}
+            kwargs = {
+                "bf16_autocast": s.bf16_autocast,
+                "share_prompts": s.share_prompts,
+                "forward": s.forward,
+            }
             if self.model is not None:
                 logp, _ = batch_logprobs(self.model, mb, mb.response_mask, s.temperature, **kwargs)
             else:

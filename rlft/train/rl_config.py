@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from rlft.models.fast_train import FORWARDS
 from rlft.run import ConfigError
 
 from .rl_presets import FALLBACKS, PRESETS
@@ -184,6 +185,9 @@ class RLConfig:
     bf16_autocast: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
     onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
     share_prompts: bool = True  # run each group's prompt once in the training/reference passes
+    forward: str = (
+        "auto"  # training/reference passes: auto | fast (the fused Llama forward) | hf (the model's)
+    )
     lora: LoRAConfig | None = None
     # --- evaluation, logging, checkpoints ---
     eval_data: str | None = None  # null: the eval split of a built-in task, else no evaluation
@@ -257,6 +261,8 @@ class RLConfig:
                 raise bad(key, f"one of {', '.join(registry.names())}")
         if cfg.kl.placement not in KL_PLACEMENTS:
             raise bad("kl.placement", f"one of {', '.join(KL_PLACEMENTS)}", cfg.kl.placement)
+        if cfg.forward not in FORWARDS:
+            raise bad("forward", f"one of {', '.join(FORWARDS)}", cfg.forward)
         if cfg.kl.estimator not in KL_ESTIMATORS:
             raise bad("kl.estimator", f"one of {', '.join(KL_ESTIMATORS.names())}", cfg.kl.estimator)
         if cfg.kl.controller not in KL_CONTROLLER_NAMES:

@@ -64,6 +64,7 @@ class Critic:
         self.vf_coef = c.vf_coef
         self.max_grad_norm = cfg.max_grad_norm if c.max_grad_norm is None else c.max_grad_norm
         self.share_prompts = cfg.share_prompts
+        self.forward = cfg.forward
         self.bf16 = cfg.bf16_autocast
         self.model: nn.Module | None = None
         if self.shared:
@@ -99,7 +100,7 @@ class Critic:
 
     def _states(self, mb: RolloutBatch) -> Tensor:
         with autocast_context(self.bf16):
-            return response_states(self.model or self.policy, mb, self.share_prompts)
+            return response_states(self.model or self.policy, mb, self.share_prompts, self.forward)
 
     def values_from_states(self, states: Tensor) -> Tensor:
         with torch.autocast("cpu", enabled=False):

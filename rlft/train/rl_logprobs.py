@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rlft.algos import entropy_from_logits
+from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, use_fused_forward
 from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from_mask
 
 from .rollout_batch import RolloutBatch
@@ -33,20 +34,71 @@ def autocast_context(enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def response_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool = True) -> Tensor:
-    """(B, R, d) final hidden states that predict each response token (position t predicts token t)."""
+def response_states(
+    model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool = True, forward: str = "auto"
+) -> Tensor:
+    """(B, R, d) final hidden states that predict each response token (position t predicts token t).
+
+    ``forward``: "auto" runs the fused Llama forward (:mod:`rlft.models.fast_train`) when the model
+    qualifies, "fast" demands it, "hf" uses the model's own body. Under CPU bfloat16 autocast the fused
+    forward runs its bfloat16 variant."""
+    if use_fused_forward(model, forward) and int(batch.prompt_mask.sum(-1).min()) > 0:
+        bf16 = torch.is_autocast_enabled("cpu")
+        with torch.autocast("cpu", enabled=False):
+            return _fused_states(model, batch, share_prompts, bf16)
+    return _hf_states(model, batch, share_prompts)
+
+
+def _first_of_groups(batch: RolloutBatch, share_prompts: bool) -> tuple[Tensor, Tensor]:
+    """(index of the first row of each distinct prompt (G,), each row's prompt (B,) in 0..G−1)."""
+    if not share_prompts:
+        rows = torch.arange(len(batch))
+        return rows, rows
+    groups, inverse = torch.unique(batch.group_ids, return_inverse=True)
+    first = torch.full((groups.numel(),), len(batch)).scatter_reduce(
+        0, inverse, torch.arange(len(batch)), "amin"
+    )
+    return first, inverse
+
+
+def _fused_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool, bf16: bool) -> Tensor:
+    """The fused forward over G right-padded distinct prompts followed by the B responses, each response at
+    positions |x|, |x|+1, … attending to its prompt's keys (``SharedPrompts``); with ``share_prompts``
+    off every row has its own copy of its prompt (G = B), which is the same function."""
+    first, owner = _first_of_groups(batch, share_prompts)
+    prompt_ids, lengths = batch.prompt_ids[first], batch.prompt_mask[first].sum(-1)
+    n_groups, width = prompt_ids.shape
+    p_width = int(lengths.max())
+    cols = torch.arange(p_width)
+    # Left-padded → right-padded: a prompt of length L sits in the last L columns.
+    source = ((width - lengths)[:, None] + cols[None, :]).clamp(max=width - 1)
+    prompts = prompt_ids.gather(1, source)  # columns ≥ L repeat the last token: never attended to
+    n_rows, c_width = batch.response_ids.shape
+    start = lengths[owner]
+    positions = torch.cat(
+        [cols.repeat(n_groups), (start[:, None] + torch.arange(c_width)[None, :]).reshape(-1)]
+    )
+    layout = SharedPrompts(n_groups, p_width, n_rows, c_width, owner, lengths)
+    input_ids = torch.cat([prompts.reshape(-1), batch.response_ids.reshape(-1)])
+    hidden = fused_hidden_rows(model, input_ids, positions, layout, bf16=bf16)
+    prompt_part = hidden[: n_groups * p_width].view(n_groups, p_width, -1)
+    last_prompt_state = prompt_part[torch.arange(n_groups), lengths - 1]  # predicts response token 0
+    responses = hidden[n_groups * p_width :].view(n_rows, c_width, -1)
+    return torch.cat([last_prompt_state[owner, None], responses[:, :-1]], dim=1)
+
+
+def _hf_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool) -> Tensor:
+    """:func:`response_states` through the model's own body; shared prompts run once with a cache that
+    every response continues."""
     width = batch.prompt_ids.shape[1]
     attention = torch.cat([batch.prompt_mask, batch.response_mask.to(batch.prompt_mask.dtype)], dim=1)
-    groups, inverse = torch.unique(batch.group_ids, return_inverse=True)
-    if not share_prompts or groups.numel() == len(batch):
+    first, inverse = _first_of_groups(batch, share_prompts)
+    if first.numel() == len(batch):
         input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
         return hidden_states(model, input_ids, attention)[:, width - 1 : -1]
     from transformers import DynamicCache
 
     # One row per distinct prompt (the first row of each group), through the body with a cache …
-    first = torch.full((groups.numel(),), len(batch)).scatter_reduce(
-        0, inverse, torch.arange(len(batch)), "amin"
-    )
     body = model.get_decoder()
     cache = DynamicCache(config=model.config)
     prompt_mask = batch.prompt_mask[first]
@@ -80,11 +132,12 @@ def batch_logprobs(
     bf16_autocast: bool = False,
     chunk_size: int = 4096,
     share_prompts: bool = True,
+    forward: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """(B, R) log-probs of ``batch.response_ids`` at ``positions`` (0 elsewhere), and the entropies of
     π(·|x, y_<t) at the same positions when ``entropy`` (with gradient only if ``entropy_grad``)."""
     with autocast_context(bf16_autocast):
-        states = response_states(model, batch, share_prompts)
+        states = response_states(model, batch, share_prompts, forward)
     return logprobs_from_states(
         model, states, batch, positions, temperature, entropy, entropy_grad, chunk_size
     )

@@ -50,6 +50,7 @@ class LossSettings:
     temperature: float = 1.0
     bf16_autocast: bool = False
     share_prompts: bool = True
+    forward: str = "auto"  # auto | fast | hf: the fused Llama forward, or the model's own
 
 
 def loss_settings(cfg: Any) -> LossSettings:
@@ -74,6 +75,7 @@ def loss_settings(cfg: Any) -> LossSettings:
         temperature=cfg.temperature,
         bf16_autocast=cfg.bf16_autocast,
         share_prompts=cfg.share_prompts,
+        forward=cfg.forward,
     )
 
 
@@ -116,7 +118,7 @@ def micro_batch_loss(
     shared_critic = critic is not None and critic.shared
     if shared_critic:
         with autocast_context(s.bf16_autocast):
-            states = response_states(model, mb, s.share_prompts)
+            states = response_states(model, mb, s.share_prompts, s.forward)
         logp, entropy = logprobs_from_states(
             model, states, mb, mb.loss_mask, s.temperature, want_entropy, s.entropy_coef > 0
         )
@@ -130,6 +132,7 @@ def micro_batch_loss(
             s.entropy_coef > 0,
             s.bf16_autocast,
             share_prompts=s.share_prompts,
+            forward=s.forward,
         )
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
     pg_loss, diag = POLICY_LOSSES.get(s.policy_loss)(
@@ -188,6 +191,7 @@ def old_logprobs(
             s.temperature,
             bf16_autocast=s.bf16_autocast,
             share_prompts=s.share_prompts,
+            forward=s.forward,
         )
         out[chunk, : logp.shape[1]] = logp
     return out
