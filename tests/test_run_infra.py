@@ -153,6 +153,19 @@ def test_progress_shows_compact_postfix(capsys):
     assert "return=475.2" in err and "kl=1e-05" in err and "episodes=7" in err
 
 
+def test_progress_with_a_time_budget_shows_the_earlier_end(capsys):
+    # 10 of a huge step count done in 60 s of a 5-minute budget: the budget ends first (4 min left) …
+    with Progress(total=10**9, desc="rl", time_budget_s=300, initial=5) as bar:
+        bar.update(10, budget_used_s=60.0)
+        assert bar.time_left(60.0) == 240.0
+    err = capsys.readouterr().err
+    assert "left=04:00" in err and "15/1000000000" in err
+    # … while 10 steps of 20 done in 60 s of a 1-hour budget end with the steps (60 s left).
+    with Progress(total=20, time_budget_s=3600) as bar:
+        bar.update(10, budget_used_s=60.0)
+        assert bar.time_left(60.0) == 60.0
+
+
 def test_progress_disabled_is_silent(capsys):
     with Progress(total=3, enabled=False) as bar:
         bar.update(1, loss=0.5)

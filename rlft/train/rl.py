@@ -332,8 +332,14 @@ def train_rl(
         raise
     final_eval, last, history = dict(initial_eval), {}, []
     start = time.monotonic()
-    progress = Progress(cfg.max_steps, desc=f"rl {cfg.algorithm}", unit="step", enabled=show_progress)
-    progress.update(step)
+    progress = Progress(
+        cfg.max_steps,
+        desc=f"rl {cfg.algorithm}",
+        unit="step",
+        enabled=show_progress,
+        time_budget_s=60 * cfg.max_minutes if cfg.max_minutes else None,
+        initial=step,
+    )
     steps_run, train_seconds, out_of_time = 0, 0.0, False
     try:
         while step < cfg.max_steps:
@@ -430,7 +436,7 @@ def train_rl(
                     shown[key] = final_eval[key]
                     break
             shown["tok/s"] = row["tokens_per_s"]
-            progress.update(1, **shown)
+            progress.update(1, budget_used_s=train_seconds, **shown)
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time):
                 save(step)
             if out_of_time:
