@@ -16,8 +16,10 @@ from rlft.data import DataError, get_task, load_records, save_records
 from rlft.models import build_tiny_model, load_causal_lm, load_tokenizer
 from rlft.run import ConfigError, RunDir, load_config, read_metrics
 from rlft.train import DPOConfig, latest_checkpoint, offline_loss, train_dpo
-from rlft.train.dpo import Reference, evaluate_offline, length_limits, micro_batch_loss
+from rlft.train.dpo import length_limits
 from rlft.train.dpo_data import OfflineData, load_offline
+from rlft.train.dpo_eval import evaluate_offline
+from rlft.train.dpo_scoring import Reference, micro_batch_loss
 from rlft.train.ref_cache import model_fingerprint, reference_logprob_sums
 
 QUIET = {"show_progress": False, "log": lambda _: None}
@@ -140,7 +142,7 @@ def test_rrhf_worked_example() -> None:
 
 def test_micro_batch_path_feeds_the_registry_loss(tiny_model, data_files, monkeypatch) -> None:
     """The whole micro-batch path (row layout, reference lookup, ranked reshaping) with scores we control."""
-    import rlft.train.dpo as dpo
+    import rlft.train.dpo_scoring as dpo_scoring
 
     tokenizer = load_tokenizer(tiny_model)
     cfg = DPOConfig(model=tiny_model, data="d", beta=0.1)
@@ -151,7 +153,7 @@ def test_micro_batch_path_feeds_the_registry_loss(tiny_model, data_files, monkey
     def fake_score(model, data, rows, pad_id, cfg):
         return torch.tensor([fake[r] for r in rows]), torch.full((len(rows),), 10)
 
-    monkeypatch.setattr(dpo, "score_sequences", fake_score)
+    monkeypatch.setattr(dpo_scoring, "score_sequences", fake_score)
     reference = Reference(None, 0, cfg)
     reference.tables[id(pref)] = torch.full((len(pref.sequences),), -11.0)
     losses, _ = micro_batch_loss(None, pref, [0, 5, 7], 0, cfg, reference)

@@ -382,7 +382,7 @@ def test_config_errors_and_yaml(models, tmp_path) -> None:
     cfg = load_config(RLConfig, path, overrides=["--critic.vf_coef", "0.2"])
     assert cfg.critic == CriticConfig(shared_backbone=True, lr=0.001, vf_coef=0.2)
     assert cfg.resolved().whiten_advantages is True
-    from rlft.train.rl import reward_specs
+    from rlft.train.rl_setup import reward_specs
 
     specs = reward_specs(cfg)
     assert {"reward_model": "rm", "normalize": True} in specs

@@ -1,13 +1,16 @@
 """Trainers. Each is one readable loop over the layers below (data, models, algos, run)."""
 
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from .dpo import DPOResult, offline_loss, train_dpo
+from .dpo import DPOResult, train_dpo
 from .dpo_config import DPOConfig
+from .dpo_loss import offline_loss
 from .ref_cache import reference_logprob_sums
 from .rl import RLResult, train_rl
 from .rl_config import CriticConfig, KLConfig, LoRAConfig, RLConfig
-from .rm import RMResult, evaluate_rm, rm_loss, train_rm
+from .rm import RMResult, train_rm
 from .rm_config import RMConfig
+from .rm_eval import evaluate_rm
+from .rm_loss import rm_loss
 from .rollout_batch import RolloutBatch
 from .schedule import warmup_cosine, warmup_cosine_scheduler
 from .sft import (

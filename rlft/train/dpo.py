@@ -25,33 +25,27 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor
 
-from rlft.algos import PREFERENCE_LOSSES, kto_kl_baseline
 from rlft.data import DataError, LengthLimits
-from rlft.models import SamplingParams, load_causal_lm, load_tokenizer, sample, save_pretrained_atomic
-from rlft.models.sequence_logprobs import grouped_logprob_sums
-from rlft.run import (
-    MetricsWriter,
-    Progress,
-    RunDir,
-    seed_everything,
-)
+from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic
+from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .dpo_config import DPOConfig
-from .dpo_data import OfflineData, load_offline
+from .dpo_data import load_offline
+from .dpo_eval import WinRate, evaluate_offline
+from .dpo_loss import summarize
+from .dpo_scoring import Reference, kto_baseline, micro_batch_loss
 from .epochs import end_of_step, epoch_order, position_state, start_training
-from .ref_cache import model_fingerprint, reference_logprob_sums
+from .ref_cache import model_fingerprint
 from .sft import task_of
 
-__all__ = ["DPOResult", "WinRate", "offline_loss", "score_sequences", "train_dpo"]
+__all__ = ["DPOResult", "train_dpo"]
 
 
 @dataclass
@@ -63,263 +57,6 @@ class DPOResult:
     final_eval: dict[str, float]
     model_dir: Path
     run_dir: Path
-
-
-# --- losses: per-sequence log-probs → per-example losses and metrics ------------------------------------
-
-
-def _nan_where(values: Tensor, keep: Tensor) -> Tensor:
-    return torch.where(keep, values, torch.full_like(values, math.nan))
-
-
-def offline_loss(
-    cfg: DPOConfig,
-    policy: Tensor,
-    counts: Tensor,
-    reference: Tensor | None = None,
-    *,
-    labels: Tensor | None = None,
-    z0: Tensor | float | None = None,
-    scores: Tensor | None = None,
-    valid: Tensor | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-example losses and per-example metrics (NaN where a metric does not apply) of one micro-batch.
-
-    ``policy``, ``counts``, ``reference``: Σ log-probs, token counts and reference Σ log-probs of the
-    batch's sequences in :meth:`OfflineData.rows` layout — preference: [chosen…, rejected…] (2B);
-    unpaired: one per example, with ``labels`` (desirable?) and the batch's KL baseline ``z0``;
-    ranked: (P, K) after reshaping by the caller, with ``scores`` and ``valid`` (P, K).
-    """
-    beta = cfg.beta_value
-    fn = PREFERENCE_LOSSES.get(cfg.loss)
-    counts = counts.to(policy.dtype).clamp(min=1)
-    if cfg.loss == "rrhf":
-        losses = fn(policy, counts, scores, cfg.rrhf_weight, cfg.length_penalty, valid)
-        p = (policy / counts**cfg.length_penalty).detach()
-        worse = (scores[:, :, None] < scores[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-        right = (p[:, :, None] < p[:, None, :]) & worse
-        pairs = worse.sum((-1, -2)).clamp(min=1)
-        return losses, {"rank_accuracy": right.sum((-1, -2)) / pairs, "logps/mean": _masked_mean(p, valid)}
-    if cfg.loss == "kto":
-        logratio = policy - reference
-        losses = fn(logratio, labels, z0, beta, cfg.desirable_weight, cfg.undesirable_weight)
-        reward = beta * logratio.detach()
-        good = labels.to(torch.bool)
-        return losses, {
-            "rewards/chosen": _nan_where(reward, good),
-            "rewards/rejected": _nan_where(reward, ~good),
-            "logps/chosen": _nan_where(policy.detach(), good),
-            "logps/rejected": _nan_where(policy.detach(), ~good),
-        }
-    half = policy.shape[0] // 2
-    chosen, rejected = policy[:half], policy[half:]
-    n_chosen, n_rejected = counts[:half], counts[half:]
-    if cfg.loss in ("simpo", "orpo"):
-        avg_c, avg_r = chosen / n_chosen, rejected / n_rejected
-        if cfg.loss == "simpo":
-            losses = fn(avg_c, avg_r, beta, cfg.gamma)
-        else:  # ORPO's L_SFT is the token-mean NLL of the chosen response
-            losses = fn(avg_c, avg_r, -avg_c, beta)
-        reward_c, reward_r = beta * avg_c.detach(), beta * avg_r.detach()
-    else:
-        lr_c, lr_r = chosen - reference[:half], rejected - reference[half:]
-        if cfg.loss == "ipo":  # length-averaged log-ratios (TRL, with the IPO authors' agreement)
-            losses = fn(lr_c / n_chosen, lr_r / n_rejected, beta)
-        elif cfg.loss in ("cdpo", "robust"):
-            losses = fn(lr_c, lr_r, beta, cfg.label_smoothing)
-        else:
-            losses = fn(lr_c, lr_r, beta)
-        reward_c, reward_r = beta * lr_c.detach(), beta * lr_r.detach()
-    return losses, {
-        "rewards/chosen": reward_c,
-        "rewards/rejected": reward_r,
-        "rewards/margins": reward_c - reward_r,
-        "rewards/accuracies": _accuracy(reward_c - reward_r),
-        "logps/chosen": chosen.detach(),
-        "logps/rejected": rejected.detach(),
-    }
-
-
-def _accuracy(margin: Tensor) -> Tensor:
-    """1 where the chosen reward is higher, 0 where lower, ½ for a tie. Margins within 1e-5 are ties: the
-    cached reference and the policy score a sequence in different batches, which moves sums by float
-    rounding, and before any update every true margin is 0."""
-    return torch.where(margin.abs() <= 1e-5, 0.5, (margin > 0).float())
-
-
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
-def summarize(losses: Sequence[Tensor], metrics: Sequence[dict[str, Tensor]]) -> dict[str, float]:
-    """Means over every example of a step (or an eval pass); NaN entries (metric n/a) are skipped."""
-    out = {"loss": float(torch.cat([x.detach().reshape(-1) for x in losses]).mean())}
-    for key in metrics[0] if metrics else ():
-        values = torch.cat([m[key].reshape(-1).float() for m in metrics])
-        values = values[~values.isnan()]
-        if values.numel():
-            out[key] = float(values.mean())
-    if "rewards/chosen" in out and "rewards/rejected" in out and "rewards/margins" not in out:
-        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]  # KTO: unpaired
-    return out
-
-
-# --- scoring ------------------------------------------------------------------------------------------
-
-
-def score_sequences(
-    model: Any, data: OfflineData, rows: Sequence[int], pad_id: int, cfg: DPOConfig
-) -> tuple[Tensor, Tensor]:
-    """Σ log π and token counts of ``data.sequences[rows]`` (in ``rows`` order) in ONE forward pass;
-    sequences of the same example share their prompt, which the fused forward computes once
-    (``rlft.models.sequence_logprobs.grouped_logprob_sums``). Differentiable."""
-    owner = data.owners
-    groups: dict[int, list[int]] = {}  # example → positions in `rows` of its sequences
-    for pos, r in enumerate(rows):
-        groups.setdefault(owner[r], []).append(pos)
-    batch = [
-        (data.sequences[rows[ps[0]]][0], [data.sequences[rows[p]][1] for p in ps]) for ps in groups.values()
-    ]
-    sums, counts = grouped_logprob_sums(
-        model, batch, pad_id, bf16=cfg.bf16, forward=cfg.forward, share_prompt=cfg.share_prompt
-    )
-    order = torch.tensor([p for ps in groups.values() for p in ps])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order))
-    return sums[inverse], counts[inverse]
-
-
-class Reference:
-    """Reference log-probs of a dataset's sequences: looked up in a precomputed tensor, or scored by the
-    reference model on the fly (``precompute_ref: false``)."""
-
-    def __init__(self, model: Any, pad_id: int, cfg: DPOConfig) -> None:
-        self.model, self.pad_id, self.cfg = model, pad_id, cfg
-        self.tables: dict[int, Tensor] = {}
-
-    def precompute(self, data: OfflineData, log: Callable[[str], None], model_fp: str) -> None:
-        self.tables[id(data)] = reference_logprob_sums(
-            self.model,
-            data.sequences,
-            self.pad_id,
-            cache_dir=self.cfg.ref_cache_dir,
-            bf16=self.cfg.bf16,
-            forward=self.cfg.forward,
-            log=log,
-            model_fp=model_fp,
-        )
-
-    def __call__(self, data: OfflineData, rows: Sequence[int]) -> Tensor:
-        table = self.tables.get(id(data))
-        if table is not None:
-            return table[torch.as_tensor(list(rows))]
-        with torch.no_grad():
-            return score_sequences(self.model, data, rows, self.pad_id, self.cfg)[0]
-
-
-def micro_batch_loss(
-    model: Any,
-    data: OfflineData,
-    examples: Sequence[int],
-    pad_id: int,
-    cfg: DPOConfig,
-    reference: Reference | None,
-    z0: Tensor | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-example losses and metrics of one micro-batch of ``examples`` (indices into ``data``)."""
-    rows = data.rows(examples)
-    policy, counts = score_sequences(model, data, rows, pad_id, cfg)
-    ref = reference(data, rows) if reference is not None else None
-    if data.kind == "unpaired":
-        return offline_loss(cfg, policy, counts, ref, labels=data.label_tensor(examples), z0=z0)
-    if data.kind == "ranked":
-        scores, valid = data.score_tensors(examples)
-        shape = scores.shape
-        flat = valid.reshape(-1).nonzero()[:, 0]  # rows are the valid entries of (P, K_max), row-major
-        grid_p = policy.new_zeros(shape[0] * shape[1]).index_put((flat,), policy).view(shape)
-        grid_n = counts.new_ones(shape[0] * shape[1]).index_put((flat,), counts).view(shape)
-        return offline_loss(cfg, grid_p, grid_n, scores=scores, valid=valid)
-    return offline_loss(cfg, policy, counts, ref)
-
-
-@torch.no_grad()
-def kto_baseline(
-    model: Any, data: OfflineData, examples: Sequence[int], pad_id: int, cfg: DPOConfig, reference: Reference
-) -> Tensor:
-    """z₀ over ``examples`` (a whole optimiser step): mean policy − reference log-ratio of the mismatched
-    (prompt_i, completion_{i+1}) sequences, clamped at 0 and detached (KTO, arXiv 2402.01306)."""
-    rows = data.mismatched_rows(examples)
-    policy, _ = score_sequences(model, data, rows, pad_id, cfg)
-    return kto_kl_baseline(policy - reference(data, rows))
-
-
-# --- evaluation ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate_offline(
-    model: Any, data: OfflineData, pad_id: int, cfg: DPOConfig, reference: Reference | None
-) -> dict[str, float]:
-    """The training metrics on held-out data (``eval_`` prefixed), in micro-batches of ``batch_size``."""
-    was_training = model.training
-    model.eval()
-    everything = list(range(len(data)))
-    z0 = kto_baseline(model, data, everything, pad_id, cfg, reference) if data.kind == "unpaired" else None
-    losses, metrics = [], []
-    for lo in range(0, len(data), cfg.batch_size):
-        loss, mets = micro_batch_loss(
-            model, data, everything[lo : lo + cfg.batch_size], pad_id, cfg, reference, z0
-        )
-        losses.append(loss)
-        metrics.append(mets)
-    model.train(was_training)
-    out = summarize(losses, metrics)
-    if z0 is not None:
-        out["kl"] = float(z0)
-    return {f"eval_{k}": v for k, v in out.items()}
-
-
-class WinRate:
-    """Gold win rate of the policy against the reference on a task's held-out prompts.
-
-    ``samples`` completions per prompt are drawn at temperature 1 from both models with the same seeds
-    (common random numbers: before any update the two sets are identical and the win rate is exactly
-    0.5, ties counting one half), and compared by the task's hidden gold score.
-    """
-
-    def __init__(self, task: Any, tokenizer: Any, cfg: DPOConfig) -> None:
-        self.task, self.tokenizer = task, tokenizer
-        base = list(task.prompts("eval"))
-        self.prompts = [p for p in base for _ in range(cfg.win_rate_samples)]
-        self.params = SamplingParams(
-            max_new_tokens=cfg.win_rate_max_new_tokens, n=cfg.win_rate_samples, seed=cfg.seed + 7919
-        )
-        self.base_prompts = base
-        self.reference_texts: list[str] = []
-        self.reference_gold = math.nan
-
-    def _texts(self, model: Any) -> list[str]:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            texts = sample(model, self.tokenizer, self.base_prompts, self.params).texts
-        model.train(was_training)
-        return texts
-
-    def set_reference(self, model: Any) -> None:
-        self.reference_texts = self._texts(model)
-        gold = self.task.gold_score(self.prompts, self.reference_texts)
-        self.reference_gold = sum(gold) / len(gold)
-
-    def __call__(self, model: Any) -> dict[str, float]:
-        texts = self._texts(model)
-        gold = self.task.gold_score(self.prompts, texts)
-        return {
-            "eval_win_rate": self.task.win_rate(self.prompts, texts, self.reference_texts),
-            "eval_gold_score": sum(gold) / len(gold),
-            "eval_ref_gold_score": self.reference_gold,
-            "eval_mean_words": sum(len(t.split()) for t in texts) / len(texts),
-        }
 
 
 # --- the trainer --------------------------------------------------------------------------------------

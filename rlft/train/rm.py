@@ -20,70 +20,29 @@ either loss is the same computation. Data order, checkpoints and exact resume fo
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlft.algos import bradley_terry_loss, kwise_ranking_loss
-from rlft.data import (
-    DataError,
-    Encoded,
-    LengthLimits,
-    PreferenceRecord,
-    PromptCompletionRecord,
-    RankedRecord,
-    encode_preference,
-    encode_ranked,
-    encode_sft,
-    load_records,
-    pad_sequences,
-)
+from rlft.data import DataError, LengthLimits, PromptCompletionRecord, encode_sft, load_records
 from rlft.data.tasks import parse_task_source
-from rlft.models import (
-    load_reward_model,
-    load_tokenizer,
-    reward_model_from_causal_lm,
-    save_reward_model,
-    sequence_scores,
-)
+from rlft.models import load_reward_model, load_tokenizer, reward_model_from_causal_lm, save_reward_model
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .epochs import end_of_step, epoch_order, position_state, start_training
 from .rm_config import RMConfig
+from .rm_data import RankGroup, collate_groups, encode_groups, group_rewards
+from .rm_eval import evaluate_rm, reward_stats
+from .rm_loss import element_count, pair_stats, rm_loss
 from .sft import task_of
 
-__all__ = [
-    "RMResult",
-    "RankGroup",
-    "collate_groups",
-    "encode_groups",
-    "evaluate_rm",
-    "group_rewards",
-    "pair_mask",
-    "reward_stats",
-    "rm_loss",
-    "train_rm",
-]
-
-
-@dataclass
-class RankGroup:
-    """One prompt's responses as full token sequences (prompt + response + EOS) with their ranks
-    (higher = preferred; a preference pair is ranks [1, 0]); ``texts`` keeps the strings for gold scoring."""
-
-    seqs: list[list[int]]
-    ranks: list[float]
-    margin: float | None = None
-    prompt: Any = None
-    texts: list[str] = field(default_factory=list)
-    where: str = ""
+__all__ = ["RMResult", "train_rm"]
 
 
 @dataclass
@@ -96,208 +55,6 @@ class RMResult:
     norm: dict[str, float]
     model_dir: Path
     run_dir: Path
-
-
-# --- data -------------------------------------------------------------------------------------------------
-
-
-def encode_groups(
-    records: Sequence[Any], tokenizer: Any, limits: LengthLimits | None = None
-) -> Encoded[RankGroup]:
-    """Preference or ranked records → :class:`RankGroup` (with ``.report``, what the length limits did),
-    tokenised as the reward-model source scores them: prompt, response, EOS."""
-    if records and isinstance(records[0], PreferenceRecord):
-        encoded = encode_preference(records, tokenizer, limits)
-        out = [
-            RankGroup(
-                [e.prompt_ids + e.chosen_ids, e.prompt_ids + e.rejected_ids],
-                [1.0, 0.0],
-                e.margin,
-                where=e.where,
-            )
-            for e in encoded
-        ]
-        texts = {r.where: (r.prompt, [r.chosen, r.rejected]) for r in records}
-    elif records and isinstance(records[0], RankedRecord):
-        encoded = encode_ranked(records, tokenizer, limits)
-        out = [
-            RankGroup([e.prompt_ids + r for r in e.response_ids], list(e.scores), where=e.where)
-            for e in encoded
-        ]
-        texts = {r.where: (r.prompt, list(r.responses)) for r in records}
-        for g in out:
-            if len(set(g.ranks)) < 2:
-                raise DataError(
-                    f"{g.where}: all {len(g.ranks)} responses have the same score (no pair to learn from)"
-                )
-    else:
-        kind = type(records[0]).__name__ if records else "no records"
-        raise DataError(f"reward-model training needs preference or ranked records, got {kind}")
-    if len(texts) == len(records):  # locations are unique: match by location (robust to dropped records)
-        for g in out:
-            g.prompt, g.texts = texts[g.where]
-    elif len(out) == len(records):  # in-memory records without locations: nothing was dropped
-        for g, r in zip(out, records, strict=True):
-            g.prompt, g.texts = (
-                r.prompt,
-                ([r.chosen, r.rejected] if isinstance(r, PreferenceRecord) else r.responses),
-            )
-    return Encoded(out, encoded.report)
-
-
-def collate_groups(groups: Sequence[RankGroup], pad_id: int) -> dict[str, torch.Tensor]:
-    """One right-padded batch of every response of every group, and the (P, K) layout back to groups.
-
-    ``slot`` (P, K) holds each response's row in ``input_ids`` (−1 where a group has fewer than K).
-    """
-    seqs = [s for g in groups for s in g.seqs]
-    k = max(len(g.seqs) for g in groups)
-    slot = torch.full((len(groups), k), -1, dtype=torch.long)
-    ranks = torch.zeros(len(groups), k)
-    row = 0
-    for p, g in enumerate(groups):
-        n = len(g.seqs)
-        slot[p, :n] = torch.arange(row, row + n)
-        ranks[p, :n] = torch.tensor(g.ranks, dtype=torch.float32)
-        row += n
-    ids = pad_sequences(seqs, pad_id)
-    lengths = torch.tensor([len(s) for s in seqs])
-    return {
-        "input_ids": ids,
-        "attention_mask": (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long(),
-        "slot": slot,
-        "ranks": ranks,
-        "valid": slot >= 0,
-        "margin": torch.tensor([math.nan if g.margin is None else g.margin for g in groups]),
-    }
-
-
-def group_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(P, K) rewards: each response scored once in one forward; 0 in empty slots."""
-    flat = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
-    return torch.where(batch["valid"], flat[batch["slot"].clamp(min=0)], torch.zeros((), dtype=flat.dtype))
-
-
-# --- loss -------------------------------------------------------------------------------------------------
-
-
-def pair_mask(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(P, K, K) bool: [p, w, l] true where response w is ranked above l (ties form no pair)."""
-    return (ranks.unsqueeze(-1) > ranks.unsqueeze(-2)) & valid.unsqueeze(-1) & valid.unsqueeze(-2)
-
-
-def rm_loss(
-    rewards: torch.Tensor,
-    ranks: torch.Tensor,
-    valid: torch.Tensor,
-    loss: str = "pairwise",
-    margin: torch.Tensor | None = None,
-    center_coef: float = 0.0,
-) -> torch.Tensor:
-    """Per-element losses: one per pair (``pairwise``, Bradley–Terry with margin and centring) or one per
-    prompt (``kwise``, InstructGPT: the mean over its pairs, plus the centring term averaged the same way).
-    ``margin`` (P,) is subtracted from each of the prompt's pairs; NaN means none."""
-    pairs = pair_mask(ranks, valid)
-    if loss == "pairwise":
-        p, w, l = pairs.nonzero(as_tuple=True)
-        m = None if margin is None else torch.nan_to_num(margin.to(rewards.dtype), nan=0.0)[p]
-        return bradley_terry_loss(rewards[p, w], rewards[p, l], margin=m, center_coef=center_coef)
-    if loss == "kwise":
-        out = kwise_ranking_loss(rewards, ranks, valid)
-        if center_coef:
-            sums = (rewards.unsqueeze(-1) + rewards.unsqueeze(-2)) ** 2 * pairs
-            out = out + center_coef * sums.sum((-1, -2)) / pairs.sum((-1, -2))
-        return out
-    raise ValueError(f"unknown reward-model loss {loss!r}; expected pairwise or kwise")
-
-
-def element_count(groups: Sequence[RankGroup], loss: str) -> int:
-    if loss == "kwise":
-        return len(groups)
-    return sum(sum(1 for a in g.ranks for b in g.ranks if a > b) for g in groups)
-
-
-def _pair_stats(rewards: torch.Tensor, ranks: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
-    """(correctly ordered pairs — ties count ½, Σ(r_w − r_l), number of pairs)."""
-    pairs = pair_mask(ranks, valid)
-    diff = (rewards.unsqueeze(-1) - rewards.unsqueeze(-2))[pairs]
-    correct = float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
-    return correct, float(diff.sum()), int(diff.numel())
-
-
-# --- evaluation -------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate_rm(
-    model: Any,
-    groups: Sequence[RankGroup],
-    pad_id: int,
-    loss: str = "pairwise",
-    batch_size: int = 64,
-    gold: Sequence[Sequence[float]] | None = None,
-) -> dict[str, float]:
-    """Held-out metrics: ``eval_loss`` (per element), ``eval_accuracy`` (share of labelled pairs the model
-    orders the same way), ``eval_reward_gap`` (mean r_w − r_l), the scores' mean and std, and — with
-    ``gold`` scores per response — ``eval_gold_accuracy`` (pairs ordered as the gold scorer orders them,
-    gold ties left out) and ``eval_label_gold_agreement`` (how often the labels themselves agree with gold)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, n_elements, correct, gap, n_pairs = 0.0, 0, 0.0, 0.0, 0
-    gold_right, label_right, gold_pairs = 0.0, 0, 0
-    scores: list[float] = []
-    for i in range(0, len(groups), batch_size):
-        chunk = groups[i : i + batch_size]
-        batch = collate_groups(chunk, pad_id)
-        rewards = group_rewards(model, batch)
-        losses = rm_loss(rewards, batch["ranks"], batch["valid"], loss)
-        loss_sum, n_elements = loss_sum + float(losses.sum()), n_elements + losses.numel()
-        c, g, n = _pair_stats(rewards, batch["ranks"], batch["valid"])
-        correct, gap, n_pairs = correct + c, gap + g, n_pairs + n
-        scores.extend(rewards[batch["valid"]].tolist())
-        if gold is not None:
-            for p, group in enumerate(chunk):
-                gs = gold[i + p]
-                for w in range(len(group.ranks)):
-                    for l in range(len(group.ranks)):
-                        if group.ranks[w] > group.ranks[l] and gs[w] != gs[l]:
-                            truth = 1.0 if gs[w] > gs[l] else -1.0
-                            d = float(rewards[p, w] - rewards[p, l]) * truth
-                            gold_right += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
-                            label_right += truth > 0
-                            gold_pairs += 1
-    model.train(was_training)
-    out = {
-        "eval_loss": loss_sum / max(n_elements, 1),
-        "eval_accuracy": correct / max(n_pairs, 1),
-        "eval_reward_gap": gap / max(n_pairs, 1),
-        "eval_reward_mean": statistics.fmean(scores) if scores else math.nan,
-        "eval_reward_std": statistics.stdev(scores) if len(scores) > 1 else math.nan,
-    }
-    if gold is not None and gold_pairs:
-        out["eval_gold_accuracy"] = gold_right / gold_pairs
-        out["eval_label_gold_agreement"] = label_right / gold_pairs
-    return out
-
-
-@torch.no_grad()
-def reward_stats(
-    model: Any, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64
-) -> dict[str, float]:
-    """Mean and (unbiased) std of the model's scores of ``seqs``: the normalisation saved with the model."""
-    was_training = model.training
-    model.eval()
-    scores = []
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i : i + batch_size]
-        ids = pad_sequences(chunk, pad_id)
-        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(s) for s in chunk])[:, None]).long()
-        scores.append(sequence_scores(model, ids, mask))
-    model.train(was_training)
-    flat = torch.cat(scores)
-    if flat.numel() < 2:
-        raise DataError(f"normalisation needs at least 2 reference responses, got {flat.numel()}")
-    return {"mean": float(flat.mean()), "std": max(float(flat.std()), 1e-6)}
 
 
 # --- setup helpers ----------------------------------------------------------------------------------------
@@ -466,7 +223,7 @@ def train_rm(
                 )
                 (losses.sum() / n_elements).backward()
                 loss_sum += float(losses.detach().sum())
-                c, g, n = _pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
+                c, g, n = pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
                 correct, gap, n_pairs, n_seqs = (
                     correct + c,
                     gap + g,

@@ -1,0 +1,109 @@
+"""Scoring offline data for the preference losses: Σ log π of a micro-batch's sequences in one fused forward
+(:func:`score_sequences`), the reference's log-probs (:class:`Reference`: a precomputed table or the frozen
+model), the per-example losses of one micro-batch (:func:`micro_batch_loss`) and KTO's KL baseline z₀
+over a step (:func:`kto_baseline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlft.algos import kto_kl_baseline
+from rlft.models.sequence_logprobs import grouped_logprob_sums
+
+from .dpo_config import DPOConfig
+from .dpo_data import OfflineData
+from .dpo_loss import offline_loss
+from .ref_cache import reference_logprob_sums
+
+__all__ = ["Reference", "kto_baseline", "micro_batch_loss", "score_sequences"]
+
+
+def score_sequences(
+    model: Any, data: OfflineData, rows: Sequence[int], pad_id: int, cfg: DPOConfig
+) -> tuple[Tensor, Tensor]:
+    """Σ log π and token counts of ``data.sequences[rows]`` (in ``rows`` order) in ONE forward pass;
+    sequences of the same example share their prompt, which the fused forward computes once
+    (``rlft.models.sequence_logprobs.grouped_logprob_sums``). Differentiable."""
+    owner = data.owners
+    groups: dict[int, list[int]] = {}  # example → positions in `rows` of its sequences
+    for pos, r in enumerate(rows):
+        groups.setdefault(owner[r], []).append(pos)
+    batch = [
+        (data.sequences[rows[ps[0]]][0], [data.sequences[rows[p]][1] for p in ps]) for ps in groups.values()
+    ]
+    sums, counts = grouped_logprob_sums(
+        model, batch, pad_id, bf16=cfg.bf16, forward=cfg.forward, share_prompt=cfg.share_prompt
+    )
+    order = torch.tensor([p for ps in groups.values() for p in ps])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return sums[inverse], counts[inverse]
+
+
+class Reference:
+    """Reference log-probs of a dataset's sequences: looked up in a precomputed tensor, or scored by the
+    reference model on the fly (``precompute_ref: false``)."""
+
+    def __init__(self, model: Any, pad_id: int, cfg: DPOConfig) -> None:
+        self.model, self.pad_id, self.cfg = model, pad_id, cfg
+        self.tables: dict[int, Tensor] = {}
+
+    def precompute(self, data: OfflineData, log: Callable[[str], None], model_fp: str) -> None:
+        self.tables[id(data)] = reference_logprob_sums(
+            self.model,
+            data.sequences,
+            self.pad_id,
+            cache_dir=self.cfg.ref_cache_dir,
+            bf16=self.cfg.bf16,
+            forward=self.cfg.forward,
+            log=log,
+            model_fp=model_fp,
+        )
+
+    def __call__(self, data: OfflineData, rows: Sequence[int]) -> Tensor:
+        table = self.tables.get(id(data))
+        if table is not None:
+            return table[torch.as_tensor(list(rows))]
+        with torch.no_grad():
+            return score_sequences(self.model, data, rows, self.pad_id, self.cfg)[0]
+
+
+def micro_batch_loss(
+    model: Any,
+    data: OfflineData,
+    examples: Sequence[int],
+    pad_id: int,
+    cfg: DPOConfig,
+    reference: Reference | None,
+    z0: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-example losses and metrics of one micro-batch of ``examples`` (indices into ``data``)."""
+    rows = data.rows(examples)
+    policy, counts = score_sequences(model, data, rows, pad_id, cfg)
+    ref = reference(data, rows) if reference is not None else None
+    if data.kind == "unpaired":
+        return offline_loss(cfg, policy, counts, ref, labels=data.label_tensor(examples), z0=z0)
+    if data.kind == "ranked":
+        scores, valid = data.score_tensors(examples)
+        shape = scores.shape
+        flat = valid.reshape(-1).nonzero()[:, 0]  # rows are the valid entries of (P, K_max), row-major
+        grid_p = policy.new_zeros(shape[0] * shape[1]).index_put((flat,), policy).view(shape)
+        grid_n = counts.new_ones(shape[0] * shape[1]).index_put((flat,), counts).view(shape)
+        return offline_loss(cfg, grid_p, grid_n, scores=scores, valid=valid)
+    return offline_loss(cfg, policy, counts, ref)
+
+
+@torch.no_grad()
+def kto_baseline(
+    model: Any, data: OfflineData, examples: Sequence[int], pad_id: int, cfg: DPOConfig, reference: Reference
+) -> Tensor:
+    """z₀ over ``examples`` (a whole optimiser step): mean policy − reference log-ratio of the mismatched
+    (prompt_i, completion_{i+1}) sequences, clamped at 0 and detached (KTO, arXiv 2402.01306)."""
+    rows = data.mismatched_rows(examples)
+    policy, _ = score_sequences(model, data, rows, pad_id, cfg)
+    return kto_kl_baseline(policy - reference(data, rows))
