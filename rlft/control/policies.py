@@ -13,47 +13,167 @@ from torch import Tensor, nn
 from rlft.algos import categorical_kl, entropy_from_logits, gaussian_entropy, gaussian_kl
 
 
-class MLP(nn.Sequential):
-    """Linear/tanh stack whose forward calls `F.linear` and `torch.tanh` directly: the per-layer
-    `Module.__call__` dispatch costs about as much as the arithmetic of these tiny layers. Same parameters
-    and state-dict keys as the `nn.Sequential` it subclasses."""
+class MLP(nn.Module):
+    """tanh MLP whose weights [W₁, b₁, W₂, b₂, …] live in ONE flat parameter `flat` (views give each
+    layer): the optimiser and the gradient clip then touch one tensor per network instead of one per
+    layer (Adam's step costs 25 µs instead of 60), and `TanhMLPs` returns one gradient per network.
+    The state dict keeps the `nn.Sequential` keys ("0.weight", "0.bias", "2.weight", … with the tanh
+    layers counted) so saved policies and checkpoints look as before. The forward calls `F.linear` and
+    `torch.tanh` directly; without autograd (rollouts, diagnostics) a float32 CPU input runs in NumPy
+    (see `TanhMLPs` for why)."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        tensors = [t.detach() for m in linears for t in (m.weight, m.bias)]
+        self.shapes = [tuple(t.shape) for t in tensors]
+        ends = np.cumsum([t.numel() for t in tensors]).tolist()
+        self._slices = [slice(end - t.numel(), end) for end, t in zip(ends, tensors, strict=True)]
+        self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in tensors]))
+
+    def _split(self, flat):
+        """`flat` cut into the per-layer views [W₁, b₁, W₂, b₂, …] (works on tensors and NumPy arrays)."""
+        return [flat[s].reshape(shape) for s, shape in zip(self._slices, self.shapes, strict=True)]
+
+    def linears(self) -> list[Tensor]:
+        """[W₁, b₁, W₂, b₂, …] as views of `flat` (gradients flow to `flat`)."""
+        return self._split(self.flat)
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self:
-            x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
+        if not torch.is_grad_enabled() and numpy_ready(x, self):
+            return torch.from_numpy(self.numpy_forward()(x.numpy()))
+        ws = self.linears()
+        for i in range(0, len(ws), 2):
+            x = F.linear(x, ws[i], ws[i + 1])
+            if i + 2 < len(ws):
+                x = torch.tanh(x)
         return x
 
     def numpy_forward(self) -> Callable[[np.ndarray], np.ndarray]:
         """The same function on float32 NumPy arrays, reading the current weights without copying them.
         Valid while the weights do not change (one rollout)."""
-        layers = [
-            (m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in self if isinstance(m, nn.Linear)
-        ]
+        ws = self._split(self.flat.detach().numpy())
+        layers = [(ws[i].T, ws[i + 1]) for i in range(0, len(ws), 2)]
         last = len(layers) - 1
 
         def forward(x: np.ndarray) -> np.ndarray:
             for i, (w, b) in enumerate(layers):
                 x = x @ w + b
                 if i < last:
-                    x = np.tanh(x)
+                    x = np.tanh(x, out=x)
             return x
 
         return forward
+
+    def _keys(self) -> list[str]:
+        # nn.Sequential numbering: Linear, Tanh, Linear, Tanh, …, Linear
+        return [f"{2 * (i // 2)}.{'weight' if i % 2 == 0 else 'bias'}" for i in range(len(self.shapes))]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        flat = self.flat if keep_vars else self.flat.detach()
+        for key, tensor in zip(self._keys(), self._split(flat), strict=True):
+            destination[prefix + key] = tensor
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        keys = [prefix + k for k in self._keys()]
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in keys)
+        missing = [k for k in keys if k not in state_dict]
+        if missing:
+            missing_keys.extend(missing)
+            return
+        for key, shape in zip(keys, self.shapes, strict=True):
+            if state_dict[key].shape != shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)}, "
+                    f"the shape in current model is {tuple(shape)}"
+                )
+        if not error_msgs:
+            with torch.no_grad():
+                self.flat.copy_(torch.cat([state_dict[k].reshape(-1) for k in keys]))
 
 
 def mlp(sizes: list[int], out_gain: float) -> MLP:
     """tanh MLP with orthogonal init: gain √2 on hidden layers, `out_gain` on the head, zero biases.
     The init matters for PPO (Engstrom et al. 2020, "Implementation Matters", arXiv 2005.12729)."""
-    layers: list[nn.Module] = []
+    layers: list[nn.Linear] = []
     for i in range(len(sizes) - 1):
         linear = nn.Linear(sizes[i], sizes[i + 1])
         last = i == len(sizes) - 2
         nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
         nn.init.zeros_(linear.bias)
         layers.append(linear)
-        if not last:
-            layers.append(nn.Tanh())
-    return MLP(*layers)
+    return MLP(layers)
+
+
+def numpy_ready(x: Tensor, *nets: MLP) -> bool:
+    """Whether the NumPy path computes the same function: float32 CPU input and weights, and no gradient
+    wanted for the input."""
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and all(net.flat.dtype == torch.float32 and net.flat.device.type == "cpu" for net in nets)
+    )
+
+
+class TanhMLPs(torch.autograd.Function):
+    """Several tanh MLPs on one input, forward and backward by hand in NumPy:
+    `TanhMLPs.apply(x, nets, *flats)` → one output per `MLP` in `nets`, whose flat parameters are `flats`.
+
+    Why: this build's `torch.tanh` is not vectorised on CPU (≈40 µs for 256×64 against ≈3 µs in NumPy),
+    and at PPO's minibatch sizes each of the ~40 torch ops of two MLPs' forward and backward costs more
+    in dispatch than in arithmetic. The backward is the chain rule of z = h W⊤ + b, h' = tanh(z):
+        ∂W = gᵀ h,  ∂b = Σ_rows g,  ∂h = g W,  g_z = ∂h' ⊙ (1 − h'²),
+    written straight into one flat gradient per net; no gradient for x. First-order only: a double
+    backward (TRPO's Fisher products) raises, so those callers use the plain `MLP.forward`.
+    `tests/test_control_policies.py` checks outputs and gradients against autograd through that path."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, nets: tuple[MLP, ...], *flats: Tensor) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)  # an unused output (e.g. no baseline) must give no gradient
+        inputs, outs, saved = x.numpy(), [], []
+        for net, flat in zip(nets, flats, strict=True):
+            ws = net._split(flat.detach().numpy())
+            hs, h = [inputs], inputs
+            for i in range(0, len(ws), 2):
+                h = h @ ws[i].T
+                h += ws[i + 1]
+                if i + 2 < len(ws):
+                    np.tanh(h, out=h)
+                    hs.append(h)
+            outs.append(torch.from_numpy(h))
+            saved.append((net, ws, hs))
+        ctx.saved = saved
+        # the NumPy views bypass autograd's check that saved weights were not changed before the backward
+        ctx.flats, ctx.versions = flats, [flat._version for flat in flats]
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        out: list[Tensor | None] = [None, None]  # x, nets
+        if [flat._version for flat in ctx.flats] != ctx.versions:
+            raise RuntimeError("TanhMLPs: a weight was modified in place between forward and backward")
+        for grad, (net, ws, hs) in zip(grads, ctx.saved, strict=True):
+            if grad is None:
+                out.append(None)
+                continue
+            g = np.ascontiguousarray(grad.numpy())
+            ones = np.ones(len(g), dtype=np.float32)
+            flat_grad = np.empty(sum(w.size for w in ws), dtype=np.float32)
+            dws = net._split(flat_grad)
+            for layer in range(len(ws) // 2 - 1, -1, -1):
+                h = hs[layer]
+                np.matmul(g.T, h, out=dws[2 * layer])
+                np.matmul(ones, g, out=dws[2 * layer + 1])  # Σ_rows g as a product: 2× faster than sum
+                if layer:
+                    g = g @ ws[2 * layer]
+                    g *= 1 - h * h
+            out.append(torch.from_numpy(flat_grad))
+        del ctx.saved, ctx.flats
+        return tuple(out)
 
 
 class ActorCritic(nn.Module):
@@ -105,26 +225,37 @@ class ActorCritic(nn.Module):
             return (params - torch.empty_like(params).exponential_().log()).argmax(-1)
         return params if deterministic else params + torch.randn_like(params) * torch.exp(self.log_std)
 
-    def sampler(self) -> Callable[[np.ndarray], np.ndarray]:
+    def sampler(self, steps: int = 1) -> Callable[[np.ndarray], np.ndarray]:
         """An action sampler for rollouts: float32 observations (N, obs_dim) → actions (N,) or (N, A).
 
         It runs the actor in NumPy: at rollout batch sizes (a handful of environments) a torch op costs
         ~5 µs of dispatch against ~1 µs for NumPy, and the actor is called once per environment step.
-        The noise comes from torch's generator, so runs stay seeded and resumable. The log-probs the
-        updates use are recomputed in torch from the stored observations (`Collector._assemble`)."""
+        The noise comes from torch's generator, so runs stay seeded and resumable; it is drawn for `steps`
+        calls at a time (one torch call per rollout, not one per step). The log-probs the updates use are
+        recomputed in torch from the stored observations (`Collector._assemble`)."""
         actor = self.actor.numpy_forward()
+        noise: list[np.ndarray] = []
+
+        def next_noise(shape: tuple[int, ...]) -> np.ndarray:
+            if not noise:
+                block = torch.empty(steps, *shape)
+                # Gumbel noise −log E, E ~ Exp(1) (see `sample`), or standard normal noise
+                block = block.exponential_().log_().neg_() if self.discrete else block.normal_()
+                noise.extend(reversed(block.numpy()))
+            return noise.pop()
+
         if self.discrete:
 
             def draw(obs: np.ndarray) -> np.ndarray:
                 logits = actor(obs)  # Gumbel-max, as in `sample`
-                return np.argmax(logits - torch.empty(logits.shape).exponential_().log_().numpy(), axis=-1)
+                return np.argmax(logits + next_noise(logits.shape), axis=-1)
 
             return draw
         std = np.exp(self.log_std.detach().numpy())
 
         def draw_gaussian(obs: np.ndarray) -> np.ndarray:
             mu = actor(obs)
-            return mu + std * torch.randn(mu.shape).numpy()
+            return mu + std * next_noise(mu.shape)
 
         return draw_gaussian
 
@@ -134,7 +265,12 @@ class ActorCritic(nn.Module):
         return self.sample(self.actor(obs), deterministic)
 
     def evaluate(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(log π(actions|obs), V(obs), actor params) with gradients, for the updates; the entropy is
-        `entropy(params)`, computed only when a loss needs it."""
+        """(log π(actions|obs), V(obs), actor params) with gradients, for the first-order updates (PPO,
+        A2C, REINFORCE); the entropy is `entropy(params)`, computed only when a loss needs it. Actor and
+        critic run together in NumPy (`TanhMLPs`) when the input allows it, else through torch."""
+        if torch.is_grad_enabled() and numpy_ready(obs, self.actor, self.critic):
+            nets = (self.actor, self.critic)
+            params, values = TanhMLPs.apply(obs, nets, self.actor.flat, self.critic.flat)
+            return self.log_prob(params, actions), values.squeeze(-1), params
         params = self.actor(obs)
         return self.log_prob(params, actions), self.value(obs), params

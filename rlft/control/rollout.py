@@ -160,7 +160,7 @@ class Collector:
     def collect(self, policy: ActorCritic, n_steps: int, bootstrap: bool = True) -> Batch:
         """n_steps steps in every environment, continuing where the last rollout stopped."""
         steps, finished = [], []
-        draw = policy.sampler()
+        draw = policy.sampler(n_steps)
         for _ in range(n_steps):
             obs = self.obs
             actions = draw(obs)
@@ -176,7 +176,7 @@ class Collector:
         self.reset()
         steps, finished = [], []
         ended = np.zeros(self.num_envs, dtype=bool)
-        draw = policy.sampler()
+        draw = policy.sampler(steps=64)  # noise for 64 steps at a time; episodes run until all have ended
         while not ended.all():
             obs = self.obs
             actions = draw(obs)

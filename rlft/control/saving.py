@@ -16,7 +16,9 @@ OBS_PREFIX = "obs_normalizer"
 
 
 def save_policy(policy: ActorCritic, obs_norm: ObsNormalizer | None, path: Path, cfg: ControlConfig) -> Path:
-    tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
+    # clone: the state dict's per-layer tensors are views of one flat parameter, and safetensors
+    # refuses tensors that share memory
+    tensors = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     if obs_norm is not None:
         tensors.update(obs_norm.rms.tensors(OBS_PREFIX))
     meta = {"env": cfg.env, "algo": cfg.algo, "discrete": str(policy.discrete)}
