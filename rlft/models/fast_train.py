@@ -132,7 +132,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, group: int, allowed: Tensor | No
     mask is causal (``allowed`` None, Tq = Tk) or ``allowed`` (B, Tq, Tk), True where query i may attend
     to key j (every query needs at least one key).
 
-    Short rows (Tk ≤ 256): explicit batched matmuls and softmax. On the CPU, SDPA's flash
+    Short rows (Tk ≤ 256): explicit batched matmuls with the softmax in float32. On the CPU, SDPA's flash
     kernel is no faster at these lengths in float32 and 3-5× slower in bfloat16 (its backward), and the
     (B, H, Tq, Tk) scores are small. Longer rows use SDPA, whose memory does not grow with T².
     """
@@ -147,10 +147,8 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, group: int, allowed: Tensor | No
         blocked = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).triu(1)
     else:
         blocked = ~allowed[:, None]
-    # In bfloat16 the scores are already bfloat16-rounded by the matmul, and CPU softmax accumulates in
-    # float32 internally: casting around it would add four conversion kernels per layer, not precision.
-    scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill(blocked, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float().masked_fill(blocked, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -252,11 +250,11 @@ def fused_hidden_rows(
         qk = (qk * cos + _rotate_half(qk) * sin).to(compute)
         v = qkv[:, q_and_k:].to(compute).view(-1, kv_heads, dim)
         out = attend(qk[:, :heads], qk[:, heads:], v)
-        x = x + linear(out, attn.o_proj.weight, attn.o_proj.bias, bf16)  # bf16 + float32 → float32
+        x = x + linear(out, attn.o_proj.weight, attn.o_proj.bias, bf16).float()
         w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * ln2.weight
         b_gu = _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1.0, 1.0))
         gate, up = linear(F.rms_norm(x, (hidden,), None, ln2.variance_epsilon), w_gu, b_gu, bf16).chunk(2, -1)
-        x = x + linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias, bf16)
+        x = x + linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias, bf16).float()
     return F.rms_norm(x, (hidden,), body.norm.weight.float(), body.norm.variance_epsilon)
 
 
