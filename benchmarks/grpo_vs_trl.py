@@ -19,7 +19,9 @@ accuracy  From the SFT checkpoint of the demo's SFT stage (1m model, arithmetic 
           budget of steps; both final models are scored by the same greedy held-out evaluation (the eval
           split of the task). rlft trains with the same hyper-parameters (8 × 8, β = 0.04, lr 1e-4, τ = 0.7 by
           default) and evaluates every few steps; its time to reach TRL's final accuracy counts training time
-          only (evaluation excluded on both sides) and is capped at TRL's training time.
+          only (evaluation excluded on both sides) and is capped at TRL's training time. Reported twice:
+          the first evaluation at or above TRL's accuracy, and the first from which the mean of 3
+          consecutive evaluations is ("sustained": single evaluations swing by ±10 points).
 
 cputime   (for busy shared machines) One-thread CPU seconds per step of each side, from the difference of a
           short and a long run; see :func:`cputime`.
@@ -43,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+SUSTAIN = 3  # accuracy mode: evaluations averaged for the "sustained" crossing
 MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456"
 HERE = Path(__file__).resolve()
 MAIN_PYTHON = sys.executable
@@ -464,9 +467,20 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
         args.trl_python,
     )
     elapsed = [sum(ours["step_times"][: e["step"]]) for e in ours["evals"]]
+    accs = [e["accuracy"] for e in ours["evals"]]
     reached = [
         (e["step"], t) for e, t in zip(ours["evals"], elapsed, strict=True) if e["accuracy"] >= trl_acc
     ]
+    # Held-out accuracy swings by ±10 points between evaluations at these learning rates, so a single
+    # evaluation crossing TRL's final accuracy can be luck: "sustained" asks the mean of that evaluation
+    # and the next SUSTAIN − 1 to reach it.
+    sustained = [
+        (e["step"], t)
+        for i, (e, t) in enumerate(zip(ours["evals"], elapsed, strict=True))
+        if i + SUSTAIN <= len(accs) and statistics.fmean(accs[i : i + SUSTAIN]) >= trl_acc
+    ]
+    if trl_acc <= start_acc:
+        print(f"  warning: TRL did not improve on the start ({start_acc:.3f}); raise --budget", flush=True)
     result = {
         "start_accuracy": start_acc,
         "trl": {"steps": args.budget, "train_seconds": trl_seconds, "final_accuracy": trl_acc},
@@ -477,10 +491,15 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
             ],
             "reached_trl_accuracy_at_step": reached[0][0] if reached else None,
             "seconds_to_trl_accuracy": reached[0][1] if reached else None,
+            "sustained_at_step": sustained[0][0] if sustained else None,
+            "seconds_to_sustained": sustained[0][1] if sustained else None,
         },
+        "trl_improved": trl_acc > start_acc,
     }
     if reached:
         result["time_ratio"] = reached[0][1] / trl_seconds
+    if sustained:
+        result["time_ratio_sustained"] = sustained[0][1] / trl_seconds
     print(json.dumps(result, indent=1), flush=True)
     return result
 
@@ -492,8 +511,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="speed: steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="speed: steps not timed")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=200, help="accuracy: TRL's training steps")
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=1500,
+        help="accuracy: TRL's training steps (200 leave TRL below its start)",
+    )
+    parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-4, help="accuracy: learning rate of both sides")
     parser.add_argument("--temperature", type=float, default=0.7, help="accuracy: sampling τ of both sides")
     parser.add_argument("--sft", help="accuracy: SFT model directory (default: the demo's SFT stage)")
