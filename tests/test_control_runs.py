@@ -168,6 +168,20 @@ def test_cli_resume_continues_a_run(tmp_path, capsys):
     assert [r["step"] for r in rows] == [256, 512, 768, 1024]
 
 
+def test_resume_from_an_incompatible_optimizer_state_fails_clearly(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["control", "train", "--total-steps", "512", "--out", str(out), "--no-progress"]) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    # an optimizer over one tensor per layer, as checkpoints before flat per-network parameters had
+    old = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2)) for _ in range(12)])
+    state["algo"]["optimizer"] = old.state_dict()
+    torch.save(state, ckpt)
+    assert main(["control", "train", "--resume", str(out), "--total_steps", "1024", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: the optimizer state does not fit" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rlft.run import (
+    CheckpointError,
     MetricsWriter,
     Progress,
     RunDir,
@@ -94,7 +95,13 @@ def train(
             raise FileNotFoundError(f"no checkpoint to resume at {ckpt_path}")
         state = torch.load(ckpt_path, weights_only=False)
         policy.load_state_dict(state["policy"])
-        algo.load_state_dict(state["algo"])
+        try:
+            algo.load_state_dict(state["algo"])
+        except (ValueError, KeyError) as err:  # e.g. a checkpoint from before flat per-network parameters
+            raise CheckpointError(
+                f"{ckpt_path}: the optimizer state does not fit this version's {cfg.algo} "
+                f"({err}); start a new run, or evaluate its policy.safetensors"
+            ) from err
         collector.load_state_dict(state["collector"])
         restore_rng_state(state["rng"])
         step, updates = state["step"], state["updates"]

@@ -6,10 +6,11 @@ from .config import ConfigError, config_to_dict, load_config, parse_overrides, s
 from .metrics import MetricsWriter, read_metrics
 from .plots import plot_metrics, plot_run
 from .progress import Progress
-from .rundir import RunDir
+from .rundir import CheckpointError, RunDir
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "MetricsWriter",
     "Progress",

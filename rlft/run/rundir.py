@@ -6,7 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunDir"]
+__all__ = ["CheckpointError", "RunDir"]
+
+
+class CheckpointError(ValueError):
+    """A run's checkpoint that cannot be resumed (written by an incompatible version or configuration)."""
 
 
 @dataclass
