@@ -129,6 +129,21 @@ def test_resume_is_bitwise_identical(tiny_model, tmp_path) -> None:
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 8))
 
 
+def test_resume_with_an_optimizer_state_that_does_not_fit_fails_clearly(tiny_model, tmp_path) -> None:
+    from rlft.run import CheckpointError
+    from rlft.train.checkpoint import TRAINER_STATE
+
+    cfg = small_cfg(tiny_model, max_steps=4, save_every=2)
+    run = RunDir.create(tmp_path / "cut")
+    train_sft(cfg, run, show_progress=False, stop_after=3, log=lambda _: None)
+    path = latest_checkpoint(run) / TRAINER_STATE
+    state = torch.load(path, weights_only=True)
+    state["optimizer"] = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]).state_dict()
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="step-2: its optimizer state does not fit"):
+        train_sft(cfg, run, resume=True, show_progress=False, log=lambda _: None)
+
+
 def test_bad_config_and_missing_data(tiny_model, tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown config key 'learning_rate'"):
         load_config(SFTConfig, overrides=["--learning_rate", "0.1"])

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from rlft.models import save_pretrained_atomic
-from rlft.run import RunDir, atomic_path
+from rlft.run import CheckpointError, RunDir, atomic_path
 
 __all__ = ["TRAINER_STATE", "latest_checkpoint", "load_trainer_state", "save_checkpoint"]
 
@@ -47,3 +47,17 @@ def latest_checkpoint(run: RunDir) -> Path | None:
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     """The ``trainer_state.pt`` of a checkpoint; tensors, numbers and plain containers only."""
     return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=True)
+
+
+def restore_optimizer(optimizer: Any, scheduler: Any, state: dict[str, Any], checkpoint: Path) -> None:
+    """Load a checkpoint's optimizer and scheduler state; a state that does not fit these parameters
+    (the run was resumed with another model, LoRA setting or version) is a :class:`CheckpointError`
+    naming the checkpoint, not torch's message about parameter groups."""
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{checkpoint}: its optimizer state does not fit the model being trained ({err}); resume with "
+            "the configuration that wrote it, or start a new run"
+        ) from err

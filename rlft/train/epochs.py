@@ -13,7 +13,7 @@ import torch
 from rlft.data import DataError
 from rlft.run import RunDir, atomic_write_text, capture_rng_state, read_metrics, restore_rng_state
 
-from .checkpoint import load_trainer_state
+from .checkpoint import load_trainer_state, restore_optimizer
 from .schedule import warmup_cosine_scheduler
 
 __all__ = [
@@ -80,8 +80,7 @@ def restore_position(
     metrics to the checkpoint, and return (step, epoch, batch_index, the whole state dict) so a trainer
     can read its own extra keys."""
     state = load_trainer_state(checkpoint)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    restore_optimizer(optimizer, scheduler, state, checkpoint)
     restore_rng_state(state["rng"])
     step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
     if state["shuffle_seed"] != shuffle_seed(seed, epoch):

@@ -48,7 +48,7 @@ from rlft.run import (
     seed_everything,
 )
 
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .checkpoint import latest_checkpoint, load_trainer_state, restore_optimizer, save_checkpoint
 from .epochs import adamw, trim_metrics
 from .rl_advantages import AdvantageState, advantage_step, check_advantage, needs_critic
 from .rl_config import RLConfig
@@ -150,8 +150,7 @@ def train_rl(
         step = 0
         if checkpoint is not None:
             state = load_trainer_state(checkpoint)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            restore_optimizer(optimizer, scheduler, state, checkpoint)
             restore_rng_state(state["rng"])
             stream.load_state_dict(state["stream"])
             kl_ctl.value = state["kl_coef"]
