@@ -644,3 +644,20 @@ def test_forward_fast_names_what_blocks_it(tiny_model) -> None:
     lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(ModelError, match=r"forward='fast' is not possible.*LoRA"):
         batch_logprobs(lora, batch, batch.loss_mask, forward="fast")
+
+
+def test_reference_packs_its_fused_weights_once_and_computes_the_same_logprobs(
+    tiny_model, reward_file
+) -> None:
+    from rlft.train.rl_logprobs import batch_logprobs
+    from rlft.train.rl_setup import Reference
+
+    batch, policy = fixed_batch(tiny_model)
+    cfg = small_cfg(tiny_model, reward_file).resolved()
+    reference = Reference(cfg, policy)
+    settings = loss_settings(cfg)
+    ref_logp = reference.logprobs(batch, settings, None)
+    assert reference.frozen is not None  # the packed body was built and used
+    with torch.no_grad():
+        expected, _ = batch_logprobs(policy, batch, batch.response_mask, forward="hf")
+    torch.testing.assert_close(ref_logp, expected, rtol=0, atol=2e-5)

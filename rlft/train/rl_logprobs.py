@@ -17,12 +17,15 @@ prompt tokens, ~3 answer tokens) about half of all the work of the reference and
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from rlft.algos import entropy_from_logits
 from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, use_fused_forward
+from rlft.models.frozen_forward import FrozenForward
 from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from_mask
 
 from .rollout_batch import RolloutBatch
@@ -35,17 +38,27 @@ def autocast_context(enabled: bool) -> contextlib.AbstractContextManager:
 
 
 def response_states(
-    model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool = True, forward: str = "auto"
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    share_prompts: bool = True,
+    forward: str = "auto",
+    frozen: FrozenForward | None = None,
 ) -> Tensor:
     """(B, R, d) final hidden states that predict each response token (position t predicts token t).
 
     ``forward``: "auto" runs the fused Llama forward (:mod:`rlft.models.fast_train`) when the model
     qualifies, "fast" demands it, "hf" uses the model's own body. Under CPU bfloat16 autocast the fused
-    forward runs its bfloat16 variant."""
-    if use_fused_forward(model, forward) and int(batch.prompt_mask.sum(-1).min()) > 0:
-        bf16 = torch.is_autocast_enabled("cpu")
-        with torch.autocast("cpu", enabled=False):
-            return _fused_states(model, batch, share_prompts, bf16)
+    forward runs its bfloat16 variant. ``frozen``: the same fused body with weights packed once, for a
+    model that never changes (the reference; no gradient)."""
+    if int(batch.prompt_mask.sum(-1).min()) > 0:
+        if frozen is not None:
+            return _fused_states(frozen.hidden_rows, batch, share_prompts)
+        if use_fused_forward(model, forward):
+            bf16 = torch.is_autocast_enabled("cpu")
+            with torch.autocast("cpu", enabled=False):
+                return _fused_states(
+                    functools.partial(fused_hidden_rows, model, bf16=bf16), batch, share_prompts
+                )
     return _hf_states(model, batch, share_prompts)
 
 
@@ -61,10 +74,11 @@ def _first_of_groups(batch: RolloutBatch, share_prompts: bool) -> tuple[Tensor, 
     return first, inverse
 
 
-def _fused_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool, bf16: bool) -> Tensor:
-    """The fused forward over G right-padded distinct prompts followed by the B responses, each response at
-    positions |x|, |x|+1, … attending to its prompt's keys (``SharedPrompts``); with ``share_prompts``
-    off every row has its own copy of its prompt (G = B), which is the same function."""
+def _fused_states(body: Callable[..., Tensor], batch: RolloutBatch, share_prompts: bool) -> Tensor:
+    """The fused forward ``body(input_ids, position_ids, layout)`` over G right-padded distinct prompts
+    followed by the B responses, each response at positions |x|, |x|+1, … attending to its prompt's keys
+    (``SharedPrompts``); with ``share_prompts`` off every row has its own copy of its prompt (G = B),
+    which is the same function."""
     first, owner = _first_of_groups(batch, share_prompts)
     prompt_ids, lengths = batch.prompt_ids[first], batch.prompt_mask[first].sum(-1)
     n_groups, width = prompt_ids.shape
@@ -80,7 +94,7 @@ def _fused_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bo
     )
     layout = SharedPrompts(n_groups, p_width, n_rows, c_width, owner, lengths)
     input_ids = torch.cat([prompts.reshape(-1), batch.response_ids.reshape(-1)])
-    hidden = fused_hidden_rows(model, input_ids, positions, layout, bf16=bf16)
+    hidden = body(input_ids, positions, layout)
     prompt_part = hidden[: n_groups * p_width].view(n_groups, p_width, -1)
     last_prompt_state = prompt_part[torch.arange(n_groups), lengths - 1]  # predicts response token 0
     responses = hidden[n_groups * p_width :].view(n_rows, c_width, -1)
@@ -133,11 +147,12 @@ def batch_logprobs(
     chunk_size: int = 4096,
     share_prompts: bool = True,
     forward: str = "auto",
+    frozen: FrozenForward | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(B, R) log-probs of ``batch.response_ids`` at ``positions`` (0 elsewhere), and the entropies of
     π(·|x, y_<t) at the same positions when ``entropy`` (with gradient only if ``entropy_grad``)."""
     with autocast_context(bf16_autocast):
-        states = response_states(model, batch, share_prompts, forward)
+        states = response_states(model, batch, share_prompts, forward, frozen)
     return logprobs_from_states(
         model, states, batch, positions, temperature, entropy, entropy_grad, chunk_size
     )
