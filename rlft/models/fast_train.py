@@ -166,6 +166,29 @@ def _rows(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(-1, x.shape[1] * x.shape[3])
 
 
+def attend_rows(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: tuple[int, int] | SharedPrompts,
+    group: int,
+    allowed: Tensor | None,
+) -> Tensor:
+    """Attention of flat rows (N, H, D) laid out as ``layout`` (see :func:`fused_hidden_rows`) → (N, H·D);
+    ``allowed`` is ``layout.allowed()`` for shared prompts (computed once per forward, not per layer)."""
+    if not isinstance(layout, SharedPrompts):
+        batch, width = layout
+        return _rows(_attention(*(_heads(t, batch, width) for t in (q, k, v)), group, None))
+    n_prompt = layout.prompts * layout.prompt_width
+    qp, kp, vp = (_heads(t[:n_prompt], layout.prompts, layout.prompt_width) for t in (q, k, v))
+    qc, kc, vc = (_heads(t[n_prompt:], layout.completions, layout.completion_width) for t in (q, k, v))
+    keys = torch.cat([kp.index_select(0, layout.group), kc], dim=2)  # (S, H_kv, P + C, D)
+    values = torch.cat([vp.index_select(0, layout.group), vc], dim=2)
+    out_p = _attention(qp, kp, vp, group, None)
+    out_c = _attention(qc, keys, values, group, allowed)
+    return torch.cat([_rows(out_p), _rows(out_c)])
+
+
 @dataclass
 class SharedPrompts:
     """Completions that share prompts: the flat rows of a fused forward are ``G`` right-padded prompts of
@@ -226,19 +249,6 @@ def fused_hidden_rows(
     q_and_k = (heads + kv_heads) * dim
     allowed = layout.allowed() if isinstance(layout, SharedPrompts) else None
 
-    def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if not isinstance(layout, SharedPrompts):
-            batch, width = layout
-            return _rows(_attention(*(_heads(t, batch, width) for t in (q, k, v)), group, None))
-        n_prompt = layout.prompts * layout.prompt_width
-        qp, kp, vp = (_heads(t[:n_prompt], layout.prompts, layout.prompt_width) for t in (q, k, v))
-        qc, kc, vc = (_heads(t[n_prompt:], layout.completions, layout.completion_width) for t in (q, k, v))
-        keys = torch.cat([kp.index_select(0, layout.group), kc], dim=2)  # (S, H_kv, P + C, D)
-        values = torch.cat([vp.index_select(0, layout.group), vc], dim=2)
-        out_p = _attention(qp, kp, vp, group, None)
-        out_c = _attention(qc, keys, values, group, allowed)
-        return torch.cat([_rows(out_p), _rows(out_c)])
-
     for layer in body.layers:
         attn, mlp = layer.self_attn, layer.mlp
         ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
@@ -249,7 +259,7 @@ def fused_hidden_rows(
         qk = qkv[:, :q_and_k].float().view(-1, heads + kv_heads, dim)
         qk = (qk * cos + _rotate_half(qk) * sin).to(compute)
         v = qkv[:, q_and_k:].to(compute).view(-1, kv_heads, dim)
-        out = attend(qk[:, :heads], qk[:, heads:], v)
+        out = attend_rows(qk[:, :heads], qk[:, heads:], v, layout, group, allowed)
         x = x + linear(out, attn.o_proj.weight, attn.o_proj.bias, bf16).float()
         w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * ln2.weight
         b_gu = _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1.0, 1.0))

@@ -23,7 +23,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from .fast_llama import _cis, build_fused_weights
-from .fast_train import SharedPrompts, _attention, _heads, _rows
+from .fast_train import SharedPrompts, attend_rows
 
 __all__ = ["FrozenForward"]
 
@@ -55,27 +55,12 @@ class FrozenForward:
         cis = _cis(*self.rotary(torch.zeros(1, 1), position_ids[None]))[0][:, None]  # (N, 1, D/2)
         allowed = layout.allowed() if isinstance(layout, SharedPrompts) else None
 
-        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            if not isinstance(layout, SharedPrompts):
-                batch, cols = layout
-                return _rows(_attention(*(_heads(t, batch, cols) for t in (q, k, v)), group, None))
-            n_prompt = layout.prompts * layout.prompt_width
-            qp, kp, vp = (_heads(t[:n_prompt], layout.prompts, layout.prompt_width) for t in (q, k, v))
-            qc, kc, vc = (
-                _heads(t[n_prompt:], layout.completions, layout.completion_width) for t in (q, k, v)
-            )
-            keys = torch.cat([kp.index_select(0, layout.group), kc], dim=2)
-            values = torch.cat([vp.index_select(0, layout.group), vc], dim=2)
-            out_p = _attention(qp, kp, vp, group, None)
-            out_c = _attention(qc, keys, values, group, allowed)
-            return torch.cat([_rows(out_p), _rows(out_c)])
-
         for layer in w.layers:
             qkv = layer.qkv(F.rms_norm(x, (width,), None, layer.eps1))
             qk = torch.view_as_complex(qkv[:, :k_end].float().view(-1, heads + kv_heads, half, 2))
             qk = torch.view_as_real(qk * cis).flatten(-2).to(dtype)  # RoPE on pair-interleaved rows
             v = qkv[:, k_end:].view(-1, kv_heads, dim)
-            x = x + layer.o(attend(qk[:, :heads], qk[:, heads:], v)).float()
+            x = x + layer.o(attend_rows(qk[:, :heads], qk[:, heads:], v, layout, group, allowed)).float()
             gate, up = layer.gate_up(F.rms_norm(x, (width,), None, layer.eps2)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up).float()
         return F.rms_norm(x, (width,), self.norm_weight, w.norm_eps)
