@@ -398,3 +398,20 @@ def test_demo_stage_reports_the_gold_win_rate(tiny_model, tmp_path, capsys) -> N
     assert "gold win rate vs SFT model" in capsys.readouterr().out
     rows = read_metrics(out["run_dir"] / "metrics.jsonl")
     assert {"eval_win_rate", "eval_gold_score", "eval_ref_gold_score"} <= set(rows[-1])
+
+
+def test_on_the_fly_reference_packs_its_weights_once_and_scores_the_same(tiny_model, data_files) -> None:
+    from rlft.train.dpo_scoring import Reference, score_sequences
+
+    model = load_causal_lm(tiny_model)
+    tokenizer = load_tokenizer(tiny_model)
+    cfg = DPOConfig(model=tiny_model, data="d", precompute_ref=False)
+    data = load_offline(data_files["preference"], "preference", tokenizer, length_limits(cfg))
+    reference = Reference(model, tokenizer.pad_token_id, cfg)
+    rows = data.rows([0, 1, 2])
+    got = reference(data, rows)
+    assert reference.frozen is not None  # the packed body was built and used
+    with torch.no_grad():
+        own = dataclasses.replace(cfg, forward="hf")
+        expected = score_sequences(model, data, rows, tokenizer.pad_token_id, own)[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)

@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 
 from .errors import ModelError
 from .fast_train import SharedPrompts, fused_hidden_rows, fused_hidden_states, linear, use_fused_forward
+from .frozen_forward import FrozenForward
 from .logprobs import apply_lm_head
 
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (prompt ids, [completion ids, ...])
@@ -199,12 +200,15 @@ def grouped_logprob_sums(
     forward: str = "auto",
     share_prompt: bool = True,
     chunk_size: int = 4096,
+    frozen: FrozenForward | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(Σ log π(c | prompt) (S,) float32, |c| (S,)) for every completion c of every group, in group
     order (group 0's completions, then group 1's, …). One forward pass over the whole batch.
 
     With the fused forward and ``share_prompt`` each prompt is computed once (:func:`layout_groups`);
-    otherwise every completion is its own right-padded prompt+completion row. Differentiable.
+    otherwise every completion is its own right-padded prompt+completion row. Differentiable, except
+    with ``frozen`` (a reference model's fused body with its weights packed once, used for the shared-
+    prompt layout).
     """
     if not groups:
         raise ModelError("grouped_logprob_sums: no groups to score")
@@ -229,7 +233,10 @@ def grouped_logprob_sums(
             chunk_size=chunk_size,
         )
     rows = layout_groups(groups, pad_id)
-    hidden = fused_hidden_rows(model, rows.input_ids, rows.position_ids, rows.layout, bf16=bf16)
+    if frozen is not None:
+        hidden = frozen.hidden_rows(rows.input_ids, rows.position_ids, rows.layout)
+    else:
+        hidden = fused_hidden_rows(model, rows.input_ids, rows.position_ids, rows.layout, bf16=bf16)
     logp = head_logprobs(
         model, hidden.index_select(0, rows.source), rows.target, chunk_size, _fast_head(model)
     )

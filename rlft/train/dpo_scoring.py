@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from rlft.algos import kto_kl_baseline
+from rlft.models.fast_train import use_fused_forward
+from rlft.models.frozen_forward import FrozenForward
 from rlft.models.sequence_logprobs import grouped_logprob_sums
 
 from .dpo_config import DPOConfig
@@ -24,7 +26,12 @@ __all__ = ["Reference", "kto_baseline", "micro_batch_loss", "score_sequences"]
 
 
 def score_sequences(
-    model: Any, data: OfflineData, rows: Sequence[int], pad_id: int, cfg: DPOConfig
+    model: Any,
+    data: OfflineData,
+    rows: Sequence[int],
+    pad_id: int,
+    cfg: DPOConfig,
+    frozen: FrozenForward | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Σ log π and token counts of ``data.sequences[rows]`` (in ``rows`` order) in ONE forward pass;
     sequences of the same example share their prompt, which the fused forward computes once
@@ -37,7 +44,7 @@ def score_sequences(
         (data.sequences[rows[ps[0]]][0], [data.sequences[rows[p]][1] for p in ps]) for ps in groups.values()
     ]
     sums, counts = grouped_logprob_sums(
-        model, batch, pad_id, bf16=cfg.bf16, forward=cfg.forward, share_prompt=cfg.share_prompt
+        model, batch, pad_id, bf16=cfg.bf16, forward=cfg.forward, share_prompt=cfg.share_prompt, frozen=frozen
     )
     order = torch.tensor([p for ps in groups.values() for p in ps])
     inverse = torch.empty_like(order)
@@ -52,6 +59,7 @@ class Reference:
     def __init__(self, model: Any, pad_id: int, cfg: DPOConfig) -> None:
         self.model, self.pad_id, self.cfg = model, pad_id, cfg
         self.tables: dict[int, Tensor] = {}
+        self.frozen: FrozenForward | None = None  # on-the-fly scoring: weights packed once, at first use
 
     def precompute(self, data: OfflineData, log: Callable[[str], None], model_fp: str) -> None:
         self.tables[id(data)] = reference_logprob_sums(
@@ -69,8 +77,10 @@ class Reference:
         table = self.tables.get(id(data))
         if table is not None:
             return table[torch.as_tensor(list(rows))]
+        if self.frozen is None and use_fused_forward(self.model, self.cfg.forward):
+            self.frozen = FrozenForward(self.model, bf16=self.cfg.bf16)
         with torch.no_grad():
-            return score_sequences(self.model, data, rows, self.pad_id, self.cfg)[0]
+            return score_sequences(self.model, data, rows, self.pad_id, self.cfg, self.frozen)[0]
 
 
 def micro_batch_loss(
