@@ -5,29 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from micro_models import perturbed_llama
 
 from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, fused_hidden_states
 from rlft.models.frozen_forward import FrozenForward
-
-
-def tiny_llama(**changes) -> LlamaForCausalLM:
-    settings = {
-        "vocab_size": 61,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 128,
-        "tie_word_embeddings": True,
-    }
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**settings, **changes})).eval()
-    with torch.no_grad():  # every weight (norms included) away from its initial value
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
 
 
 def shared_prompts_rows() -> tuple[torch.Tensor, torch.Tensor, SharedPrompts]:
@@ -46,7 +27,7 @@ def shared_prompts_rows() -> tuple[torch.Tensor, torch.Tensor, SharedPrompts]:
     "changes", [{}, {"num_key_value_heads": 2}, {"attention_bias": True}], ids=["mha", "gqa", "bias"]
 )
 def test_frozen_forward_computes_the_fused_forward(changes) -> None:
-    model = tiny_llama(**changes)
+    model = perturbed_llama(**changes)
     frozen = FrozenForward(model)
     ids, positions, layout = shared_prompts_rows()
     with torch.no_grad():
@@ -61,7 +42,7 @@ def test_frozen_forward_computes_the_fused_forward(changes) -> None:
 
 
 def test_frozen_forward_in_bfloat16_stays_close_and_packs_once() -> None:
-    model = tiny_llama()
+    model = perturbed_llama()
     ids, positions, layout = shared_prompts_rows()
     frozen = FrozenForward(model, bf16=True)
     with torch.no_grad():

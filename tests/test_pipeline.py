@@ -4,7 +4,6 @@ after a crash and skipped once its model exists."""
 from __future__ import annotations
 
 import pytest
-import torch
 from micro_models import save_micro_llama
 
 from rlft.cli import main
@@ -12,13 +11,7 @@ from rlft.commands.pipeline import run_pipeline
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import RLConfig, latest_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

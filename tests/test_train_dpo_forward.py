@@ -6,31 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from micro_models import perturbed_llama
 
 from rlft.models import ModelError, token_logprobs
 from rlft.models.fast_train import OneDNNLinear, fast_train_blocker
 from rlft.models.onednn import onednn_linear_available
 from rlft.models.sequence_logprobs import grouped_logprob_sums, layout_groups, sequence_logprob_sums
-
-
-def tiny_llama(seed: int = 0, **changes) -> LlamaForCausalLM:
-    settings = {
-        "vocab_size": 61,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 512,
-        "tie_word_embeddings": True,
-    }
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**{**settings, **changes}))
-    with torch.no_grad():  # move every weight (norms included) away from its initial value
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
 
 
 def batch(rows: int = 5, width: int = 17, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -56,7 +37,7 @@ def sums_and_grads(model, inputs, **kw):
     ids=["mha", "gqa", "biases"],
 )
 def test_fused_forward_matches_the_model_forward(changes) -> None:
-    model = tiny_llama(**changes)
+    model = perturbed_llama(**changes)
     assert fast_train_blocker(model) is None
     inputs = batch()
     hf_sums, hf_counts, hf_grads = sums_and_grads(model, inputs, forward="hf")
@@ -69,7 +50,7 @@ def test_fused_forward_matches_the_model_forward(changes) -> None:
 
 
 def test_sums_equal_token_logprobs_over_the_completion() -> None:
-    model = tiny_llama()
+    model = perturbed_llama()
     inputs = batch()
     with torch.no_grad():
         sums, counts = sequence_logprob_sums(model, **inputs)
@@ -84,7 +65,7 @@ def test_sums_equal_token_logprobs_over_the_completion() -> None:
 
 
 def test_long_rows_take_the_sdpa_path_with_the_same_numbers() -> None:
-    model = tiny_llama()
+    model = perturbed_llama()
     inputs = batch(rows=2, width=300)
     with torch.no_grad():
         hf = sequence_logprob_sums(model, **inputs, forward="hf")[0]
@@ -93,7 +74,7 @@ def test_long_rows_take_the_sdpa_path_with_the_same_numbers() -> None:
 
 
 def test_bf16_stays_close_to_float32() -> None:
-    model = tiny_llama()
+    model = perturbed_llama()
     inputs = batch()
     fp32, _, g32 = sums_and_grads(model, inputs)
     for forward in ("fast", "hf"):
@@ -124,7 +105,7 @@ def test_onednn_linear_matches_f_linear() -> None:
 
 
 def test_models_the_fused_forward_cannot_serve_fall_back() -> None:
-    model = tiny_llama(attention_dropout=0.1)
+    model = perturbed_llama(attention_dropout=0.1)
     assert "dropout" in fast_train_blocker(model)
     inputs = batch()
     model.eval()
@@ -137,7 +118,7 @@ def test_models_the_fused_forward_cannot_serve_fall_back() -> None:
 
 
 def test_bad_inputs_raise_model_errors() -> None:
-    model = tiny_llama()
+    model = perturbed_llama()
     inputs = batch()
     with pytest.raises(ModelError, match="first token"):
         sequence_logprob_sums(
@@ -167,7 +148,7 @@ def groups(seed: int = 2) -> list[tuple[list[int], list[list[int]]]]:
 
 @pytest.mark.parametrize("changes", [{}, {"num_key_value_heads": 2}], ids=["mha", "gqa"])
 def test_shared_prompt_packing_matches_separate_rows(changes) -> None:
-    model = tiny_llama(**changes)
+    model = perturbed_llama(**changes)
     batch = groups()
 
     def run(**kw):
