@@ -23,9 +23,15 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from .fast_llama import _cis, build_fused_weights
-from .fast_train import SharedPrompts, attend_rows
+from .fast_train import SharedPrompts, attend_rows, use_fused_forward
 
-__all__ = ["FrozenForward"]
+__all__ = ["FrozenForward", "packed_reference"]
+
+
+def packed_reference(model: PreTrainedModel, forward: str, bf16: bool) -> FrozenForward | None:
+    """A :class:`FrozenForward` of a reference ``model`` when its passes would take the fused forward
+    (``forward`` as in :func:`~rlft.models.fast_train.use_fused_forward`), else None (the model's own)."""
+    return FrozenForward(model, bf16=bf16) if use_fused_forward(model, forward) else None
 
 
 class FrozenForward:

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from rlft.algos import kto_kl_baseline
-from rlft.models.fast_train import use_fused_forward
-from rlft.models.frozen_forward import FrozenForward
+from rlft.models.frozen_forward import FrozenForward, packed_reference
 from rlft.models.sequence_logprobs import grouped_logprob_sums
 
 from .dpo_config import DPOConfig
@@ -59,7 +58,10 @@ class Reference:
     def __init__(self, model: Any, pad_id: int, cfg: DPOConfig) -> None:
         self.model, self.pad_id, self.cfg = model, pad_id, cfg
         self.tables: dict[int, Tensor] = {}
-        self.frozen: FrozenForward | None = None  # on-the-fly scoring: weights packed once, at first use
+        # on-the-fly scoring: the fused weights packed at first use (never, when every score comes from a
+        # precomputed table); None also when the model's own forward is used
+        self.frozen: FrozenForward | None = None
+        self._packed = False
 
     def precompute(self, data: OfflineData, log: Callable[[str], None], model_fp: str) -> None:
         self.tables[id(data)] = reference_logprob_sums(
@@ -77,8 +79,8 @@ class Reference:
         table = self.tables.get(id(data))
         if table is not None:
             return table[torch.as_tensor(list(rows))]
-        if self.frozen is None and use_fused_forward(self.model, self.cfg.forward):
-            self.frozen = FrozenForward(self.model, bf16=self.cfg.bf16)
+        if not self._packed:
+            self.frozen, self._packed = packed_reference(self.model, self.cfg.forward, self.cfg.bf16), True
         with torch.no_grad():
             return score_sequences(self.model, data, rows, self.pad_id, self.cfg, self.frozen)[0]
 

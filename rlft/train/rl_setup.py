@@ -13,8 +13,7 @@ import torch
 
 from rlft.algos import ADVANTAGES
 from rlft.models import load_causal_lm, save_pretrained_atomic
-from rlft.models.fast_train import use_fused_forward
-from rlft.models.frozen_forward import FrozenForward
+from rlft.models.frozen_forward import FrozenForward, packed_reference
 from rlft.run import ConfigError
 
 from .rl_advantages import needs_critic
@@ -121,10 +120,11 @@ class Reference:
     def __init__(self, cfg: RLConfig, policy: torch.nn.Module):
         self.policy = policy
         self.model = None
-        self.frozen: FrozenForward | None = None  # built at the first call (it needs the loss settings)
+        self.frozen: FrozenForward | None = None  # the reference never changes: fused weights packed once
         if cfg.lora is None or cfg.ref_model is not None:
             self.model = load_causal_lm(cfg.ref_model or cfg.model)
             self.model.requires_grad_(False)
+            self.frozen = packed_reference(self.model, cfg.forward, cfg.bf16_autocast)
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:
@@ -137,9 +137,6 @@ class Reference:
                 "forward": s.forward,
             }
             if self.model is not None:
-                if self.frozen is None and use_fused_forward(self.model, s.forward):
-                    # the reference never changes: its fused weights are packed once for the whole run
-                    self.frozen = FrozenForward(self.model, bf16=s.bf16_autocast)
                 logp, _ = batch_logprobs(
                     self.model, mb, mb.response_mask, s.temperature, frozen=self.frozen, **kwargs
                 )
