@@ -86,17 +86,18 @@ def test_bf16_stays_close_to_float32() -> None:
         assert cos > 0.99
 
 
-def test_onednn_linear_matches_f_linear() -> None:
+@pytest.mark.parametrize("out_features", [16, 40])  # narrower and wider than the input: both dW forms
+def test_onednn_linear_matches_f_linear(out_features: int) -> None:
     if not onednn_linear_available():
         pytest.fail(
             "oneDNN linear ops are unavailable in this torch build (the fused path would use F.linear)"
         )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 24, generator=g, requires_grad=True)
-    w = torch.randn(16, 24, generator=g, requires_grad=True)
-    b = torch.randn(16, generator=g, requires_grad=True)
+    w = torch.randn(out_features, 24, generator=g, requires_grad=True)
+    b = torch.randn(out_features, generator=g, requires_grad=True)
     out = OneDNNLinear.apply(x, w, b)
-    grad = torch.randn(37, 16, generator=g)
+    grad = torch.randn(37, out_features, generator=g)
     dx, dw, db = torch.autograd.grad(out, (x, w, b), grad)
     ref = F.linear(x, w, b)
     rx, rw, rb = torch.autograd.grad(ref, (x, w, b), grad)

@@ -152,3 +152,33 @@ def test_bad_config_and_missing_data(tiny_model, tmp_path) -> None:
     cfg = small_cfg(tiny_model, data=str(tmp_path / "missing.jsonl"))
     with pytest.raises(DataError, match=r"missing\.jsonl: file not found"):
         train_sft(cfg, RunDir.create(tmp_path / "run"), show_progress=False, log=lambda _: None)
+
+
+def test_adamw_is_fused_and_steps_like_the_reference_implementation() -> None:
+    from rlft.train.epochs import adamw
+
+    def model_and_grads() -> torch.nn.Module:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        return net
+
+    ours, ref = model_and_grads(), model_and_grads()
+    opt = adamw(ours.parameters(), lr=1e-2, weight_decay=0.1)
+    assert opt.defaults["fused"]
+    decay = [p for p in ref.parameters() if p.ndim >= 2]
+    rest = [p for p in ref.parameters() if p.ndim < 2]
+    ref_opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=1e-2,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        foreach=False,
+    )
+    for _ in range(3):
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(ours[0].weight, model_and_grads()[0].weight)  # the step moved the weights

@@ -52,7 +52,9 @@ def adamw(
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, beta2), eps=1e-8, fused=fused)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=lr, betas=(0.9, beta2), eps=1e-8, fused=fused
+    )
 
 
 def trim_metrics(run: RunDir, last_step: int) -> None:
