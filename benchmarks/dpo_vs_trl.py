@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_busy, matmul_gflops, wait_idle
+
 PAIRS, PROMPT_CHARS, COMPLETION_CHARS = 16, 16, 48  # + EOS = 65 tokens per sequence
 SIZES = {"tiny": (128, 4, 4), "small": (384, 6, 6)}  # hidden, layers, heads
 VARIANTS = ("ref-fp32", "ref-bf16", "pre-fp32", "pre-bf16")
@@ -116,48 +118,6 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> None:
                 "rejected": text(COMPLETION_CHARS),
             }
             f.write(json.dumps(row) + "\n")
-
-
-def matmul_gflops(dtype_name: str, repeats: int = 5, onednn: bool = False) -> float:
-    import torch
-
-    torch.set_num_threads(THREADS)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    if onednn:
-        packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
-
-        def fn():
-            return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-    else:
-
-        def fn():
-            return a @ b
-
-    with torch.inference_mode():
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``seconds`` while we sleep (i.e. everyone else's load)."""
-
-    def read() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
-
-    t0, idle0 = read()
-    time.sleep(seconds)
-    t1, idle1 = read()
-    return 1.0 - (idle1 - idle0) / max(t1 - t0, 1)
 
 
 # --- workers: one side, one model, the listed variants; print JSON of step times ------------------------
@@ -340,15 +300,13 @@ def main() -> None:
     models = {}
     for size in args.sizes.split(","):
         models[size] = (root / size, build_model(size, root / size))
-    if args.wait_idle:
-        start = time.time()
-        while cpu_busy() > 0.05 and time.time() - start < args.wait_idle:
-            pass
-    busy_before = cpu_busy()
+    busy_before = wait_idle(args.wait_idle) if args.wait_idle else cpu_busy()
+    import torch
+
     peaks = {
-        "fp32": matmul_gflops("fp32"),
-        "bf16": matmul_gflops("bf16"),
-        "fp32 oneDNN": matmul_gflops("fp32", onednn=True),
+        "fp32": matmul_gflops(torch.float32, threads=THREADS),
+        "bf16": matmul_gflops(torch.bfloat16, threads=THREADS),
+        "fp32 oneDNN": matmul_gflops(torch.float32, onednn=True, threads=THREADS),
     }
     print(
         f"peaks (2048² matmul, {THREADS} threads): float32 {peaks['fp32']:.0f}, bfloat16 {peaks['bf16']:.0f}, "

@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_busy, matmul_gflops, wait_idle
+
 SUSTAIN = 3  # accuracy mode: evaluations averaged for the "sustained" crossing
 MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456"
 HERE = Path(__file__).resolve()
@@ -206,41 +208,6 @@ def rlft_worker(spec: dict) -> dict:
 # --- the parent ------------------------------------------------------------------------------------------
 
 
-def cpu_busy(seconds: float = 1.0) -> float:
-    def read() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
-
-    t0, idle0 = read()
-    time.sleep(seconds)
-    t1, idle1 = read()
-    return 1.0 - (idle1 - idle0) / max(t1 - t0, 1)
-
-
-def wait_idle(limit: float) -> float:
-    start, busy = time.time(), cpu_busy()
-    while busy > 0.05 and time.time() - start < limit:
-        busy = cpu_busy()
-    return busy
-
-
-def matmul_gflops(threads: int, repeats: int = 5, bf16: bool = False) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    n = 2048
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def run_worker(side: str, spec: dict, trl_python: str) -> dict:
     """Run one side in its own interpreter; the result carries the worker's CPU seconds (``cpu_s``)."""
     python = trl_python if side == "trl" else MAIN_PYTHON
@@ -321,7 +288,9 @@ def speed(args: argparse.Namespace, root: Path) -> list[dict]:
                     f"  {size} {side} repeat {r}: median step {step:.3f}s (cpu busy before {busy:.0%})",
                     flush=True,
                 )
-        peak = matmul_gflops(args.threads, bf16=args.bf16)
+        import torch
+
+        peak = matmul_gflops(torch.bfloat16 if args.bf16 else torch.float32, threads=args.threads)
         row = {"size": size, "bf16": args.bf16, "peak_gflops": peak}
         for side, outs in per_side.items():
             meds = [statistics.median(o["step_times"][args.warmup :]) for o in outs]

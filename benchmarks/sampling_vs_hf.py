@@ -37,54 +37,14 @@ from rlft.models import (
 )
 from rlft.models.onednn import onednn_linear_available
 
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``seconds`` (we sleep meanwhile, so this is everyone else)."""
-
-    def read() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
-
-    t0, idle0 = read()
-    time.sleep(seconds)
-    t1, idle1 = read()
-    return 1.0 - (idle1 - idle0) / max(t1 - t0, 1)
-
-
-def wait_idle(limit: float) -> float:
-    start = time.time()
-    busy = cpu_busy()
-    while busy > 0.05 and time.time() - start < limit:
-        busy = cpu_busy()
-    return busy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_busy, matmul_gflops, wait_idle
 
 
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def matmul_gflops(dtype: torch.dtype, repeats: int = 5, onednn: bool = False) -> float:
-    """Median GFLOP/s of a 2048×2048 @ 2048×2048 matmul (torch.matmul, or oneDNN's packed linear)."""
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    if onednn:
-        packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
-
-        def fn():
-            return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-    else:
-
-        def fn():
-            return a @ b
-
-    with torch.inference_mode():
-        for _ in range(3):  # warm-up: thread pool, page faults, clock ramp
-            fn()
-        times = [timed(fn) for _ in range(repeats)]
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def hf_generate(model, ids, mask, new_tokens: int, pad_id: int, seed: int):

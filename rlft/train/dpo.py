@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from rlft.data import DataError, LengthLimits
+from rlft.data import DataError
 from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
@@ -41,7 +41,7 @@ from .dpo_data import load_offline
 from .dpo_eval import WinRate, evaluate_offline
 from .dpo_loss import summarize
 from .dpo_scoring import Reference, kto_baseline, micro_batch_loss
-from .epochs import end_of_step, epoch_order, position_state, start_training
+from .epochs import end_of_step, epoch_order, length_limits, position_state, start_training
 from .ref_cache import model_fingerprint
 from .sft import task_of
 
@@ -60,15 +60,6 @@ class DPOResult:
 
 
 # --- the trainer --------------------------------------------------------------------------------------
-
-
-def length_limits(cfg: DPOConfig) -> LengthLimits:
-    return LengthLimits(
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        max_completion_tokens=cfg.max_completion_tokens,
-        max_total_tokens=cfg.max_len,
-        overflow=cfg.overflow,
-    )
 
 
 def train_dpo(

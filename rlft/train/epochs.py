@@ -1,5 +1,6 @@
-"""Plumbing shared by the epoch-based trainers (SFT, reward model, DPO): the data order of each epoch,
-the AdamW recipe, and the part of a checkpoint that says where training stands."""
+"""Plumbing shared by the epoch-based trainers (SFT, reward model, DPO): the length limits of their
+configs, the data order of each epoch, the AdamW recipe, and the part of a checkpoint that says where
+training stands."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rlft.data import DataError
+from rlft.data import DataError, LengthLimits
 from rlft.run import RunDir, atomic_write_text, capture_rng_state, read_metrics, restore_rng_state
 
 from .checkpoint import load_trainer_state, restore_optimizer
@@ -20,12 +21,24 @@ __all__ = [
     "adamw",
     "end_of_step",
     "epoch_order",
+    "length_limits",
     "position_state",
     "restore_position",
     "shuffle_seed",
     "start_training",
     "trim_metrics",
 ]
+
+
+def length_limits(cfg: Any) -> LengthLimits:
+    """The :class:`LengthLimits` of a trainer config with ``max_prompt_tokens``, ``max_completion_tokens``,
+    ``max_len`` and ``overflow`` fields."""
+    return LengthLimits(
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_completion_tokens=cfg.max_completion_tokens,
+        max_total_tokens=cfg.max_len,
+        overflow=cfg.overflow,
+    )
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:

@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from rlft.data import DataError, LengthLimits, PromptCompletionRecord, encode_sft, load_records
+from rlft.data import DataError, PromptCompletionRecord, encode_sft, load_records
 from rlft.data.tasks import parse_task_source
 from rlft.models import load_reward_model, load_tokenizer, reward_model_from_causal_lm, save_reward_model
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import end_of_step, epoch_order, position_state, start_training
+from .epochs import end_of_step, epoch_order, length_limits, position_state, start_training
 from .rm_config import RMConfig
 from .rm_data import RankGroup, collate_groups, encode_groups, group_rewards
 from .rm_eval import evaluate_rm, reward_stats
@@ -58,15 +58,6 @@ class RMResult:
 
 
 # --- setup helpers ----------------------------------------------------------------------------------------
-
-
-def length_limits(cfg: RMConfig) -> LengthLimits:
-    return LengthLimits(
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        max_completion_tokens=cfg.max_completion_tokens,
-        max_total_tokens=cfg.max_len,
-        overflow=cfg.overflow,
-    )
 
 
 def _format(cfg: RMConfig, source: str) -> str | None:

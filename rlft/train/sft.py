@@ -34,7 +34,6 @@ from rlft.data import (
     IGNORE_INDEX,
     DataError,
     Example,
-    LengthLimits,
     collate_sft,
     encode_sft,
     get_task,
@@ -56,7 +55,7 @@ from rlft.run import (
 )
 
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import end_of_step, epoch_order, position_state, shuffle_seed, start_training
+from .epochs import end_of_step, epoch_order, length_limits, position_state, shuffle_seed, start_training
 from .sft_config import SFTConfig
 
 __all__ = [
@@ -156,15 +155,6 @@ def generation_metrics(
 
 
 # --- data -------------------------------------------------------------------------------------------------
-
-
-def length_limits(cfg: SFTConfig) -> LengthLimits:
-    return LengthLimits(
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        max_completion_tokens=cfg.max_completion_tokens,
-        max_total_tokens=cfg.max_len,
-        overflow=cfg.overflow,
-    )
 
 
 def task_of(source: str) -> Any:
