@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from micro_models import save_micro_llama
+from rl_cases import weights
 
 from rlft.algos import gae, global_normalizer, masked_whiten, ppo_clip_loss, shaped_token_rewards, value_loss
 from rlft.models import (
@@ -74,10 +75,6 @@ def digest(directory: str) -> str:
         if path.is_file():
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
-
-
-def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def one_row_batch(logp: list[float], ref: list[float], score: float) -> RolloutBatch:

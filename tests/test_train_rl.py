@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from micro_models import save_micro_llama
+from rl_cases import DATA, fixed_batch, micro_rl_model, small_cfg, weights, write_reward_file
 
 from rlft.algos import (
     SASState,
@@ -48,20 +48,7 @@ from rlft.train.rl_presets import PRESETS
 from rlft.train.rl_rollout import DynamicSamplingError, PromptStream, collect_rollout, zero_variance_groups
 from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_update
 
-DATA = "task:arithmetic?max_operand=9&n=64"
 QUIET = {"show_progress": False, "log": lambda _: None}
-
-# A reward with variance on an untrained model's gibberish: the fraction of digit characters.
-REWARD_SOURCE = """
-def digits(prompts, completions, **fields):
-    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]
-
-def wrong_count(prompts, completions, **fields):
-    return [0.0] * (len(completions) - 1)
-
-def nan_reward(prompts, completions, **fields):
-    return [float("nan")] + [0.0] * (len(completions) - 1)
-"""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,73 +56,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide Llama with a byte-level tokenizer: fast enough for many short runs."""
-    return save_micro_llama(tmp_path_factory.mktemp("tiny") / "model", "arithmetic", 300, 280)
+    return micro_rl_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
 def reward_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("rewards") / "rewards_fn.py"
-    path.write_text(REWARD_SOURCE)
-    return str(path)
+    return write_reward_file(tmp_path_factory.mktemp("rewards"))
 
 
-def small_cfg(model: str, reward_file: str, **changes) -> RLConfig:
-    base = RLConfig(
-        model=model,
-        data=DATA,
-        rewards=[{"function": f"{reward_file}:digits"}],
-        prompts_per_step=2,
-        num_generations=4,
-        max_new_tokens=6,
-        lr=1e-2,
-        max_steps=2,
-        eval_samples=8,
-        torch_threads=1,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-# --- a fixed batch and the loss of each preset by hand --------------------------------------------------
-
-
-def fixed_batch(tiny_model: str) -> tuple[RolloutBatch, torch.nn.Module]:
-    """2 prompts × 3 responses of lengths 1..4 with fixed token ids, rewards, π_old and π_ref."""
-    model = load_causal_lm(tiny_model)
-    tokenizer = load_tokenizer(tiny_model)
-    prompts = [tokenizer("3+4=")["input_ids"], tokenizer("12+5=")["input_ids"]]
-    width = max(map(len, prompts))
-    prompt_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts]).repeat_interleave(3, 0)
-    prompt_mask = (prompt_ids != 0).long()
-    gen = torch.Generator().manual_seed(0)
-    response_ids = torch.randint(4, len(tokenizer), (6, 4), generator=gen)
-    lengths = torch.tensor([4, 2, 3, 1, 4, 2])
-    response_mask = (torch.arange(4)[None] < lengths[:, None]).long()
-    response_ids = response_ids * response_mask
-    batch = RolloutBatch(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        finished=torch.ones(6, dtype=torch.bool),
-        group_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
-        prompt_index=torch.tensor([5, 5, 5, 9, 9, 9]),
-        sampler_logp=torch.zeros(6, 4),
-        scores=torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 1.0]),
-        baseline_scores=torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0]),
-        loss_mask=response_mask.clone(),
-    )
-    with torch.no_grad():
-        logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    m = response_mask.float()
-    # π_old off the current policy (as after earlier mini-batches) so that clipping is exercised.
-    batch.old_logp = (logp + 0.3 * torch.randn(6, 4, generator=gen)) * m
-    batch.ref_logp = (logp - 0.2 * torch.randn(6, 4, generator=gen).abs()) * m
-    return batch, model
+# --- the loss of each preset by hand --------------------------------------------------
 
 
 def hand_loss(preset: str, b: RolloutBatch, logp: torch.Tensor) -> torch.Tensor:
@@ -546,28 +475,6 @@ def test_weighted_rewards_are_logged_per_function_and_invalid_samples_can_be_ski
     assert result.steps == 1
 
 
-def test_onednn_linears_compute_the_same_logprobs_and_gradients(tiny_model) -> None:
-    from rlft.train.rl_linear import use_onednn_linears
-    from rlft.train.rl_logprobs import batch_logprobs
-
-    batch, model = fixed_batch(tiny_model)
-    fast, frozen = copy.deepcopy(model), copy.deepcopy(model)
-    assert use_onednn_linears(fast) == 15 and use_onednn_linears(frozen, frozen=True) == 15
-    grads = []
-    for m in (model, fast):
-        logp, _ = batch_logprobs(m, batch, batch.loss_mask)
-        logp.sum().backward()
-        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
-        ref = logp.detach()
-    for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
-    with torch.no_grad():
-        expected, _ = batch_logprobs(model, batch, batch.loss_mask)
-        packed, _ = batch_logprobs(frozen, batch, batch.loss_mask)
-    torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
-
-
 def test_entropy_bonus_subtracts_c_times_the_aggregated_entropy(tiny_model, reward_file) -> None:
     from rlft.models.logprobs import token_logprobs
 
@@ -597,61 +504,3 @@ def test_demo_stage_runs_grpo_from_a_model_and_reports_before_and_after(tiny_mod
     assert out["steps"] == 2 and (out["model_dir"] / "config.json").is_file()
     assert 0.0 <= out["before"] <= 1.0 and 0.0 <= out["after"] <= 1.0
     assert "greedy acc" in capsys.readouterr().out
-
-
-def test_shared_prompt_and_fused_passes_give_the_same_logprobs_and_gradients(tiny_model) -> None:
-    from rlft.train.rl_logprobs import batch_logprobs
-
-    batch, model = fixed_batch(tiny_model)
-    batch = batch.select([3, 0, 5, 1, 4, 2])  # groups interleaved, prompts of different lengths
-    results = {}
-    for share, forward in ((False, "hf"), (True, "hf"), (False, "fast"), (True, "fast")):
-        logp, _ = batch_logprobs(model, batch, batch.loss_mask, share_prompts=share, forward=forward)
-        (logp * torch.arange(1.0, 7.0)[:, None]).sum().backward()
-        results[share, forward] = (logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-        model.zero_grad()
-    expected_logp, expected_grads = results.pop((False, "hf"))  # the model's own forward, one row each
-    for key, (logp, grads) in results.items():
-        torch.testing.assert_close(logp, expected_logp, rtol=1e-5, atol=2e-5, msg=str(key))
-        for name, g in expected_grads.items():
-            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"{key} {name}")
-
-
-def test_fused_forward_under_bf16_autocast_stays_close_to_float32(tiny_model) -> None:
-    from rlft.train.rl_logprobs import batch_logprobs
-
-    batch, model = fixed_batch(tiny_model)
-    with torch.no_grad():
-        exact, _ = batch_logprobs(model, batch, batch.loss_mask, forward="hf")
-        fused_bf16, _ = batch_logprobs(model, batch, batch.loss_mask, bf16_autocast=True, forward="fast")
-    error = float((fused_bf16 - exact).abs().max())
-    assert 0 < error < 0.05  # bfloat16 matmuls really ran, and the result is the same function
-
-
-def test_forward_fast_names_what_blocks_it(tiny_model) -> None:
-    from peft import LoraConfig, get_peft_model
-
-    from rlft.models import ModelError
-    from rlft.train.rl_logprobs import batch_logprobs
-
-    batch, model = fixed_batch(tiny_model)
-    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
-    with pytest.raises(ModelError, match=r"forward='fast' is not possible.*LoRA"):
-        batch_logprobs(lora, batch, batch.loss_mask, forward="fast")
-
-
-def test_reference_packs_its_fused_weights_once_and_computes_the_same_logprobs(
-    tiny_model, reward_file
-) -> None:
-    from rlft.train.rl_logprobs import batch_logprobs
-    from rlft.train.rl_setup import Reference
-
-    batch, policy = fixed_batch(tiny_model)
-    cfg = small_cfg(tiny_model, reward_file).resolved()
-    reference = Reference(cfg, policy)
-    settings = loss_settings(cfg)
-    ref_logp = reference.logprobs(batch, settings, None)
-    assert reference.frozen is not None  # the packed body was built and used
-    with torch.no_grad():
-        expected, _ = batch_logprobs(policy, batch, batch.response_mask, forward="hf")
-    torch.testing.assert_close(ref_logp, expected, rtol=0, atol=2e-5)
