@@ -1,4 +1,5 @@
-"""The fused Llama decode path: static KV cache, complex-number RoPE, fallback on unknown rotaries."""
+"""The fused Llama decode path (with and without the C kernels): static KV cache, complex-number
+RoPE, fallback on unknown rotaries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from rlft.models import SamplingParams, fast_path_blocker, response_logprobs, sample, train_tokenizer
+from rlft.models import (
+    SamplingParams,
+    fast_llama,
+    fast_path_blocker,
+    response_logprobs,
+    sample,
+    train_tokenizer,
+)
 from rlft.models.fast_llama import FastLlamaDecoder, rope_pair_order
 from rlft.models.kv_cache import StaticKVCache
 from rlft.models.sampling import make_decoder
@@ -42,25 +50,38 @@ def models(tokenizer):
     return {
         "llama_gqa": LlamaForCausalLM(_config(LlamaConfig, tokenizer)).eval(),
         "qwen2_bias": Qwen2ForCausalLM(_config(Qwen2Config, tokenizer, tie_word_embeddings=False)).eval(),
+        # head size 32: the C attention kernel's vector path (8 above takes its scalar one)
+        "llama_d32": LlamaForCausalLM(
+            _config(LlamaConfig, tokenizer, hidden_size=64, num_attention_heads=2, num_key_value_heads=1)
+        ).eval(),
     }
 
 
-def test_static_kv_cache_views_share_memory_and_select_rows():
+def test_static_kv_cache_write_views_and_select_rows():
     cache = StaticKVCache(layers=2, batch=3, kv_heads=2, capacity=5, head_dim=4, dtype=torch.float32)
+    assert cache.capacity == 16  # rounded up to whole vectors of positions for the C kernel
     g = torch.Generator().manual_seed(0)
-    for layer in range(2):
-        cache.keys[layer].copy_(torch.randn(3, 2, 5, 4, generator=g))
-        cache.values[layer].copy_(torch.randn(3, 2, 5, 4, generator=g))
-    before = [k.clone() for k in cache.keys]
-    # keys3 is the (B·H_kv, capacity, D) view of the same memory: writes through one show in the other
-    cache.keys3[1][3, 2] = 7.0
-    assert cache.keys[1][1, 1, 2].eq(7.0).all()
-    before[1][1, 1, 2] = 7.0
+    keys, values = torch.randn(2, 3, 5, 2, 4, generator=g), torch.randn(2, 3, 5, 2, 4, generator=g)
+    for layer in range(2):  # (B, T, H_kv, D) states, written in two pieces
+        cache.write(layer, 0, keys[layer, :, :3], values[layer, :, :3])
+        cache.write(layer, 3, keys[layer, :, 3:], values[layer, :, 3:])
+    # keys are stored (B, H_kv, D, capacity), values (B, H_kv, capacity, D)
+    torch.testing.assert_close(cache.keys[1][..., :5], keys[1].permute(0, 2, 3, 1))
+    torch.testing.assert_close(cache.values[1][:, :, :5], values[1].transpose(1, 2))
+    # keys3 / values3 are (B·H_kv, …) views of the same memory: writes through one show in the other
+    cache.keys3[1][3, 2, 4] = 7.0
+    assert cache.keys[1][1, 1, 2, 4] == 7.0
+    before_k, before_v = [k.clone() for k in cache.keys], [v.clone() for v in cache.values]
     cache.select(torch.tensor([2, 0]))
-    assert cache.capacity == 5 and cache.keys[0].shape == (2, 2, 5, 4)
+    assert cache.keys[0].shape == (2, 2, 4, 16) and cache.values[0].shape == (2, 2, 16, 4)
     for layer in range(2):
-        torch.testing.assert_close(cache.keys[layer], before[layer][[2, 0]])
-        torch.testing.assert_close(cache.keys3[layer], before[layer][[2, 0]].reshape(4, 5, 4))
+        # unwritten positions hold garbage (possibly NaN): compare it as it is
+        torch.testing.assert_close(
+            cache.keys3[layer], before_k[layer][[2, 0]].reshape(4, 4, 16), equal_nan=True
+        )
+        torch.testing.assert_close(
+            cache.values3[layer], before_v[layer][[2, 0]].reshape(4, 16, 4), equal_nan=True
+        )
 
 
 def test_complex_rope_on_pair_ordered_rows_equals_hf_rope():
@@ -82,9 +103,14 @@ def test_complex_rope_on_pair_ordered_rows_equals_hf_rope():
     torch.testing.assert_close(expected @ k_flat[:, order].T, q_hf.transpose(1, 2).reshape(n, -1) @ k_flat.T)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias"])
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias", "llama_d32"])
 @pytest.mark.parametrize("compact_at", [0.0, 1.0])
-def test_static_cache_decoder_equals_hf_decoder(models, tokenizer, name, compact_at):
+@pytest.mark.parametrize("c_kernels", [True, False])
+def test_static_cache_decoder_equals_hf_decoder(models, tokenizer, name, compact_at, c_kernels, monkeypatch):
+    if c_kernels:
+        assert fast_llama.kernels() is not None
+    else:  # the torch-ops path of a machine without a C compiler
+        monkeypatch.setattr(fast_llama, "kernels", lambda: None)
     model = models[name]
     assert isinstance(make_decoder(model, SamplingParams()), FastLlamaDecoder)
     params = SamplingParams(

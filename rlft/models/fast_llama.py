@@ -13,8 +13,11 @@ with about half as many, faster ops (16 per layer per token, views not counted):
 - RoPE as one complex multiplication e^{iθ·pos}·(x_j + i·x_{j+D/2}): the q/k weight rows are stored
   with each rotation pair adjacent, which permutes the head dimension of q and k alike and so leaves
   every q·k unchanged; the rotated keys are written straight into the cache;
-- a preallocated static KV cache (:class:`~rlft.models.kv_cache.StaticKVCache`) written in place;
-  decode attention as ``baddbmm`` (padding bias folded in) + softmax + ``bmm`` over (B·H_kv) heads
+- a preallocated static KV cache (:class:`~rlft.models.kv_cache.StaticKVCache`, keys stored
+  transposed) written in place;
+- float32 decode attention — RoPE, cache write, q·Kᵀ, softmax, p·V for every head — in one C kernel
+  call per layer (:mod:`rlft.models.kernels`; torch's ``bmm`` runs these one-row products at about
+  10 GFLOP/s), else ``baddbmm`` (padding bias folded in) + softmax + ``bmm`` over (B·H_kv) heads
   (grouped-query attention without repeating keys); prefill attention through SDPA.
 
 The architecture check below is strict: anything unusual (LoRA wrappers, extra norms, other
@@ -34,6 +37,15 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from .decoders import HFDecoder
+from .kernels import (
+    KernelLinear,
+    add_rms_norm,
+    decode_attention,
+    kernels,
+    reference_add_rms_norm,
+    reference_swiglu,
+    swiglu,
+)
 from .kv_cache import StaticKVCache
 from .logprobs import position_ids_from_mask
 from .onednn import PackedLinear
@@ -110,10 +122,10 @@ class _LayerWeights:
 
     eps1: float
     eps2: float
-    qkv: PackedLinear
-    o: PackedLinear
-    gate_up: PackedLinear
-    down: PackedLinear
+    qkv: Linear
+    o: Linear
+    gate_up: Linear
+    down: Linear
 
 
 @dataclass
@@ -123,7 +135,7 @@ class FusedWeights:
     layers: list[_LayerWeights]
     embed: Tensor
     norm_eps: float
-    head: PackedLinear
+    head: Linear
     heads: int
     kv_heads: int
     head_dim: int
@@ -152,6 +164,19 @@ def rope_pair_order(heads: int, head_dim: int) -> Tensor:
     return (pairs[None] + head_dim * torch.arange(heads)[:, None]).flatten()
 
 
+Linear = PackedLinear | KernelLinear
+KERNEL_MAX_IN_FEATURES = 4096  # beyond this a weight panel outgrows the L2 and oneDNN's blocking wins
+
+
+def _linear(weight: Tensor, bias: Tensor | None, dtype: torch.dtype, batch_hint: int) -> Linear:
+    """The C kernel's float32 linear where it is available (no per-call overhead: ~6 µs against
+    oneDNN's ~25 µs for a 64×128×128 product here), else oneDNN's prepacked one."""
+    lib = kernels()
+    if dtype == torch.float32 and lib is not None and weight.shape[1] <= KERNEL_MAX_IN_FEATURES:
+        return KernelLinear(lib, weight, bias)
+    return PackedLinear(weight, bias, dtype, batch_hint)
+
+
 def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: int = 64) -> FusedWeights:
     """Fuse q/k/v and gate/up, fold norms and the attention scale in, cast matmul weights to ``dtype``.
 
@@ -163,6 +188,7 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
     body = model.get_decoder()
     config = model.config
     layers = []
+    linear = functools.partial(_linear, batch_hint=batch_hint)
     with torch.no_grad():
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -181,7 +207,7 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
                 _LayerWeights(
                     eps1=float(layer.input_layernorm.variance_epsilon),
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
-                    qkv=PackedLinear(
+                    qkv=linear(
                         qkv_w,
                         _cat_bias(
                             attn.q_proj,
@@ -191,16 +217,14 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
                             orders=(q_order, k_order, None),
                         ),
                         dtype,
-                        batch_hint,
                     ),
-                    o=PackedLinear(attn.o_proj.weight, attn.o_proj.bias, dtype, batch_hint),
-                    gate_up=PackedLinear(
+                    o=linear(attn.o_proj.weight, attn.o_proj.bias, dtype),
+                    gate_up=linear(
                         torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float().mul_(ln2),
                         _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1, 1), orders=(None, None)),
                         dtype,
-                        batch_hint,
                     ),
-                    down=PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias, dtype, batch_hint),
+                    down=linear(mlp.down_proj.weight, mlp.down_proj.bias, dtype),
                 )
             )
         head = model.get_output_embeddings().weight.float() * body.norm.weight.float()
@@ -208,7 +232,7 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
             layers=layers,
             embed=body.embed_tokens.weight,
             norm_eps=float(body.norm.variance_epsilon),
-            head=PackedLinear(head, None, torch.float32, batch_hint),
+            head=linear(head, None, torch.float32),
             heads=config.num_attention_heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
             head_dim=body.layers[0].self_attn.head_dim,
@@ -222,21 +246,21 @@ class FastLlamaDecoder(HFDecoder):
     def __init__(self, model: PreTrainedModel, max_new_tokens: int, weight_dtype: torch.dtype) -> None:
         super().__init__(model, max_new_tokens)
         self.weight_dtype = weight_dtype
-        self.exact = weight_dtype == torch.float32  # float32 compute: rotated keys go straight to the cache
+        self.exact = weight_dtype == torch.float32  # float32 compute throughout
         self.rotary = self.body.rotary_emb
 
     def start(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Per-row state and an empty cache sized for the whole generation; returns position ids (B, P)."""
         batch, width = input_ids.shape
         w = self.weights
-        self.key_valid = torch.ones(batch, width + self.max_new_tokens, dtype=torch.bool)
+        self.kv = StaticKVCache(
+            len(w.layers), batch, w.kv_heads, width + self.max_new_tokens, w.head_dim, self.weight_dtype
+        )
+        self.key_valid = torch.ones(batch, self.kv.capacity, dtype=torch.bool)
         self.key_valid[:, :width] = attention_mask.bool()
         positions = position_ids_from_mask(attention_mask)
         self.length = width
         self.positions = positions[:, -1] + 1  # each row's next position id
-        self.kv = StaticKVCache(
-            len(w.layers), batch, w.kv_heads, width + self.max_new_tokens, w.head_dim, self.weight_dtype
-        )
         self._set_key_bias()
         return positions
 
@@ -294,65 +318,82 @@ class FastLlamaDecoder(HFDecoder):
         [start, start + T); returns the float32 logits (B, V) of each row's last token.
 
         Per layer: h = x + W_o·attn(rope(W_q n), rope(W_k n), W_v n) with n = rmsnorm(x), then
-        x' = h + W_down(silu(W_gate m) ⊙ W_up m) with m = rmsnorm(h) — the Llama block. RoPE is one
-        complex multiplication per tensor (q/k rows are stored pair-interleaved, see
-        :func:`build_fused_weights`), the rotated keys written straight into the cache. Decoding
-        (``prefill_mask`` None, T = 1) attends with two ``bmm`` over (B·H_kv) heads, the padding bias
-        folded into the first (``baddbmm``); prefill uses SDPA with the given (B, 1, T, T) boolean mask.
+        x' = h + W_down(silu(W_gate m) ⊙ W_up m) with m = rmsnorm(h) — the Llama block (norm weights
+        folded into the next matmul). In float32 with the C kernels (:mod:`rlft.models.kernels`), each
+        residual add and the norm after it are one call, SwiGLU is one call, and a decode step runs
+        RoPE, the cache write and attention in one call per layer; otherwise (no compiler, bfloat16)
+        the same in torch ops, attention in :meth:`_torch_attention` (always so for prefill).
+        """
+        w = self.weights
+        batch, steps = tokens.shape
+        x = F.embedding(tokens.reshape(-1), w.embed).float()  # (B·T, d) residual stream, float32
+        cis = self._rope(positions).view(batch, steps, 1, w.head_dim // 2)
+        lib = kernels() if self.exact else None
+        if lib is not None:
+            norm, act = functools.partial(add_rms_norm, lib), functools.partial(swiglu, lib)
+            cis_rows = torch.view_as_real(cis.view(batch, -1)) if steps == 1 else None  # (B, D/2, 2)
+            bias_rows = None if self.key_bias is None else self.key_bias[:, 0]  # (B·H_kv, capacity)
+        else:
+            norm, act = reference_add_rms_norm, reference_swiglu
+        n = norm(x, None, w.layers[0].eps1)
+        for i, layer in enumerate(w.layers):
+            qkv = layer.qkv(n)  # (B·T, (H + 2·H_kv)·D)
+            if lib is not None and prefill_mask is None:
+                keys, values = self.kv.keys[i], self.kv.values[i]
+                attn = decode_attention(lib, qkv, cis_rows, keys, values, bias_rows, w.heads, start)
+            else:
+                attn = self._torch_attention(i, qkv, cis, start, steps, prefill_mask)
+            n = norm(x, layer.o(attn), layer.eps2)  # x += attention output; n = rmsnorm(x)
+            eps = w.layers[i + 1].eps1 if i + 1 < len(w.layers) else w.norm_eps
+            n = norm(x, layer.down(act(layer.gate_up(n))), eps)
+        last = n.view(batch, steps, -1)[:, -1].contiguous()
+        if self.exact:
+            return w.head(last)
+        with torch.autocast("cpu", enabled=False):
+            return w.head(last).float()
+
+    def _torch_attention(
+        self, i: int, qkv: Tensor, cis: Tensor, start: int, steps: int, prefill_mask: Tensor | None
+    ) -> Tensor:
+        """Layer ``i``'s attention in torch ops (prefill; decode without the C kernel or in bf16).
+
+        RoPE is one complex multiplication over q and k together; the rotated keys and the values
+        go into the cache at [start, start + T). Decoding (T = 1) attends with two ``bmm`` over
+        (B·H_kv) heads, the padding bias folded into the first (``baddbmm``). Prefill (start 0, so the
+        keys are exactly this call's) uses SDPA with the (B, 1, T, T) boolean mask.
         """
         w, kv, exact = self.weights, self.kv, self.exact
-        batch, steps = tokens.shape
+        dtype = w.layers[i].qkv.dtype  # compute dtype: float32, or bfloat16 for the bf16 option
         heads, kv_heads, dim = w.heads, w.kv_heads, w.head_dim
-        half, group = dim // 2, heads // kv_heads
-        k_end = (heads + kv_heads) * dim  # qkv columns: [q | k | v]
-        end = start + steps
-        x = F.embedding(tokens.reshape(-1), w.embed).float()  # (B·T, d) residual stream, float32
-        width = x.shape[-1]
-        cis = self._rope(positions).view(batch, steps, 1, half)
-        decode = prefill_mask is None
+        batch, group, k_end = qkv.shape[0] // steps, heads // kv_heads, (heads + kv_heads) * dim
+        qk = qkv[:, :k_end] if exact else qkv[:, :k_end].float()
+        qk = torch.view_as_complex(qk.view(batch, steps, heads + kv_heads, dim // 2, 2))
+        rotated = torch.view_as_real(qk * cis).flatten(-2).to(dtype)  # (B, T, H + H_kv, D)
+        q, k = rotated[:, :, :heads], rotated[:, :, heads:]
+        v = qkv[:, k_end:].view(batch, steps, kv_heads, dim)
+        kv.write(i, start, k, v)
+        if prefill_mask is not None:
+            attn = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=prefill_mask,
+                scale=1.0,
+                enable_gqa=group > 1,
+            )
+            return attn.transpose(1, 2).reshape(batch * steps, heads * dim)
+        end = start + 1
+        q3 = q.reshape(batch * kv_heads, group, dim)
+        keys = kv.keys3[i].narrow(2, 0, end)  # (B·H_kv, D, L); the 1/√D scale is in W_q
         bias = None if self.key_bias is None else self.key_bias.narrow(2, 0, end)
-        for i, layer in enumerate(w.layers):
-            dtype = layer.qkv.dtype  # compute dtype: float32, or bfloat16 for the bf16 option
-            qkv = layer.qkv(F.rms_norm(x, (width,), None, layer.eps1))  # (B·T, (H + 2·H_kv)·D)
-            qk = qkv[:, :k_end] if exact else qkv[:, :k_end].float()
-            qk = torch.view_as_complex(qk.view(batch, steps, heads + kv_heads, half, 2))
-            q = torch.view_as_real(qk[:, :, :heads] * cis).to(dtype)  # (B, T, H, D/2, 2), contiguous
-            new_keys = kv.keys[i].narrow(2, start, steps).transpose(1, 2)  # (B, T, H_kv, D) cache view
-            if exact:
-                torch.mul(qk[:, :, heads:], cis, out=torch.view_as_complex(new_keys.unflatten(-1, (half, 2))))
-            else:
-                new_keys.copy_(torch.view_as_real(qk[:, :, heads:] * cis).flatten(-2))
-            new_values = kv.values[i].narrow(2, start, steps).transpose(1, 2)
-            new_values.copy_(qkv[:, k_end:].view(batch, steps, kv_heads, dim))
-            if decode:
-                q3 = q.view(batch * kv_heads, group, dim)
-                keys = kv.keys3[i].narrow(1, 0, end).transpose(1, 2)  # (B·H_kv, D, L); scale is in W_q
-                if bias is None:
-                    scores = torch.bmm(q3, keys)
-                elif exact:
-                    scores = torch.baddbmm(bias, q3, keys)
-                else:
-                    scores = torch.bmm(q3, keys).float() + bias
-                probs = torch.softmax(scores, -1) if exact else torch.softmax(scores.float(), -1).to(dtype)
-                attn = torch.bmm(probs, kv.values3[i].narrow(1, 0, end)).view(batch, heads * dim)
-            else:
-                attn = F.scaled_dot_product_attention(
-                    q.view(batch, steps, heads, dim).transpose(1, 2),
-                    kv.keys[i].narrow(2, 0, end),
-                    kv.values[i].narrow(2, 0, end),
-                    attn_mask=prefill_mask,
-                    scale=1.0,
-                    enable_gqa=group > 1,
-                )
-                attn = attn.transpose(1, 2).reshape(batch * steps, heads * dim)
-            x = x + layer.o(attn)
-            gate, up = layer.gate_up(F.rms_norm(x, (width,), None, layer.eps2)).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
-        last = x.view(batch, steps, width)[:, -1]
-        if exact:
-            return w.head(F.rms_norm(last, (width,), None, w.norm_eps))
-        with torch.autocast("cpu", enabled=False):
-            return w.head(F.rms_norm(last, (width,), None, w.norm_eps)).float()
+        if bias is None:
+            scores = torch.bmm(q3, keys)
+        elif exact:
+            scores = torch.baddbmm(bias, q3, keys)
+        else:
+            scores = torch.bmm(q3, keys).float() + bias
+        probs = torch.softmax(scores, -1) if exact else torch.softmax(scores.float(), -1).to(dtype)
+        return torch.bmm(probs, kv.values3[i].narrow(1, 0, end)).view(batch, heads * dim)
 
 
 def _cis(cos: Tensor, sin: Tensor) -> Tensor:

@@ -125,31 +125,46 @@ def cache_is_plain(cache: DynamicCache) -> bool:
     return bool(cache.layers) and all(type(layer) is GrowableLayer for layer in cache.layers)
 
 
-class StaticKVCache:
-    """Keys and values of ``layers`` layers in fixed (B, H_kv, capacity, D) buffers, written in place.
+CAPACITY_MULTIPLE = 16
 
-    Position ``j`` of row ``b`` lives at ``keys[layer][b, :, j]``; the caller (which tracks how many
-    positions are filled) writes each new position (prefill: ``[0, width)``, then one per decode
-    step) and attends over the filled prefix ``keys3[layer][:, :filled]``, a view of the same memory
+
+class StaticKVCache:
+    """Keys and values of ``layers`` layers in fixed buffers sized for a whole generation, written in place.
+
+    Values are (B, H_kv, capacity, D); keys are stored transposed, (B, H_kv, D, capacity), because a
+    decode step reads them as the right-hand side of q·Kᵀ: with positions contiguous, both ``bmm`` and
+    the C kernel (:mod:`rlft.models.kernels`) compute all scores of a head as D vectorised passes over
+    positions, with no reduction across a vector's lanes per key. Position ``j`` of row ``b`` lives at
+    ``keys[layer][b, :, :, j]`` and ``values[layer][b, :, j]``. The caller (which tracks how many
+    positions are filled) writes each new position and attends over the filled prefix through
+    ``keys3`` (B·H_kv, D, capacity) and ``values3`` (B·H_kv, capacity, D), views of the same memory
     with batch and heads merged for ``bmm``. Unwritten positions hold garbage and must never be read.
+    The capacity is rounded up to a multiple of :data:`CAPACITY_MULTIPLE` (the kernel's vector width
+    in positions, so its passes over positions need no remainder loop).
     """
 
     def __init__(
         self, layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype: torch.dtype
     ) -> None:
-        shape = (batch, kv_heads, capacity, head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype) for _ in range(layers)]
-        self.values = [torch.empty(shape, dtype=dtype) for _ in range(layers)]
+        capacity = -(-capacity // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
+        self.keys = [torch.empty((batch, kv_heads, head_dim, capacity), dtype=dtype) for _ in range(layers)]
+        self.values = [torch.empty((batch, kv_heads, capacity, head_dim), dtype=dtype) for _ in range(layers)]
         self._refresh_views()
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[2]
+        return self.values[0].shape[2]
 
     def _refresh_views(self) -> None:
-        batch, heads, capacity, dim = self.keys[0].shape
-        self.keys3 = [k.view(batch * heads, capacity, dim) for k in self.keys]
+        batch, heads, capacity, dim = self.values[0].shape
+        self.keys3 = [k.view(batch * heads, dim, capacity) for k in self.keys]
         self.values3 = [v.view(batch * heads, capacity, dim) for v in self.values]
+
+    def write(self, layer: int, start: int, keys: Tensor, values: Tensor) -> None:
+        """Store (B, T, H_kv, D) keys and values at positions [start, start + T) of ``layer``."""
+        steps = keys.shape[1]
+        self.keys[layer].narrow(3, start, steps).copy_(keys.permute(0, 2, 3, 1))
+        self.values[layer].narrow(2, start, steps).copy_(values.transpose(1, 2))
 
     def select(self, rows: Tensor) -> None:
         """Keep only batch rows ``rows`` (compaction after some sequences finished)."""
