@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rlft.models import kernels as K
+from rlft.models.kernels import training as T
 
 lib = K.kernels()
 needs_lib = pytest.mark.skipif(lib is None, reason=f"C kernels unavailable: {K.unavailable_reason()}")
@@ -145,3 +146,93 @@ def test_compiler_errors_are_reported(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"failed on broken\.c"):
         K.build(broken)
     assert not list((tmp_path / "kernels").iterdir())  # no half-written library left behind
+
+
+# --- training kernels (train.c): forward and backward against their torch twins -----------------------------
+
+train_lib = T.train_kernels()
+needs_train_lib = pytest.mark.skipif(train_lib is None, reason="C training kernels unavailable")
+
+
+def _fwd_bwd(fn, x: torch.Tensor) -> list[torch.Tensor]:
+    """Outputs of fn(x) and the gradient of a fixed weighted sum of them w.r.t. x, all as float32."""
+    leaf = x.clone().requires_grad_()
+    out = fn(leaf)
+    out = out if isinstance(out, tuple) else (out,)
+    g = torch.Generator().manual_seed(9)
+    loss = sum((o.float() * torch.randn(o.shape, generator=g)).sum() for o in out)
+    loss.backward()
+    return [*(o.float() for o in out), leaf.grad.float()]
+
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def test_training_kernels_build_on_this_machine():
+    assert train_lib is not None, K.unavailable_reason()
+
+
+@needs_train_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(6, 6, 64), (4, 2, 24)])  # vectors / scalar tail
+def test_rope_forward_and_backward_match_torch(dtype, heads, kv_heads, dim):
+    g = torch.Generator().manual_seed(4)
+    rows = 37
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=g).to(dtype)
+    angle = torch.rand(rows, dim // 2, generator=g) * 20
+    cs = torch.cat([angle.cos(), angle.sin()], -1).contiguous()
+    fused = _fwd_bwd(lambda t: T.rope(t, cs, heads, kv_heads, dim), qkv)
+    reference = _fwd_bwd(lambda t: T.reference_rope(t, cs, heads, kv_heads, dim), qkv)
+    for a, b in zip(fused, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_reference_rope_is_hf_rope():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    heads, dim, rows = 2, 8, 5
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=heads * dim, num_attention_heads=heads))
+    cos, sin = rotary(torch.zeros(1, 1), torch.arange(rows)[None])  # (1, N, D)
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(rows, 3 * heads * dim, generator=g)
+    qk, v = T.reference_rope(qkv, T.rope_tables(cos[0], sin[0]), heads, heads, dim)
+    q, k = (
+        qkv[:, : heads * dim].view(rows, heads, dim),
+        qkv[:, heads * dim : 2 * heads * dim].view(rows, heads, dim),
+    )
+    q_hf, k_hf = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+    torch.testing.assert_close(qk[:, :heads], q_hf[0].transpose(0, 1))
+    torch.testing.assert_close(qk[:, heads:], k_hf[0].transpose(0, 1))
+    assert torch.equal(v, qkv[:, 2 * heads * dim :].view(rows, heads, dim))
+
+
+@needs_train_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_forward_and_backward_match_torch(dtype):
+    g = torch.Generator().manual_seed(6)
+    gate_up = (torch.randn(29, 2 * 72, generator=g) * 6).to(dtype)  # 72 = vectors + a tail
+    fused, reference = _fwd_bwd(T.swiglu, gate_up), _fwd_bwd(T.reference_swiglu, gate_up)
+    for a, b in zip(fused, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@needs_train_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_forward_and_backward_match_torch(dtype):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(31, 100, generator=g) * 3
+    fused = _fwd_bwd(lambda t: T.rms_norm(t, 1e-5, dtype), x)
+    reference = _fwd_bwd(lambda t: T.reference_rms_norm(t, 1e-5, dtype), x)
+    assert fused[0].shape == x.shape
+    for a, b in zip(fused, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_training_ops_fall_back_to_torch_without_the_library(monkeypatch):
+    monkeypatch.setattr(T, "train_kernels", lambda: None)
+    g = torch.Generator().manual_seed(8)
+    gate_up = torch.randn(4, 16, generator=g)
+    assert torch.equal(T.swiglu(gate_up), T.reference_swiglu(gate_up))
+    x = torch.randn(4, 16, generator=g)
+    assert torch.equal(T.rms_norm(x, 1e-6), T.reference_rms_norm(x, 1e-6, torch.float32))

@@ -146,7 +146,9 @@ def test_preset_loss_equals_hand_computation(preset, tiny_model, reward_file) ->
         ),
         model.model.embed_tokens.weight,
     )[0]
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+    # two forward implementations (fused vs HF's), float32 rounding apart
+    assert g1.abs().max() > 1e-3
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

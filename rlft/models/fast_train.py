@@ -15,6 +15,9 @@ models, see ``benchmarks/dpo_vs_trl.py``):
 - ``bf16=True`` casts each fused weight to bfloat16 once per call and runs matmuls and attention in
   bfloat16, keeping the residual stream, norms and everything after the body in float32 (what CPU
   autocast does, with fewer casts);
+- RoPE over q and k, SwiGLU and each weightless RMSNorm (with its cast to the matmul dtype) are one
+  pass over memory forward and one backward (:mod:`rlft.models.kernels.training`, C compiled on first
+  use; torch ops where no compiler is available) instead of 2-8 torch ops each;
 - attention is causal with no padding mask: with right padding every real token precedes the padding
   of its row, so the causal mask alone keeps padding out of real positions;
 - completions that share a prompt (a preference pair, an RRHF list) can share its computation:
@@ -36,6 +39,7 @@ from transformers import PreTrainedModel
 
 from .errors import ModelError
 from .fast_llama import fast_path_blocker
+from .kernels.training import rms_norm, rope, rope_tables, swiglu
 from .onednn import onednn_linear_available
 
 
@@ -156,11 +160,6 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, group: int, allowed: Tensor | No
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def _heads(x: Tensor, batch: int, width: int) -> Tensor:
     """Flat rows (batch·width, H, D) → (batch, H, width, D)."""
     return x.view(batch, width, *x.shape[1:]).transpose(1, 2)
@@ -249,9 +248,8 @@ def fused_hidden_rows(
     hidden = config.hidden_size
     x = body.embed_tokens(input_ids).float()  # (N, d) residual stream, float32
     cos, sin = body.rotary_emb(x, position_ids[None])  # (1, N, D)
-    cos, sin = cos[0].float()[:, None], sin[0].float()[:, None]  # (N, 1, D): broadcast over heads
+    cs = rope_tables(cos[0], sin[0])  # (N, D) float32
     compute = torch.bfloat16 if bf16 else torch.float32
-    q_and_k = (heads + kv_heads) * dim
     allowed = layout.allowed() if isinstance(layout, SharedPrompts) else None
 
     for layer in body.layers:
@@ -260,16 +258,14 @@ def fused_hidden_rows(
         s = attn.scaling
         w_qkv = torch.cat([attn.q_proj.weight * s, attn.k_proj.weight, attn.v_proj.weight]) * ln1.weight
         b_qkv = _cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, scales=(s, 1.0, 1.0))
-        qkv = linear(F.rms_norm(x, (hidden,), None, ln1.variance_epsilon), w_qkv, b_qkv, bf16)
-        qk = qkv[:, :q_and_k].float().view(-1, heads + kv_heads, dim)
-        qk = (qk * cos + _rotate_half(qk) * sin).to(compute)
-        v = qkv[:, q_and_k:].to(compute).view(-1, kv_heads, dim)
+        qkv = linear(rms_norm(x, ln1.variance_epsilon, compute), w_qkv, b_qkv, bf16)
+        qk, v = rope(qkv, cs, heads, kv_heads, dim)  # (N, H + H_kv, D), (N, H_kv, D) in compute dtype
         out = attend_rows(qk[:, :heads], qk[:, heads:], v, layout, group, allowed)
         x = x + linear(out, attn.o_proj.weight, attn.o_proj.bias, bf16).float()
         w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * ln2.weight
         b_gu = _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1.0, 1.0))
-        gate, up = linear(F.rms_norm(x, (hidden,), None, ln2.variance_epsilon), w_gu, b_gu, bf16).chunk(2, -1)
-        x = x + linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias, bf16).float()
+        gate_up = linear(rms_norm(x, ln2.variance_epsilon, compute), w_gu, b_gu, bf16)
+        x = x + linear(swiglu(gate_up), mlp.down_proj.weight, mlp.down_proj.bias, bf16).float()
     return F.rms_norm(x, (hidden,), body.norm.weight.float(), body.norm.variance_epsilon)
 
 

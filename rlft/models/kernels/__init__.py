@@ -94,24 +94,30 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-@functools.cache
-def kernels() -> ctypes.CDLL | None:
-    """The loaded, checked library, or None (then :func:`unavailable_reason` says why)."""
+def load(source: Path, declare, check) -> ctypes.CDLL | None:
+    """Build ``source``, load it, set its signatures (``declare(lib)``) and run ``check(lib)``; None
+    (with the reason kept for :func:`unavailable_reason`) if any of it fails or ``RLFT_KERNELS=0``."""
     if os.environ.get("RLFT_KERNELS", "1") == "0":
         _reason.append("disabled by RLFT_KERNELS=0")
         return None
     try:
-        lib = _declare(ctypes.CDLL(str(build())))
-        _self_check(lib)
+        lib = declare(ctypes.CDLL(str(build(source))))
+        check(lib)
         return lib
     except (OSError, RuntimeError, AssertionError) as err:
-        _reason.append(str(err))
+        _reason.append(f"{source.name}: {err}")
         return None
 
 
+@functools.cache
+def kernels() -> ctypes.CDLL | None:
+    """The loaded, checked decode library, or None (then :func:`unavailable_reason` says why)."""
+    return load(SOURCE, _declare, _self_check)
+
+
 def unavailable_reason() -> str | None:
-    """Why :func:`kernels` returned None (None if it did not)."""
-    return _reason[-1] if kernels() is None and _reason else None
+    """Why the last kernel library that failed to load did (None if none did)."""
+    return _reason[-1] if _reason else None
 
 
 def _ptr(t: Tensor | None) -> int | None:
