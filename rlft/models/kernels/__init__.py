@@ -2,7 +2,7 @@
 
 The shared library is built with the system C compiler (``$CC``, else ``cc`` / ``gcc``) for this CPU
 (``-O3 -march=native -fopenmp``) and cached under ``$RLFT_CACHE/kernels`` (else
-``~/.cache/rlft/kernels``), keyed by a hash of the source, the flags, the compiler and the CPU's
+``~/.cache/rlft/kernels``), keyed by a hash of the source (and ``vec.h``), the flags, the compiler and the CPU's
 feature flags, so a cache shared between machines never hands one a library built for another. The
 build is written to a temporary file and renamed, so a half-written library is never loaded.
 
@@ -61,8 +61,11 @@ def build(source: Path = SOURCE) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    headers = [h.read_text() for h in sorted(SOURCE.parent.glob("*.h"))]  # vec.h, included by both
     key = hashlib.sha256(
-        "\n".join([source.read_text(), " ".join(FLAGS), version, _cpu_flags(), platform.machine()]).encode()
+        "\n".join(
+            [source.read_text(), *headers, " ".join(FLAGS), version, _cpu_flags(), platform.machine()]
+        ).encode()
     ).hexdigest()[:20]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
@@ -71,7 +74,8 @@ def build(source: Path = SOURCE) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
+        command = [cc, *FLAGS, f"-I{SOURCE.parent}", str(source), "-o", tmp, "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)

@@ -9,20 +9,13 @@
  * Built like decode.c (rlft/models/kernels/__init__.py), checked against the torch ops it replaces.
  * `T` below is the storage type of activations: float (f32) or uint16_t (bf16); math is in float32.
  */
-#include <math.h>
-#include <stdint.h>
 #include <string.h>
 
-#define VL 16
-typedef float vf __attribute__((vector_size(4 * VL)));
-typedef int32_t vi __attribute__((vector_size(4 * VL)));
-typedef uint32_t vu __attribute__((vector_size(4 * VL)));
+#include "vec.h"
+
 typedef uint16_t vh __attribute__((vector_size(2 * VL)));
-typedef float vf_unaligned __attribute__((vector_size(4 * VL), aligned(4)));
 typedef uint16_t vh_unaligned __attribute__((vector_size(2 * VL), aligned(2)));
 
-static inline vf load_f32(const float *p) { return *(const vf_unaligned *)p; }
-static inline void store_f32(float *p, vf x) { *(vf_unaligned *)p = x; }
 static inline vf load_bf16(const uint16_t *p) {
     return (vf)(__builtin_convertvector(*(const vh_unaligned *)p, vu) << 16);
 }
@@ -50,28 +43,6 @@ static inline void store1_f32(float *p, float x) { *p = x; }
 static inline float load1_bf16(const uint16_t *p) { return scalar_bf16(*p); }
 static inline void store1_bf16(uint16_t *p, float x) { *p = scalar_to_bf16(x); }
 
-static inline vf vsplat(float a) { return (vf){0} + a; }
-static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
-static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
-static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
-
-/* e^x per lane (decode.c's Cephes expf; 0 below -87.3). */
-static inline vf vexp(vf x) {
-    const vi under = x < vsplat(-87.3365447504019f);
-    x = vmin(vmax(x, vsplat(-87.3365447504019f)), vsplat(88.3762626647949f));
-    const vi ni = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, vi) - 128;
-    const vf n = __builtin_convertvector(ni, vf);
-    const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    vf p = vsplat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const vf y = p * (vf)((ni + 127) << 23);
-    return (vf)((vi)y & ~under);
-}
 
 /* ---- RoPE (HF half-split layout) over q and k, with v passed through -------------------------------
  * qkv (N, (H + 2·Hkv)·D) rows [q | k | v]; cs (N, D) = [cos_0 … cos_{D/2−1} | sin_0 … sin_{D/2−1}] of each
@@ -94,7 +65,7 @@ static inline vf vexp(vf x) {
                 int j = 0;                                                                                \
                 for (; j + VL <= half; j += VL) {                                                         \
                     const vf a = LOAD(x + j), b = LOAD(x + j + half);                                     \
-                    const vf cj = load_f32(c + j), sj = load_f32(s + j);                                  \
+                    const vf cj = vload(c + j), sj = vload(s + j);                                  \
                     STORE(y + j, a * cj - b * sj);                                                        \
                     STORE(y + j + half, b * cj + a * sj);                                                 \
                 }                                                                                         \
@@ -121,7 +92,7 @@ static inline vf vexp(vf x) {
                 int j = 0;                                                                                \
                 for (; j + VL <= half; j += VL) {                                                         \
                     const vf a = LOAD(d + j), b = LOAD(d + j + half);                                     \
-                    const vf cj = load_f32(c + j), sj = load_f32(s + j);                                  \
+                    const vf cj = vload(c + j), sj = vload(s + j);                                  \
                     STORE(g + j, a * cj + b * sj);                                                        \
                     STORE(g + j + half, b * cj - a * sj);                                                 \
                 }                                                                                         \
@@ -134,7 +105,7 @@ static inline vf vexp(vf x) {
             memcpy(dst + (long)rot * D, grad_v + (long)n * Hkv * D, sizeof(T) * (size_t)Hkv * D);         \
         }                                                                                                 \
     }
-ROPE(rlft_rope_f32, float, load_f32, store_f32, load1_f32, store1_f32)
+ROPE(rlft_rope_f32, float, vload, vstore, load1_f32, store1_f32)
 ROPE(rlft_rope_bf16, uint16_t, load_bf16, store_bf16, load1_bf16, store1_bf16)
 
 /* ---- SwiGLU --------------------------------------------------------------------------------------------
@@ -175,7 +146,7 @@ ROPE(rlft_rope_bf16, uint16_t, load_bf16, store_bf16, load1_bf16, store1_bf16)
             }                                                                                             \
         }                                                                                                 \
     }
-SWIGLU(rlft_swiglu_f32, float, load_f32, store_f32, load1_f32, store1_f32)
+SWIGLU(rlft_swiglu_f32, float, vload, vstore, load1_f32, store1_f32)
 SWIGLU(rlft_swiglu_bf16, uint16_t, load_bf16, store_bf16, load1_bf16, store1_bf16)
 
 /* ---- RMSNorm without weight, float32 in, T out ------------------------------------------------------------
@@ -190,14 +161,14 @@ SWIGLU(rlft_swiglu_bf16, uint16_t, load_bf16, store_bf16, load1_bf16, store1_bf1
             float ss = 0.0f;                                                                              \
             int j = 0;                                                                                    \
             for (; j + VL <= W; j += VL) {                                                                \
-                const vf v = load_f32(xr + j);                                                            \
+                const vf v = vload(xr + j);                                                            \
                 acc += v * v;                                                                             \
             }                                                                                             \
             for (; j < W; j++) ss += xr[j] * xr[j];                                                       \
             for (int i = 0; i < VL; i++) ss += acc[i];                                                    \
             const float r = 1.0f / sqrtf(ss / (float)W + eps);                                            \
             rstd[n] = r;                                                                                  \
-            for (j = 0; j + VL <= W; j += VL) STORE(yr + j, load_f32(xr + j) * r);                        \
+            for (j = 0; j + VL <= W; j += VL) STORE(yr + j, vload(xr + j) * r);                        \
             for (; j < W; j++) STORE1(yr + j, xr[j] * r);                                                 \
         }                                                                                                 \
     }                                                                                                     \
@@ -210,13 +181,13 @@ SWIGLU(rlft_swiglu_bf16, uint16_t, load_bf16, store_bf16, load1_bf16, store1_bf1
             vf acc = vsplat(0.0f);                                                                        \
             float dot = 0.0f;                                                                             \
             int j = 0;                                                                                    \
-            for (; j + VL <= W; j += VL) acc += LOAD(dr + j) * load_f32(xr + j);                          \
+            for (; j + VL <= W; j += VL) acc += LOAD(dr + j) * vload(xr + j);                          \
             for (; j < W; j++) dot += LOAD1(dr + j) * xr[j];                                              \
             for (int i = 0; i < VL; i++) dot += acc[i];                                                   \
             const float m = dot * r * r / (float)W; /* y·mean(dy·y) = x·m */                              \
-            for (j = 0; j + VL <= W; j += VL) store_f32(o + j, r * (LOAD(dr + j) - load_f32(xr + j) * m)); \
+            for (j = 0; j + VL <= W; j += VL) vstore(o + j, r * (LOAD(dr + j) - vload(xr + j) * m)); \
             for (; j < W; j++) o[j] = r * (LOAD1(dr + j) - xr[j] * m);                                    \
         }                                                                                                 \
     }
-RMSNORM(rlft_rms_norm_f32, float, load_f32, store_f32, load1_f32, store1_f32)
+RMSNORM(rlft_rms_norm_f32, float, vload, vstore, load1_f32, store1_f32)
 RMSNORM(rlft_rms_norm_bf16, uint16_t, load_bf16, store_bf16, load1_bf16, store1_bf16)
