@@ -1,10 +1,12 @@
-"""C kernels for the fused decode step (``decode.c``), compiled on first use and loaded with ctypes.
+"""C kernels for the fused decode step (``decode.c``), compiled on first use and loaded with ctypes;
+the training kernels (``train.c``) are loaded the same way by :mod:`.training`.
 
-The shared library is built with the system C compiler (``$CC``, else ``cc`` / ``gcc``) for this CPU
+A library is built with the system C compiler (``$CC``, else ``cc`` / ``gcc``) for this CPU
 (``-O3 -march=native -fopenmp``) and cached under ``$RLFT_CACHE/kernels`` (else
-``~/.cache/rlft/kernels``), keyed by a hash of the source (and ``vec.h``), the flags, the compiler and the CPU's
-feature flags, so a cache shared between machines never hands one a library built for another. The
-build is written to a temporary file and renamed, so a half-written library is never loaded.
+``~/.cache/rlft/kernels``), keyed by a hash of the source and ``vec.h``, the flags, the compiler and
+the CPU's feature flags, so a cache shared between machines never hands one a library built for
+another. The build is written to a temporary file and renamed, so a half-written library is never
+loaded.
 
 Once loaded, the kernels are checked against the torch ops they replace (``reference_*``,
 ``F.linear``). With no compiler, a failed build, a failed check, or ``RLFT_KERNELS=0``, :func:`kernels`
