@@ -136,6 +136,16 @@ def test_reinforce_pp_baseline_example():
     close(adv[:, 0], [1.0, -1, -1, 1])
 
 
+def test_reinforce_pp_baseline_singleton_group_scores_zero():
+    # rlft centres a group of one on itself (verl would keep its raw score 5 and whiten it)
+    r, g, mask = T([5.0, 1.0, 0.0]), T([7, 0, 0]), torch.ones(3, 1)
+    adv, returns = reinforce_pp_baseline_advantages(r, g, mask, eps=0.0)
+    close(returns[:, 0], [0.0, 0.5, -0.5])
+    close(adv[:, 0], [0.0, 1.0, -1.0])
+    adv, returns = reinforce_pp_baseline_advantages(T([5.0, 2.0]), T([0, 1]), torch.ones(2, 3))
+    assert torch.equal(returns, torch.zeros(2, 3)) and torch.equal(adv, torch.zeros(2, 3))
+
+
 def test_shaped_rewards_put_score_on_last_valid_token():
     mask = T([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     close(shaped_token_rewards(T([2.0, 3.0]), mask), [[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
@@ -180,6 +190,31 @@ def test_dcpo_sas_state_round_trip_and_zero_variance_group():
     close(first, [0.0, 0.0])
     unbiased = dcpo_sas_advantages(T([1.0, 0.0]), T([0, 0]), {0: "u"}, SASState(), unbiased=True)
     close(unbiased, [0.707107, -0.707107])
+
+
+def test_dcpo_sas_equal_float64_rewards_give_zero_despite_rounding():
+    # the mean of 9 × 0.3 rounds away from 0.3, leaving σ ≈ 6e-17: that used to standardise to −1
+    scores = torch.full((9,), 0.3, dtype=torch.float64)
+    adv = dcpo_sas_advantages(scores, torch.zeros(9, dtype=torch.long), {0: "q"}, SASState())
+    assert torch.equal(adv, torch.zeros(9, dtype=torch.float64))
+
+
+def test_dcpo_sas_prompt_that_always_scores_the_same_stays_zero_across_visits():
+    # G = 16, always 0.7: rounding in the accumulated σ_total used to give ±0.47 from the 6th visit
+    state, g = SASState(), torch.zeros(16, dtype=torch.long)
+    for visit in range(1, 13):
+        adv = dcpo_sas_advantages(torch.full((16,), 0.7, dtype=torch.float64), g, {0: "q"}, state)
+        assert torch.equal(adv, torch.zeros(16, dtype=torch.float64)), visit
+    assert state.stats["q"][0] == 12
+
+
+def test_dcpo_sas_zero_std_tolerance_keeps_real_signal():
+    g = T([0, 0, 0, 0])
+    close(dcpo_sas_advantages(T([1.0, 0, 0, 1]), g, {0: "n"}, SASState()), [1.0, -1, -1, 1])
+    small = dcpo_sas_advantages(T([1e-3, 0.0], dtype=torch.float64), T([0, 0]), {0: "s"}, SASState())
+    close(small, [1.0, -1.0])  # σ = 5e-4 is far above the 1e-6 tolerance
+    tiny = dcpo_sas_advantages(T([1e-8, 0.0], dtype=torch.float64), T([0, 0]), {0: "t"}, SASState())
+    close(tiny, [0.0, 0.0])
 
 
 def test_registry_lookup_and_unknown_name():

@@ -119,6 +119,48 @@ def test_gspo_all_zero_log_ratios_give_unit_ratio():
     close(out, -1.0)
 
 
+def test_gspo_token_capped_sequence_ratio_has_zero_gradient_like_gspo():
+    # mean log-ratio 12 > the cap of 10, Â = −1: GSPO (and verl) give 0; GSPO-token used to give e^10/3
+    for loss_fn in (gspo_loss, gspo_token_loss):
+        logp = torch.full((1, 3), 12.0, requires_grad=True)
+        out, _ = loss_fn(logp, torch.zeros(1, 3), -torch.ones(1, 3), torch.ones(1, 3))
+        close(out, math.exp(10.0), 1e-2)
+        out.backward()
+        assert torch.equal(logp.grad, torch.zeros(1, 3)), loss_fn.__name__
+
+
+def random_gspo_batch(g: torch.Generator, B: int = 16, L: int = 6):
+    """Masks with empty rows; per-sequence log-ratio scales from on-policy noise up to capped sequences
+    (|mean| > 10) and clamped tokens (|log r| > 20); one advantage per sequence, either sign."""
+    f64 = torch.float64
+    mask = (torch.arange(L) < torch.randint(0, L + 1, (B, 1), generator=g)).to(f64)
+    scale = T([1e-4, 1e-3, 0.1, 1.0, 12.0, 30.0], dtype=f64)[torch.randint(0, 6, (B, 1), generator=g)]
+    shift = torch.where(scale > 5, scale, 0.0) * torch.randn(B, 1, generator=g, dtype=f64).sign()
+    log_ratio = shift + scale * torch.randn(B, L, generator=g, dtype=f64)
+    old = torch.randn(B, L, generator=g, dtype=f64) - 2.0
+    adv = torch.randn(B, 1, generator=g, dtype=f64).expand(B, L)
+    return old, old + log_ratio, adv, mask
+
+
+@pytest.mark.parametrize("clip", [(3e-4, 4e-4), (0.2, 0.28)])
+@pytest.mark.parametrize("mode", list(AGGREGATIONS))
+def test_gspo_token_value_and_gradient_equal_gspo_for_sequence_advantages(clip, mode):
+    g = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        old, new_logp, adv, mask = random_gspo_batch(g)
+        results = []
+        for loss_fn in (gspo_loss, gspo_token_loss):
+            logp = new_logp.clone().requires_grad_(True)
+            out, info = loss_fn(logp, old, adv, mask, *clip, aggregation=mode, max_len=mask.shape[1])
+            out.backward()
+            results.append((out.detach(), logp.grad, info))
+        (v1, g1, i1), (v2, g2, i2) = results
+        torch.testing.assert_close(v2, v1, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(g2, g1, rtol=1e-10, atol=1e-12)
+        for key in ("clipfrac_low", "clipfrac_high"):
+            torch.testing.assert_close(i2[key], i1[key])
+
+
 # --- SAPO ---------------------------------------------------------------------------------------
 
 
@@ -173,6 +215,17 @@ def test_cispo_with_lower_bound():
     assert info["clipfrac_low"].item() == 1.0
 
 
+def test_cispo_clip_fractions_count_clamped_weights_of_either_advantage_sign():
+    # PPO would report no clipping for Â < 0 at r = 1.5 (that update is not removed); CISPO counts it
+    logp, old = token(1.5)
+    out, info = cispo_loss(logp, old, T([[-1.0]]), ONE)
+    assert info["clipfrac_high"].item() == 1.0 and info["clipfrac_low"].item() == 0.0
+    out.backward()
+    close(logp.grad, [[1.2]])  # still a gradient, weighted by the clamped 1.2
+    _, info = cispo_loss(*token(1e-3), T([[1.0]]), ONE)
+    assert info["clipfrac_low"].item() == 0.0  # no lower bound by default
+
+
 # --- DCPO ---------------------------------------------------------------------------------------
 
 
@@ -201,6 +254,14 @@ def test_dcpo_loss_uses_dynamic_bounds_and_dual_clip():
     assert info["clipfrac_dual"].item() == 1.0
 
 
+def test_dcpo_dual_clip_below_max_ratio_is_raised_to_it():
+    logp, old = token(20.0)
+    out, _ = dcpo_loss(logp, old, T([[-1.0]]), ONE, dual_clip=3.0)
+    close(out, 10.0)  # c' = max(3, r_max = 10), unlike verl's clip_ratio_c = 3
+    out, _ = dcpo_loss(logp, old, T([[-1.0]]), ONE, dual_clip=15.0)
+    close(out, 15.0)
+
+
 # --- REINFORCE, value loss, entropy -------------------------------------------------------------
 
 
@@ -224,11 +285,65 @@ def test_value_loss_clip_example():
     close(out, 0.005)
 
 
+def test_value_loss_clipfrac_ignores_in_range_rounding():
+    # |V − V_old| = 0.05 < 0.2: V_old + (V − V_old) rounds to V − 2e-18, which used to count as clipped
+    v, v_old, r = (T([[x]], dtype=torch.float64) for x in (-0.01, 0.04, 0.09))
+    out, info = value_loss(v, v_old, r, ONE)
+    close(out, 0.5 * 0.1**2)
+    assert info["vf_clipfrac"].item() == 0.0
+
+
+def test_value_loss_clipfrac_is_exactly_zero_for_in_range_tokens():
+    g = torch.Generator().manual_seed(0)
+    n = 100_000
+    v_old = torch.randn(1, n, generator=g, dtype=torch.float64)
+    v = v_old + (torch.rand(1, n, generator=g, dtype=torch.float64) * 2 - 1) * 0.19
+    r = torch.randn(1, n, generator=g, dtype=torch.float64)
+    v, v_old, r = v.float(), v_old.float(), r.float()
+    assert bool(((v - v_old).abs() <= 0.2).all())
+    out, info = value_loss(v, v_old, r, torch.ones(1, n))
+    assert info["vf_clipfrac"].item() == 0.0
+    close(out, 0.5 * ((v - r) ** 2).mean(), 1e-6)
+
+
+def test_value_loss_clipfrac_counts_only_tokens_where_the_clipped_loss_is_taken():
+    # both tokens moved 0.5 > 0.2: away from R (token 1) the unclipped loss is larger and is taken;
+    # towards R (token 2) the clipped one, V_clip = 0.7, is larger and is taken
+    v, v_old, r = T([[1.0, 1.0]]), T([[0.5, 0.5]]), T([[0.0, 2.0]])
+    out, info = value_loss(v, v_old, r, torch.ones(1, 2))
+    close(info["vf_clipfrac"], 0.5)
+    close(out, 0.5 * (1.0 + 1.3**2) / 2)
+
+
 def test_entropy_functions():
     close(entropy_from_logits(torch.zeros(2, 4)), [math.log(4)] * 2)
     close(entropy_from_logits(T([[0.0, -1e9]])), [0.0])
     close(gaussian_entropy(torch.zeros(1, 2)), [math.log(2 * math.pi * math.e)])
     close(entropy_bonus(T([[1.0, 3.0]]), torch.ones(1, 2)), -2.0)
+
+
+def test_entropy_from_logits_keeps_float64_and_upcasts_half_precision():
+    logits = torch.randn(3, 5, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = torch.softmax(logits, -1)
+    exact = -(p * torch.log(p)).sum(-1)
+    h = entropy_from_logits(logits)
+    assert h.dtype == torch.float64
+    torch.testing.assert_close(h, exact, rtol=0, atol=1e-12)  # float32 is only good to ~1e-6
+    assert entropy_from_logits(logits.bfloat16()).dtype == torch.float32
+    assert entropy_from_logits(logits.float()).dtype == torch.float32
+
+
+def test_value_loss_and_entropy_bonus_with_seq_mean_token_sum_norm():
+    mask = T([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    values, returns = T([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]]), torch.zeros(2, 3)
+    out, _ = value_loss(values, values, returns, mask, aggregation="seq-mean-token-sum-norm", max_len=4)
+    close(out, 0.5 * (1 + 4 + 9) / (2 * 4))
+    ent = T([[1.0, 3.0, 7.0], [2.0, 7.0, 7.0]])
+    close(entropy_bonus(ent, mask, "seq-mean-token-sum-norm", max_len=4), -(1 + 3 + 2) / (2 * 4))
+    with pytest.raises(ValueError, match="seq-mean-token-sum-norm needs max_len"):
+        value_loss(values, values, returns, mask, aggregation="seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="seq-mean-token-sum-norm needs max_len"):
+        entropy_bonus(ent, mask, "seq-mean-token-sum-norm")
 
 
 def test_policy_loss_registry():
@@ -262,6 +377,16 @@ def test_kl_clamping():
     # log ρ = 50 is clamped to 20, then k3 = e^20 − 21 is clamped to 10
     close(kl_estimate("k3", T([0.0]), T([50.0])), [10.0])
     close(kl_estimate("k1", T([0.0]), T([-50.0])), [20.0])
+
+
+def test_k1_and_k2_clamp_log_ratio_to_20_with_zero_gradient_beyond():
+    logp = torch.tensor([0.0, 0.0], requires_grad=True)
+    ref = T([-50.0, -float("inf")])  # a token the reference (all but) excludes
+    k1, k2 = kl_estimate("k1", logp, ref), kl_estimate("k2", logp, ref)
+    close(k1, [20.0, 20.0])
+    close(k2, [200.0, 200.0])
+    (k1 + k2).sum().backward()
+    close(logp.grad, [0.0, 0.0])
 
 
 def test_straight_through_estimators_carry_k2_gradient():

@@ -228,6 +228,11 @@ def reinforce_pp_baseline_advantages(
 
     The centred score goes on the EOS token, −β·KL on every token, returns are summed (γ = 1) and
     whitened over all valid tokens (OpenRLHF; Hu, arXiv 2501.03262 v2).
+    A group of one is centred on itself, so its score drops out: its return is only the −β·KL shaping
+    (0 with β = 0). verl's `compute_reinforce_plus_plus_baseline_outcome_advantage` instead uses mean 0
+    for a singleton and keeps the raw score, as rlft's `group_norm` does. rlft keeps the zero here: one
+    sample gives nothing to compare against, and an uncentred score would be whitened together with the
+    centred ones of the other groups.
     Example: R = [1, 0, 0, 1], one token each, β = 0 ⇒ ±0.866025 (unbiased) or ±1 (population).
     """
     mean, _, _ = _group_stats(scores, group_ids, unbiased=False)
@@ -252,8 +257,17 @@ class SASState:
         self.stats = {k: (int(v[0]), float(v[1]), float(v[2])) for k, v in state.items()}
 
 
+# A σ at or below this fraction of max(|μ|, 1) counts as zero in SAS. Equal rewards leave a rounding
+# residue of ~1e-16·|μ| in float64 (9 × 0.3 gives σ ≈ 6e-17), and rewards that differ only by float32
+# rounding (2^-23 ≈ 1.2e-7 relative) carry no signal either; 1e-6 sits above both and far below any real
+# reward gap. The max(·, 1) makes it an absolute 1e-6 for rewards of order one or smaller.
+SAS_ZERO_STD_RTOL = 1e-6
+
+
 def _standardise(x: Tensor, mean: float, std: float) -> Tensor:
-    return torch.zeros_like(x) if std == 0 else (x - mean) / std
+    if std <= SAS_ZERO_STD_RTOL * max(abs(mean), 1.0):
+        return torch.zeros_like(x)
+    return (x - mean) / std
 
 
 @ADVANTAGES.register("dcpo_sas")
@@ -265,9 +279,12 @@ def dcpo_sas_advantages(
     For a prompt seen i times (now included): Â_new from the current group, Â_total from all G·i rewards,
     μ_total = (μ_new + (i−1)μ_old)/i, σ²_total = [σ²_new + (i−1)σ²_old + ((i−1)/i)(μ_old − μ_new)²]/i,
     SA_new = ((i−1)/i)Â_new + (1/i)Â_total, SA_total = (1/i)Â_new + ((i−1)/i)Â_total, and Â is whichever
-    has the smaller magnitude. A zero σ makes its standardised term 0. Statistics are population ones
-    (the paper); `unbiased=True` uses the N−1 std for σ_new like the authors' code. `prompt_keys` maps
-    each group id to a stable prompt key; `state` is updated in place.
+    has the smaller magnitude. A zero σ makes its standardised term 0, and σ ≤ 1e-6·max(|μ|, 1)
+    (`SAS_ZERO_STD_RTOL`) counts as zero, for σ_new and σ_total alike, so rounding cannot give a group or a
+    prompt whose rewards are all equal ±1 advantages; rewards sharing a large offset (|μ| ≫ 1) lose
+    differences below 1e-6·|μ|. Statistics are population ones (the paper); `unbiased=True` uses the N−1
+    std for σ_new like the authors' code. `prompt_keys` maps each group id to a stable prompt key; `state`
+    is updated in place.
     Example (i = 3, earlier groups [1,0,0,0], [1,1,0,0], now [1,1,1,0]): R = 1 ⇒ 0.718234, R = 0 ⇒ −1.244017.
     """
     out = torch.empty_like(scores, dtype=torch.float64)

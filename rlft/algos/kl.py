@@ -2,6 +2,11 @@
 
 Per token, with log ρ = logp_ref − logp for samples drawn from π (the target is KL(π‖π_ref)):
 k1 = −log ρ, k2 = ½(log ρ)², k3 = (ρ − 1) − log ρ.
+Clamping: every estimator clamps log ρ to ±20 first, so k1 ∈ [−20, 20] and k2 ∈ [0, 200], and a token
+with |log ρ| > 20 gets no gradient from any of them; k3 is then clamped to ±10 as well. verl clamps only
+k3 (log ρ to ±20, k3 to ±10) and leaves k1/k2 unclamped; OpenRLHF clamps every estimator to ±10.
+rlft clamps k1/k2 too so that a −inf or huge log-prob (a token the reference all but excludes) gives a
+bounded penalty instead of inf/NaN, with the same ±20 as the policy ratio.
 Example: logp = −1.0, logp_ref = −1.5 ⇒ k1 = 0.5, k2 = 0.125, k3 = 0.106531.
 """
 
@@ -27,13 +32,15 @@ def _log_rho(logp: Tensor, ref_logp: Tensor) -> Tensor:
 @KL_ESTIMATORS.register("k1")
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k1 = log π − log π_ref: unbiased, high variance, negative about half the time. Its expected
-    gradient as a loss on on-policy samples is 0; use it in the reward (RLHF-PPO, RLOO, REINFORCE++)."""
+    gradient as a loss on on-policy samples is 0; use it in the reward (RLHF-PPO, RLOO, REINFORCE++).
+    Clamped to ±20 (log ρ's clamp; verl does not clamp k1)."""
     return -_log_rho(logp, ref_logp)
 
 
 @KL_ESTIMATORS.register("k2")
 def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """k2 = ½ (log ρ)²: biased but low-variance and ≥ 0; its gradient is ∇KL(π‖π_ref) in expectation."""
+    """k2 = ½ (log ρ)²: biased but low-variance and ≥ 0; its gradient is ∇KL(π‖π_ref) in expectation.
+    log ρ is clamped to ±20 first, so k2 ≤ 200 with zero gradient beyond (verl does not clamp k2)."""
     return 0.5 * _log_rho(logp, ref_logp) ** 2
 
 

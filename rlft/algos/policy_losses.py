@@ -92,10 +92,13 @@ def ppo_clip_loss(
     return agg, _diagnostics(log_ratio, mask, low, high, clipfrac_dual=dual)
 
 
+SEQ_LOG_RATIO_CAP = 10.0  # verl caps log s_i at 10 in GSPO and GSPO-token
+
+
 def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
-    """(1/|y_i|) Σ_t log r_{i,t} per sequence, broadcast back to (B, T); capped at 10 as in verl."""
+    """(1/|y_i|) Σ_t log r_{i,t} per sequence, broadcast back to (B, T); not capped."""
     seq = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-    return seq.clamp(max=10.0).expand_as(log_ratio)
+    return seq.expand_as(log_ratio)
 
 
 @POLICY_LOSSES.register("gspo")
@@ -118,7 +121,7 @@ def gspo_loss(
     """
     mask = mask.to(logp.dtype)
     log_ratio = _log_ratio(logp, old_logp)
-    seq_log_ratio = _sequence_log_ratio(log_ratio, mask)
+    seq_log_ratio = _sequence_log_ratio(log_ratio, mask).clamp(max=SEQ_LOG_RATIO_CAP)
     loss, low, high, _ = _clipped_surrogate(
         torch.exp(seq_log_ratio), advantages, 1.0 - clip_low, 1.0 + clip_high, None
     )
@@ -140,13 +143,18 @@ def gspo_token_loss(
 ) -> tuple[Tensor, Diagnostics]:
     """GSPO-token: s_{i,t} = sg[s_i] · π_θ(y_{i,t}) / sg[π_θ(y_{i,t})] (arXiv 2507.18071 §4.3).
 
-    Its value is s_i and, when Â_{i,t} = Â_i, its loss and gradient equal GSPO's; it exists so that
-    per-token advantages can be supplied. Computed in log space like verl.
+    Its value is s_i and, when Â_{i,t} = Â_i, its loss and gradient equal GSPO's under every aggregation,
+    including where s_i is clipped or log s_i is capped at 10 (both give zero gradient, as in GSPO and
+    verl); it exists so that per-token advantages can be supplied. Computed in log space like verl:
+    log s_{i,t} = log r_{i,t} − sg[log r_{i,t}] + sg[log s_i], capped at 10.
     """
     mask = mask.to(logp.dtype)
     log_ratio = _log_ratio(logp, old_logp)
     seq_log_ratio = _sequence_log_ratio(log_ratio, mask).detach()
-    token_log_s = (logp - logp.detach() + seq_log_ratio).clamp(max=10.0)
+    # The cap goes on the sum, not on log s_i first: a capped log s_i would sit exactly on the clamp's
+    # boundary, where its gradient passes. The clamped log r (not log π) zeroes the gradient of a token
+    # whose log-ratio passed ±20, as GSPO's mean does.
+    token_log_s = (log_ratio - log_ratio.detach() + seq_log_ratio).clamp(max=SEQ_LOG_RATIO_CAP)
     loss, low, high, _ = _clipped_surrogate(
         torch.exp(token_log_s), advantages, 1.0 - clip_low, 1.0 + clip_high, None
     )
@@ -204,6 +212,10 @@ def cispo_loss(
 
     Only the importance weight is clipped, so every token keeps a gradient. By default there is no lower
     bound (`clip_low=None`), as in practice (verl's example: effectively an upper bound of 1.2).
+    `clipfrac_low` / `clipfrac_high` count tokens whose weight the clamp changed (r < 1−ε_low /
+    r > 1+ε_high) whatever the sign of Â, and those tokens keep a gradient: they measure how often the IS
+    weight is truncated, not (as for PPO) how often a token's update was removed. `clipfrac_low` is 0
+    when there is no lower bound.
     Example: Â = +1, r = 1.5, ε_high = 0.2 ⇒ weight 1.2, gradient −1.2·∇log π.
     """
     log_ratio = _log_ratio(logp, old_logp)
@@ -243,8 +255,17 @@ def dcpo_loss(
     normalizer: float | None = None,
     max_len: int | None = None,
 ) -> tuple[Tensor, Diagnostics]:
-    """DCPO: PPO-clip with per-token bounds [lo(q), hi(q)] from q = π_old(token), dual-clip at
-    c = max(c, 10) for Â < 0, aggregated with only-token-mean (Yang et al., arXiv 2509.02333, eq. 8)."""
+    """DCPO: PPO-clip with per-token bounds [lo(q), hi(q)] from q = π_old(token), dual-clip for Â < 0,
+    aggregated with only-token-mean (Yang et al., arXiv 2509.02333, eq. 8).
+
+    `dual_clip` c caps the loss of a negative-advantage token at −c'·Â with c' = max(c, r_max)
+    (`max_ratio`): the paper caps the ratio at r_max = 10 for both signs, hi(q) ≤ r_max for Â > 0 and this
+    cap for Â < 0. The default is 10, and a c below r_max is raised to r_max, so c = 3 acts as 10.
+    verl's `clip_ratio_c` (default 3) is the plain dual-clip constant of Ye et al. and is used as given;
+    the DCPO authors' verl fork caps hi(q) at max(c, 10) and dual-clips at c (default 3). rlft follows
+    the paper's cap of 10.
+    Example: Â = −1, r = 20 ⇒ loss 10 (c' = 10), zero gradient.
+    """
     log_ratio = _log_ratio(logp, old_logp)
     lower, upper = dcpo_bounds(torch.exp(old_logp.detach()), clip_low, clip_high, max_ratio)
     loss, low, high, dual = _clipped_surrogate(
@@ -311,28 +332,38 @@ def value_loss(
     clip: float | None = 0.2,
     aggregation: str = "token-mean",
     normalizer: float | None = None,
+    max_len: int | None = None,
 ) -> tuple[Tensor, Diagnostics]:
     """Clipped value loss ½·max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±ε_v).
 
     From OpenAI baselines ppo2 (not the PPO paper); ε_v = 0.2 in verl, TRL and DeepSpeed-Chat.
-    `clip=None` gives the plain ½(V − R)². Example: V_old = 0.5, V = 1.0, R = 0.9 ⇒ 0.02.
+    `clip=None` gives the plain ½(V − R)². `vf_clipfrac` is the masked fraction of tokens whose clipped
+    loss is the one taken (verl/TRL: (V_clip − R)² > (V − R)²), counted only where |V − V_old| > ε_v:
+    inside the range V_clip is V up to rounding, which must not count. Every aggregation works;
+    seq-mean-token-sum-norm needs `max_len` and raises a ValueError naming the mode without it.
+    Examples: V_old = 0.5, V = 1.0, R = 0.9 ⇒ 0.02, clipped; V_old = 0.04, V = −0.01, R = 0.09 ⇒ 0.005,
+    not clipped.
     """
-    unclipped = (values - returns) ** 2
-    if clip is None:
-        per_token, clipped_frac = 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
-    else:
-        v_clip = old_values + (values - old_values).clamp(-clip, clip)
-        clipped = (v_clip - returns) ** 2
-        per_token, clipped_frac = 0.5 * torch.maximum(unclipped, clipped), clipped > unclipped
-    agg = aggregate(per_token, mask, aggregation, normalizer)
+    per_token = (values - returns) ** 2
+    taken = torch.zeros_like(per_token, dtype=torch.bool)
+    if clip is not None:
+        delta = values - old_values
+        clipped = (old_values + delta.clamp(-clip, clip) - returns) ** 2
+        taken = (delta.abs() > clip) & (clipped > per_token)
+        per_token = torch.where(taken, clipped, per_token)
+    agg = aggregate(0.5 * per_token, mask, aggregation, normalizer, max_len)
     with torch.no_grad():
-        frac = masked_mean(clipped_frac.to(values.dtype), mask.to(values.dtype))
+        frac = masked_mean(taken.to(values.dtype), mask.to(values.dtype))
     return agg, {"vf_clipfrac": frac}
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy H = logsumexp(z) − Σ softmax(z)·z of the categorical distribution at each position."""
-    logits = logits.float()
+    """Entropy H = logsumexp(z) − Σ softmax(z)·z of the categorical distribution at each position.
+
+    Computed in at least float32: bf16/fp16/fp32 logits give a float32 entropy, float64 logits a float64
+    one.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
@@ -342,7 +373,13 @@ def gaussian_entropy(log_std: Tensor) -> Tensor:
 
 
 def entropy_bonus(
-    entropy: Tensor, mask: Tensor, aggregation: str = "token-mean", normalizer: float | None = None
+    entropy: Tensor,
+    mask: Tensor,
+    aggregation: str = "token-mean",
+    normalizer: float | None = None,
+    max_len: int | None = None,
 ) -> Tensor:
-    """The entropy term to *add* to a loss: −aggregate(H) (c2·S[π_θ] in PPO's objective, arXiv 1707.06347)."""
-    return -aggregate(entropy, mask, aggregation, normalizer)
+    """The entropy term to *add* to a loss: −aggregate(H) (c2·S[π_θ] in PPO's objective, arXiv 1707.06347).
+
+    seq-mean-token-sum-norm needs `max_len` and raises a ValueError naming the mode without it."""
+    return -aggregate(entropy, mask, aggregation, normalizer, max_len)
