@@ -238,3 +238,25 @@ def test_reward_model_source_scores_prompt_completion_eos_and_normalises(tiny_rm
         build_rewards([{"reward_model": str(root / "lm")}])
     with pytest.raises(RewardError, match="unknown option 'batchsize'"):
         build_rewards([{"reward_model": str(root / "plain"), "batchsize": 4}])
+
+
+TRL_STYLE = """
+def first_content_length(prompts, completions, **fields):
+    return [float(len(c[0]["content"])) for c in completions]
+"""
+
+
+def test_trl_convention_for_conversational_completions(tmp_path) -> None:
+    path = tmp_path / "trl_rewards.py"
+    path.write_text(TRL_STYLE)
+    chat = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]]
+    spec = {"function": f"{path}:first_content_length", "reward_format": "messages"}
+    assert build_rewards([spec])(chat, ["abc", "de"]).total.tolist() == [3.0, 2.0]
+    # string prompts stay strings in either format, as in TRL
+    with pytest.raises(RewardError, match="string indices"):
+        build_rewards([spec])(["a", "b"], ["abc", "de"])
+    # the default (text) names the convention when a TRL-style function fails on chat data
+    with pytest.raises(RewardError, match="reward_format: messages"):
+        build_rewards([{"function": f"{path}:first_content_length"}])(chat, ["abc", "de"])
+    with pytest.raises(RewardError, match="reward_format"):
+        build_rewards([{**spec, "reward_format": "dicts"}])

@@ -70,26 +70,49 @@ def _sft(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _read_prompts(path: str, limit: int) -> list[str]:
-    from rlft.data import load_records
+def _read_prompts(path: str, limit: int) -> list:
+    """Prompt records of ``path``: a .txt file (one string prompt per line) or any data file with
+    prompts (string or conversational)."""
+    from rlft.data import PromptRecord, load_records
 
     if Path(path).suffix.lower() == ".txt":
         if not Path(path).is_file():
             raise ConfigError(f"{path}: file not found")
-        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        return lines[:limit]
-    return [r.prompt for r in load_records(path, fmt="prompt_only", limit=limit)]
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()][:limit]
+        return [PromptRecord(prompt=line, where=f"{path}:{i}") for i, line in numbered]
+    return load_records(path, fmt="prompt_only", limit=limit)
+
+
+def parse_chat_template_kwargs(text: str | None) -> dict:
+    """``--chat-template-kwargs '{"enable_thinking": false}'`` → a dict (one-line error otherwise)."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"--chat-template-kwargs: expected a JSON object, got {text!r} ({err.msg})"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--chat-template-kwargs: expected a JSON object, got {text!r}")
+    return value
 
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.data import load_records
+    from rlft.data import encode_prompts, load_records, set_chat_template_kwargs
     from rlft.models import SamplingParams, load_causal_lm, load_tokenizer, sample
+    from rlft.train.chat_stops import stop_at_end_of_turn
     from rlft.train.sft import task_of
 
     _no_extra(extra)
     if (args.prompts is None) == (args.task is None):
         raise ConfigError("generate: give exactly one of --prompts FILE or --task NAME")
     model, tokenizer = load_causal_lm(args.model), load_tokenizer(args.model)
+    set_chat_template_kwargs(tokenizer, parse_chat_template_kwargs(args.chat_template_kwargs))
+    stop_at_end_of_turn(model, tokenizer)
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -101,14 +124,17 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     if args.task:
         source = args.task if args.task.startswith("task:") else f"task:{args.task}"
         records = load_records(source, fmt="prompt_only", split="eval", limit=args.limit)
-        prompts = [r.prompt for r in records]
         task = task_of(source)
         keys = set().union(*(r.extra for r in records))
         # each field repeated n times, to line up with the n completions per prompt
         extra_fields = {k: [r.extra.get(k) for r in records for _ in range(args.n)] for k in keys}
     else:
-        prompts = _read_prompts(args.prompts, args.limit)
-    rollout = sample(model, tokenizer, prompts, params)
+        records = _read_prompts(args.prompts, args.limit)
+    # The trainers' encoding: string prompts with the tokenizer's special tokens, conversational ones
+    # rendered by the chat template with the generation prompt.
+    examples = encode_prompts(records, tokenizer)
+    prompts = [e.prompt for e in examples]
+    rollout = sample(model, tokenizer, [e.prompt_ids for e in examples], params)
     rows = [prompts[int(g)] for g in rollout.group_ids]
     rewards = task.reward(rows, rollout.texts, **extra_fields) if task is not None else None
     for i, (prompt, text) in enumerate(zip(rows, rollout.texts, strict=True)):
@@ -292,6 +318,11 @@ def add_lm_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--greedy", action="store_true")
     gen.add_argument("--limit", type=int, default=10, help="number of prompts")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--chat-template-kwargs",
+        metavar="JSON",
+        help="extra variables for the chat template, e.g. '{\"enable_thinking\": false}'",
+    )
     gen.set_defaults(func=_generate)
 
     demo = sub.add_parser(

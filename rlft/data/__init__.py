@@ -11,6 +11,7 @@ Every problem with the data raises ``DataError`` with a one-line message that na
 Heavy libraries (datasets, pyarrow) are imported only when a source needs them.
 """
 
+from .chat import chat_template_kwargs, set_chat_template_kwargs
 from .collate import collate_preference, collate_prompts, collate_sft, packed_attention_mask, pad_sequences
 from .errors import DataError
 from .formats import (
@@ -83,6 +84,7 @@ __all__ = [
     "UnpairedExample",
     "UnpairedRecord",
     "accuracy",
+    "chat_template_kwargs",
     "collate_preference",
     "collate_prompts",
     "collate_sft",
@@ -98,5 +100,6 @@ __all__ = [
     "packed_attention_mask",
     "pad_sequences",
     "save_records",
+    "set_chat_template_kwargs",
     "validate_record",
 ]

@@ -3,11 +3,20 @@
 Labels stay aligned with ``input_ids`` (HF convention: the model shifts them, so position t's logits are
 scored against ``labels[t + 1]``).
 
-Packing puts several examples in one row of ``max_len`` tokens. Three things keep examples apart:
-``position_ids`` restart at 0 for each example; attention is block-diagonal causal (``attention_mask`` is a
-``(rows, 1, L, L)`` boolean mask, and ``cu_seqlens`` gives the same boundaries to flash-attention-style
-varlen kernels); and the label of each example's first token is IGNORE_INDEX, so the last token of one
-example is never trained to predict the first token of the next.
+Packing puts several examples in one row of ``max_len`` tokens. Two things keep examples apart:
+``position_ids`` restart at 0 for each example (and for the padding tail), and the label of each
+example's first token is IGNORE_INDEX, so the last token of one example is never trained to predict the
+first token of the next.
+
+A Hugging Face model must be given the packed row as ``input_ids`` + ``position_ids`` with NO attention
+mask and ``use_cache=False`` (what :func:`rlft.train.sft.token_loss_sum` does): transformers 5 then finds
+the example boundaries where the positions restart (``masking_utils.find_packed_sequence_indices``) and
+builds each layer's mask itself — causal or sliding-window, in the form its attention implementation
+wants — exactly as for the examples unpacked. The ``(rows, 1, L, L)`` boolean ``attention_mask`` and
+``cu_seqlens`` describe the same boundaries for code that does its own attention (varlen kernels,
+tests); handed to a model they are wrong in two ways: a 4-D mask is used as given, so sliding-window
+layers (Gemma 2/3, Mistral) lose their window, and eager attention *adds* it to the scores, so a boolean
+mask (0/1) masks nothing.
 """
 
 from __future__ import annotations
@@ -59,11 +68,13 @@ def collate_sft(
     padding), padded to the longest example or to ``max_len`` when given.
 
     Packed (``max_len`` required): examples are laid, in order, into rows of ``max_len`` tokens (a new row
-    starts when the next example does not fit). Returns ``input_ids``, ``labels``, ``position_ids``,
-    ``attention_mask`` (the block-diagonal causal 4D mask of ``packed_attention_mask``), ``seq_lens`` (the
-    example lengths in each row, a list of lists) and ``cu_seqlens`` / ``max_seqlen`` for varlen kernels:
-    int32 cumulative boundaries over the flattened (rows × max_len) batch, where each row's padding tail
-    counts as one more sequence so that ``cu_seqlens[-1] == rows * max_len``.
+    starts when the next example does not fit). Returns ``input_ids``, ``labels``, ``position_ids`` (what
+    a Hugging Face model needs, without any attention mask: see the module docstring),
+    ``attention_mask`` (the block-diagonal causal 4D mask of ``packed_attention_mask``, for code doing its
+    own attention — not for the model), ``seq_lens`` (the example lengths in each row, a list of lists) and
+    ``cu_seqlens`` / ``max_seqlen`` for varlen kernels: int32 cumulative boundaries over the flattened
+    (rows × max_len) batch, where each row's padding tail counts as one more sequence so that
+    ``cu_seqlens[-1] == rows * max_len``.
     """
     if not examples:
         raise DataError("collate_sft: no examples to collate")
@@ -127,9 +138,10 @@ def packed_attention_mask(
     are in the same example and j ≤ i. Padding positions attend only to themselves (a fully masked row
     would make softmax return NaN).
 
-    Boolean (True = attend) by default, which SDPA and transformers' mask utilities accept as a ready 4D
-    mask; pass a float ``dtype`` for an additive mask (0 = attend, dtype's minimum = blocked), which eager
-    attention implementations add to the scores.
+    Boolean (True = attend) by default, which SDPA accepts; pass a float ``dtype`` for an additive mask
+    (0 = attend, dtype's minimum = blocked), which eager attention implementations add to the scores.
+    Either way it knows no sliding window, so a model whose layers have one must not be given it (see the
+    module docstring for what to give a Hugging Face model instead).
     """
     segment = torch.empty((len(seq_lens), max_len), dtype=torch.long)
     for r, lens in enumerate(seq_lens):

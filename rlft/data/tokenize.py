@@ -7,7 +7,8 @@ Conventions, chosen to match what generation sees at train and sample time:
   appended unless the completion already ends with it (or, for a chat-rendered completion, contains it:
   the template's end-of-turn marker already is the stop signal);
 - a conversation (``messages``) is split into assistant and non-assistant pieces (see ``chat.py``) and
-  trained on the assistant pieces only; its ending is whatever the template writes.
+  trained on the assistant pieces only; its ending is whatever the template writes. A template that does
+  not render incrementally gives one example per assistant turn, whose context is what generation sees.
 
 Every ``encode_*`` returns an ``Encoded`` list: the examples, plus ``.report``, the ``LengthReport`` of what
 the limits truncated or dropped, for the caller to print.
@@ -19,7 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .chat import completion_after_prompt, conversation_pieces, render
+from .chat import (
+    assistant_token_mask,
+    completion_after_prompt,
+    conversation_sequences,
+    has_generation_markers,
+    render,
+)
 from .errors import DataError
 from .formats import (
     ConversationRecord,
@@ -197,24 +204,35 @@ def encode_sft(
     Labels: prompt tokens are IGNORE_INDEX when ``completion_only_loss`` (the default), plain text is
     trained on every token, a conversation on its assistant turns only (on everything when
     ``completion_only_loss=False``). EOS is appended after completions and texts.
+
+    A conversation gives one example, except with a template that does not render incrementally (Qwen3,
+    Phi-3), where each assistant turn is its own example (``where`` 'file.jsonl:3 turn 2') whose context is
+    what generation sees before that turn; see ``chat.conversation_sequences``. A template with
+    ``{% generation %}`` markers is masked by transformers instead. Every example is fitted to ``limits``
+    on its own, a conversation or a turn by ``max_total_tokens``, so the report counts examples.
     """
     eos = _eos_id(tokenizer, add_eos)
+    markers = has_generation_markers(tokenizer)
     pieces: list[Piece] = []
-    layout: list[tuple[Record, list[bool]]] = []  # per record: which of its pieces carry the loss
+    # Per example: its record, location, and which of its pieces carry the loss; or, for a template with
+    # generation markers, the ids and assistant mask that transformers already produced.
+    layout: list[tuple[Record, str, list[bool] | tuple[list[int], list[bool]]]] = []
     for r in records:
         if isinstance(r, PromptCompletionRecord):
             pieces += [
                 _prompt_piece(tokenizer, r.prompt, r.where),
                 _completion_piece(tokenizer, r.prompt, r.completion, r.where),
             ]
-            layout.append((r, [False, True]))
+            layout.append((r, r.where, [False, True]))
         elif isinstance(r, TextRecord):
             pieces.append((r.text, True))
-            layout.append((r, [True]))
+            layout.append((r, r.where, [True]))
+        elif isinstance(r, ConversationRecord) and markers:
+            layout.append((r, r.where, assistant_token_mask(tokenizer, r.messages, r.where)))
         elif isinstance(r, ConversationRecord):
-            split = conversation_pieces(tokenizer, r.messages, r.where)
-            pieces += [(text, False) for text, _ in split]
-            layout.append((r, [is_assistant for _, is_assistant in split]))
+            for where, split in conversation_sequences(tokenizer, r.messages, r.where):
+                pieces += [(text, False) for text, _ in split]
+                layout.append((r, where, [is_assistant for _, is_assistant in split]))
         else:
             raise DataError(
                 f"{r.where or 'record'}: encode_sft needs prompt_completion, text or conversational records, "
@@ -224,12 +242,14 @@ def encode_sft(
     fitter = LengthFitter(limits, getattr(tokenizer, "bos_token_id", None))
     out: list[Example] = []
     pos = 0
-    for r, loss_flags in layout:
-        parts = ids[pos : pos + len(loss_flags)]
-        pos += len(loss_flags)
+    for r, where, spec in layout:
+        parts: list[list[int]] = []
+        if not isinstance(spec, tuple):
+            parts = ids[pos : pos + len(spec)]
+            pos += len(spec)
         if isinstance(r, PromptCompletionRecord):
             completion = _with_eos(parts[1], eos, chat=not isinstance(r.prompt, str))
-            fitted = fitter.fit(r.where, parts[0], [("completion", completion)])
+            fitted = fitter.fit(where, parts[0], [("completion", completion)])
             if fitted is None:
                 continue
             prompt_ids, (completion_ids,) = fitted
@@ -237,26 +257,27 @@ def encode_sft(
             prompt_labels = [IGNORE_INDEX] * len(prompt_ids) if completion_only_loss else list(prompt_ids)
             labels = prompt_labels + completion_ids
         elif isinstance(r, TextRecord):
-            fitted = fitter.fit(r.where, None, [("text", _with_eos(parts[0], eos, chat=False))])
+            fitted = fitter.fit(where, None, [("text", _with_eos(parts[0], eos, chat=False))])
             if fitted is None:
                 continue
             input_ids = fitted[1][0]
             labels = list(input_ids)
         else:
-            input_ids, mask = [], []
-            for part, is_assistant in zip(parts, loss_flags, strict=True):
-                input_ids += part
-                mask += [is_assistant or not completion_only_loss] * len(part)
+            if isinstance(spec, tuple):
+                input_ids, mask = spec
+            else:
+                input_ids = [t for part in parts for t in part]
+                mask = [flag for part, flag in zip(parts, spec, strict=True) for _ in part]
             if not any(mask):
-                raise DataError(f"{r.where or 'record'}: the chat template rendered no assistant tokens")
-            fitted_ids = fitter.fit_sequence(
-                r.where, "conversation", input_ids, must_keep=mask.index(True) + 1
-            )
+                raise DataError(f"{where or 'record'}: the chat template rendered no assistant tokens")
+            if not completion_only_loss:
+                mask = [True] * len(mask)
+            fitted_ids = fitter.fit_sequence(where, "conversation", input_ids, must_keep=mask.index(True) + 1)
             if fitted_ids is None:
                 continue
             input_ids = fitted_ids
             labels = [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask, strict=False)]
-        out.append(Example(input_ids=input_ids, labels=labels, where=r.where))
+        out.append(Example(input_ids=input_ids, labels=labels, where=where))
     return Encoded(out, fitter.report)
 
 

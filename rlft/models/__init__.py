@@ -4,7 +4,14 @@ fast batched sampling with a KV cache (behind the small :class:`Sampler` interfa
 from .decoders import HFDecoder
 from .errors import ModelError
 from .fast_llama import FastLlamaDecoder, fast_path_blocker
-from .hf import ensure_padding, load_causal_lm, load_tokenizer, parse_dtype, save_pretrained_atomic
+from .hf import (
+    ensure_padding,
+    load_causal_lm,
+    load_tokenizer,
+    parse_dtype,
+    save_pretrained_atomic,
+    training_mode,
+)
 from .kv_cache import GrowableLayer, make_cache
 from .logprobs import apply_lm_head, position_ids_from_mask, response_logprobs, token_logprobs
 from .sampling import (
@@ -76,5 +83,6 @@ __all__ = [
     "token_logprobs",
     "token_values",
     "train_tokenizer",
+    "training_mode",
     "truncate_at_stop",
 ]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .kv_cache import cache_is_plain, make_cache
+from .kv_cache import cache_argument, cache_is_plain, make_cache
 from .logprobs import apply_lm_head, position_ids_from_mask
 
 
@@ -55,7 +55,7 @@ class HFDecoder:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            **cache_argument(self.body, self.cache),
             use_cache=True,
         )
         return self.head(out.last_hidden_state[:, -1])
@@ -93,7 +93,7 @@ class HFDecoder:
             input_ids=tokens[:, None],
             attention_mask=self.step_mask(self.length + 1),
             position_ids=self.positions[:, None],
-            past_key_values=self.cache,
+            **cache_argument(self.body, self.cache),
             use_cache=True,
         )
         self.length += 1

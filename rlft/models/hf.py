@@ -97,6 +97,25 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return ensure_padding(tokenizer)
 
 
+def training_mode(model: torch.nn.Module, keep_dropout: bool = False) -> torch.nn.Module:
+    """``model.train()``, with every dropout probability set to 0 unless ``keep_dropout``.
+
+    Dropout makes the trained policy a different function from the one that is sampled, scored by a
+    frozen reference or evaluated (all in eval mode): a DPO run with GPT-2's p = 0.1 would not start at
+    loss log 2. TRL disables it by default for the same reason (``disable_dropout``). Both the
+    ``nn.Dropout`` modules and the attention-probability dropout that attention layers apply
+    functionally from a float ``attention_dropout`` attribute are zeroed; the saved config is untouched.
+    """
+    model.train()
+    if not keep_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
+    return model
+
+
 def ensure_padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give ``tokenizer`` a pad token (EOS if it has none) and ``padding_side="left"``; returns it."""
     if tokenizer.pad_token_id is None:

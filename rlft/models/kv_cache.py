@@ -14,6 +14,9 @@ views the attention matmuls read are built once per batch instead of once per la
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
@@ -118,6 +121,22 @@ def make_cache(model: PreTrainedModel, capacity: int) -> DynamicCache:
     else:  # layers are created lazily: make the lazily created ones growable
         cache.layer_class_to_replicate = lambda: GrowableLayer(capacity)
     return cache
+
+
+@functools.cache
+def _cache_parameter(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_argument(body: torch.nn.Module, cache: DynamicCache | None) -> dict[str, DynamicCache | None]:
+    """The keyword that hands ``cache`` to ``body.forward``: ``cache`` from transformers 5.24 on, where
+    ``past_key_values`` is deprecated (removal announced for 5.40), ``past_key_values`` before it.
+
+    Read once per model class from the forward's signature, so both sides of the rename work without a
+    version check and without the deprecation warning.
+    """
+    return {_cache_parameter(type(body)): cache}
 
 
 def cache_is_plain(cache: DynamicCache) -> bool:

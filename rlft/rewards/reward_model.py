@@ -2,7 +2,9 @@
 
 Each (prompt, completion) is tokenised exactly as the reward-model trainer tokenises a preference pair
 (prompt, then completion, then EOS; chat prompts through the tokenizer's template), scored in batches of
-``batch_size`` with the head at the last token, and optionally normalised with the statistics saved with
+``batch_size`` with the head at the token the trainer and ``transformers`` pool (the rightmost one that is
+not ``config.pad_token_id``: the token before the EOS where EOS is the pad token, see
+``rlft.models.scalar_head.pooled_positions``), and optionally normalised with the statistics saved with
 the model: r' = (r − mean)/std.
 """
 
@@ -59,9 +61,11 @@ def score_texts(
 
 
 class RewardModelFunction:
-    """``{"reward_model": DIR, "batch_size": 32, "normalize": false, "max_length": null, "dtype": "float32"}``.
+    """``{"reward_model": DIR, "batch_size": 32, "normalize": false, "max_length": null, "dtype": "float32",
+    "chat_template_kwargs": {}}``.
 
-    ``normalize`` needs the statistics that ``rlft rm`` saves with the model.
+    ``normalize`` needs the statistics that ``rlft rm`` saves with the model; ``chat_template_kwargs`` go
+    to the reward model's chat template when it renders conversational prompts.
     """
 
     def __init__(
@@ -71,7 +75,9 @@ class RewardModelFunction:
         normalize: bool = False,
         max_length: int | None = None,
         dtype: str = "float32",
+        chat_template_kwargs: dict | None = None,
     ):
+        from rlft.data import DataError, set_chat_template_kwargs
         from rlft.models import ModelError
         from rlft.models.scalar_head import load_reward_model
 
@@ -85,6 +91,10 @@ class RewardModelFunction:
             self.model, self.tokenizer, self.norm = load_reward_model(str(path), dtype=dtype)
         except ModelError as err:
             raise RewardError(f"reward_model: {err}") from None
+        try:
+            set_chat_template_kwargs(self.tokenizer, chat_template_kwargs)
+        except DataError as err:
+            raise RewardError(f"reward_model {path}: {err}") from None
         if normalize and self.norm is None:
             raise RewardError(
                 f"reward_model {path}: normalize is true but the model has no saved mean/std "

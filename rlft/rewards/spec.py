@@ -6,12 +6,17 @@
     - {name: overlong, max_len: 32, cache: 8}
     - {function: my_pkg.rewards:has_citation, alias: cites, processes: 4}
     - {function: rewards/score.py:judge, threshold: 0.5}   # other keys → keyword arguments of every call
+    - {function: trl.py:fmt, reward_format: messages}  # TRL convention for chat completions
     - {reward_model: runs/rm/model, batch_size: 32, normalize: true}
     - {task: preference}                            # other keys → the task's options
 
 Common keys: ``weight`` (default 1.0), ``alias`` (the name in logs and results), ``processes`` (run
-the function in a pool of that many processes; 0 = in-process). A string that is neither a built-in nor
-``task:…`` but looks like ``module:function`` or ``file.py:function`` is a user function.
+the function in a pool of that many processes; 0 = in-process). A user function also takes
+``reward_format``: ``text`` (default: every completion is its text) or ``messages`` (TRL's convention for
+conversational data: a completion of a conversational prompt is ``[{"role": "assistant", "content":
+text}]``, so a function written for TRL that reads ``completions[i][0]["content"]`` runs unchanged).
+A string that is neither a built-in nor ``task:…`` but looks like ``module:function`` or
+``file.py:function`` is a user function.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .user import accepted_fields, is_function_ref, load_function
 __all__ = ["RewardSpec", "make_function", "parse_spec"]
 
 KINDS = ("name", "function", "reward_model", "task")
+REWARD_FORMATS = ("text", "messages")
 COMMON = ("weight", "alias", "processes")
 
 
@@ -123,6 +129,13 @@ class _Bound:
     row fields it accepts (all of them when it takes ``**kwargs``)."""
 
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any], spec: RewardSpec):
+        options = dict(options)
+        self.format = options.pop("reward_format", "text")
+        if self.format not in REWARD_FORMATS:
+            raise RewardError(
+                f"{spec.where}: key 'reward_format': expected one of {', '.join(REWARD_FORMATS)}, "
+                f"got {self.format!r}"
+            )
         self.fn, self.options = fn, options
         self.fields = accepted_fields(fn)
         self.__name__ = getattr(fn, "__name__", "function")
@@ -132,7 +145,21 @@ class _Bound:
     def __call__(self, prompts: Any, completions: Any, **fields: Any) -> Any:
         if self.fields is not None:
             fields = {k: v for k, v in fields.items() if k in self.fields}
-        return self.fn(prompts, completions, **fields, **self.options)
+        chat = [not isinstance(p, str) for p in prompts]
+        if self.format == "messages":
+            completions = [
+                [{"role": "assistant", "content": c}] if is_chat else c
+                for c, is_chat in zip(completions, chat, strict=True)
+            ]
+        try:
+            return self.fn(prompts, completions, **fields, **self.options)
+        except TypeError as err:
+            if self.format == "text" and any(chat):
+                raise TypeError(
+                    f"{err} (completions are passed as text; for a function written for TRL's "
+                    f"conversational convention, completions[i][0]['content'], set reward_format: messages)"
+                ) from err
+            raise
 
 
 class _TaskReward:

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from rlft.data import DataError
-from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic
+from rlft.data import DataError, set_chat_template_kwargs
+from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic, training_mode
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
+from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .dpo_config import DPOConfig
 from .dpo_data import load_offline
@@ -82,6 +83,7 @@ def train_dpo(
 
     # Data: malformed rows raise here, naming file, line and field.
     tokenizer = load_tokenizer(cfg.model)
+    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     kind = cfg.data_format
     train = load_offline(cfg.data, kind, tokenizer, length_limits(cfg))
@@ -130,7 +132,8 @@ def train_dpo(
 
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
-    model.train()
+    stop_at_end_of_turn(model, tokenizer)
+    training_mode(model, cfg.keep_dropout)
     optimizer, scheduler, params, step, epoch, batch_index = start_training(
         model, cfg, total_steps, checkpoint, run, say
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rlft.algos import PREFERENCE_LOSSES
 from rlft.data.lengths import OVERFLOW_MODES
@@ -91,6 +92,8 @@ class DPOConfig:
     eval_every: int = 0
     save_every: int = 0
     log_every: int = 1
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
+    keep_dropout: bool = False  # keep the model's dropout in training (off: every dropout p = 0, as TRL)
     seed: int = 0
     output_dir: str | None = None  # null: runs/dpo-TIMESTAMP
     win_rate: bool = True  # on the built-in preference task: gold win rate against the reference model

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from rlft.algos import AdaptiveKLController, FixedKLController, masked_mean
-from rlft.data import DataError, LengthLimits, encode_prompts, load_records
+from rlft.data import DataError, LengthLimits, encode_prompts, load_records, set_chat_template_kwargs
 from rlft.models import HFSampler, SamplingParams, load_tokenizer
 from rlft.run import (
     MetricsWriter,
@@ -48,6 +48,7 @@ from rlft.run import (
     seed_everything,
 )
 
+from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, load_trainer_state, restore_optimizer, save_checkpoint
 from .epochs import adamw, trim_metrics
 from .rl_advantages import AdvantageState, advantage_step, check_advantage, needs_critic
@@ -103,6 +104,7 @@ def train_rl(
 
     # Data, rewards, evaluation prompts.
     tokenizer = load_tokenizer(cfg.model)
+    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     fmt = cfg.format or ("prompt_only" if cfg.data.startswith("task:") else None)
     limits = LengthLimits(max_prompt_tokens=cfg.max_prompt_tokens, overflow="drop")
@@ -118,7 +120,8 @@ def train_rl(
 
         # Models: policy (trainable), reference (frozen, only when a KL term is on).
         checkpoint = latest_checkpoint(run) if resume else None
-        model = load_policy(cfg, checkpoint)
+        model = load_policy(cfg, checkpoint, say)
+        stop_at_end_of_turn(model, tokenizer)
         model.eval()  # no dropout: the sampler's log-probs and the loss's must describe the same policy
         critic = Critic(cfg, model) if needs_critic(cfg.advantage) else None
         check_advantage(cfg.advantage, has_critic=critic is not None, extra=cfg.advantage_kwargs)

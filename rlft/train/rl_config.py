@@ -70,14 +70,19 @@ class KLConfig:
 
 @dataclass
 class LoRAConfig:
-    """Train low-rank adapters (PEFT) instead of all weights; the reference is the base with adapters off."""
+    """Train low-rank adapters (PEFT) instead of all weights; the reference is the base with adapters off.
+
+    ``target_modules``: ``all-linear`` (every ``nn.Linear`` and transformers ``Conv1D`` of the model except
+    the output head: PEFT's own shorthand, ``peft.tuners.tuners_utils._maybe_include_all_linear_layers``),
+    so fused layers (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` / ``gate_up_proj``) train without a list per
+    architecture; or a list of module names, each matching a module whose name is it or ends in ``.name``
+    (PEFT's rule).
+    """
 
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    target_modules: list[str] | str = "all-linear"
 
 
 @dataclass
@@ -196,6 +201,7 @@ class RLConfig:
     eval_max_new_tokens: int | None = None  # null: max_new_tokens
     save_every: int = 0  # 0: only the final model
     log_every: int = 1
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
     seed: int = 0
     output_dir: str | None = None
     torch_threads: int = 2  # 0 leaves torch's default
@@ -339,8 +345,9 @@ class RLConfig:
         if cfg.lora is not None:
             if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
                 raise bad("lora", "r >= 1, alpha > 0, dropout in [0, 1)", dataclasses.asdict(cfg.lora))
-            if not cfg.lora.target_modules:
-                raise bad("lora.target_modules", "a non-empty list of module names", cfg.lora.target_modules)
+            targets = cfg.lora.target_modules
+            if not targets or (isinstance(targets, str) and targets != "all-linear"):
+                raise bad("lora.target_modules", "all-linear or a non-empty list of module names", targets)
 
     def _validate_ppo(self, cfg: RLConfig, bad: Any) -> None:
         """The critic, score shaping and PPO-ptx keys."""

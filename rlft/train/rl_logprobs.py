@@ -26,6 +26,7 @@ from torch import Tensor
 from rlft.algos import entropy_from_logits
 from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, use_fused_forward
 from rlft.models.frozen_forward import FrozenForward
+from rlft.models.kv_cache import cache_argument
 from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from_mask
 
 from .rollout_batch import RolloutBatch
@@ -120,7 +121,7 @@ def _hf_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool)
         input_ids=batch.prompt_ids[first],
         attention_mask=prompt_mask,
         position_ids=position_ids_from_mask(prompt_mask),
-        past_key_values=cache,
+        **cache_argument(body, cache),
         use_cache=True,
     )
     last_prompt_state = out.last_hidden_state[:, -1]  # left padding: the last column is the last prompt token
@@ -130,7 +131,7 @@ def _hf_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool)
         input_ids=batch.response_ids,
         attention_mask=attention,
         position_ids=position_ids_from_mask(attention)[:, width:],
-        past_key_values=cache,
+        **cache_argument(body, cache),
         use_cache=True,
     )
     return torch.cat([last_prompt_state[inverse, None], out.last_hidden_state[:, :-1]], dim=1)

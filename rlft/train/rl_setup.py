@@ -6,6 +6,8 @@ policy (plain or with LoRA adapters, :func:`load_policy`), the reference model's
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,16 @@ from .rl_update import LossSettings
 from .rollout_batch import RolloutBatch
 from .sft import task_of
 
-__all__ = ["Reference", "describe_algorithm", "load_policy", "reward_specs", "save_final"]
+__all__ = [
+    "Reference",
+    "describe_adapters",
+    "describe_algorithm",
+    "linear_layers",
+    "load_policy",
+    "lora_targets",
+    "reward_specs",
+    "save_final",
+]
 
 
 def describe_algorithm(cfg: RLConfig) -> str:
@@ -72,7 +83,10 @@ def reward_specs(cfg: RLConfig) -> list[Any]:
     overlong punishment when ``overlong_buffer`` > 0."""
     specs = list(cfg.rewards)
     if cfg.reward_model:
-        specs.append({"reward_model": cfg.reward_model, "normalize": cfg.normalize_score})
+        spec = {"reward_model": cfg.reward_model, "normalize": cfg.normalize_score}
+        if cfg.chat_template_kwargs:  # the reward model renders the same conversations as the policy
+            spec["chat_template_kwargs"] = cfg.chat_template_kwargs
+        specs.append(spec)
     if not specs:
         task = task_of(cfg.data)
         if task is None:
@@ -94,24 +108,92 @@ def reward_specs(cfg: RLConfig) -> list[Any]:
 # --- models ---------------------------------------------------------------------------------------------
 
 
-def load_policy(cfg: RLConfig, checkpoint: Path | None) -> torch.nn.Module:
+def linear_layers(model: torch.nn.Module) -> list[str]:
+    """Full names of ``model``'s ``nn.Linear`` and transformers ``Conv1D`` modules except its output head
+    (``get_output_embeddings()``): what ``target_modules: all-linear`` adapts (PEFT's
+    ``_maybe_include_all_linear_layers`` keeps the same classes and drops the same head)."""
+    from transformers.pytorch_utils import Conv1D
+
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    ]
+
+
+def _short_names(names: list[str]) -> list[str]:
+    """The last component of each module name, once each, in model order (``c_attn, c_proj, c_fc``)."""
+    return list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
+
+
+def lora_targets(model: torch.nn.Module, target_modules: list[str] | str) -> list[str] | str:
+    """``target_modules`` for PEFT, checked against ``model``: a list entry matches a module named it or
+    ending in ``.entry`` (PEFT's ``check_target_module_exists``). A list that matches nothing is a
+    ConfigError naming the linear layers the model has, instead of PEFT's traceback."""
+    if isinstance(target_modules, str):
+        return target_modules
+    names = [n for n, _ in model.named_modules() if n]
+    matched = [t for t in target_modules if any(n == t or n.endswith("." + t) for n in names)]
+    if not matched:
+        raise ConfigError(
+            f"config key 'lora.target_modules': {list(target_modules)} match no module of "
+            f"{type(model).__name__}; its linear layers are {', '.join(_short_names(linear_layers(model)))} "
+            "(or use all-linear)"
+        )
+    return list(target_modules)
+
+
+def describe_adapters(model: torch.nn.Module, target_modules: list[str] | str) -> str:
+    """One line naming the layers that got adapters, and the listed names that matched none."""
+    from peft.tuners.lora import LoraLayer
+
+    adapted = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    short = _short_names(adapted)
+    line = f"lora: adapters on {', '.join(short)} ({len(adapted)} modules)"
+    if not isinstance(target_modules, str):
+        unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in adapted)]
+        if unmatched:
+            line += f"; {', '.join(unmatched)} matched nothing"
+    return line
+
+
+def load_policy(
+    cfg: RLConfig, checkpoint: Path | None, log: Callable[[str], None] | None = None
+) -> torch.nn.Module:
+    """The policy: ``cfg.model`` (or ``checkpoint``), or under ``lora`` the base with PEFT adapters (fresh,
+    or the checkpoint's), the adapted layers reported through ``log`` in one line."""
     if cfg.lora is None:
         return load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     try:
         from peft import LoraConfig, PeftModel, get_peft_model
     except ImportError:
         raise ConfigError("config key 'lora': needs the peft package (pip install 'rlft[lora]')") from None
+    say = log or (lambda msg: print(msg, file=sys.stderr))
     base = load_causal_lm(cfg.model)
+    targets = cfg.lora.target_modules
     if checkpoint is not None:
-        return PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
+        model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
+        say(describe_adapters(model, targets))
+        return model
+    from transformers.pytorch_utils import Conv1D
+
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
+        target_modules=lora_targets(base, targets),
+        # Conv1D (GPT-2) stores its weight transposed; PEFT would flip this per layer with a warning.
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, lora)
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as err:  # e.g. a name that matches a module PEFT cannot adapt (a norm, a block)
+        raise ConfigError(f"config key 'lora.target_modules': {str(err).splitlines()[0]}") from None
+    say(describe_adapters(model, targets))
+    return model
 
 
 class Reference:

@@ -29,9 +29,16 @@ from typing import Any
 
 import torch
 
-from rlft.data import DataError, PromptCompletionRecord, encode_sft, load_records
+from rlft.data import DataError, PromptCompletionRecord, encode_sft, load_records, set_chat_template_kwargs
 from rlft.data.tasks import parse_task_source
-from rlft.models import load_reward_model, load_tokenizer, reward_model_from_causal_lm, save_reward_model
+from rlft.models import (
+    load_reward_model,
+    load_tokenizer,
+    reward_model_from_causal_lm,
+    save_reward_model,
+    training_mode,
+)
+from rlft.models.scalar_head import set_pad_token_id
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
@@ -105,12 +112,16 @@ def _norm_seqs(cfg: RMConfig, tokenizer: Any, train: Sequence[RankGroup]) -> lis
     ]
 
 
-def _initial_model(cfg: RMConfig) -> Any:
-    """A reward model to continue, or an SFT causal LM that gets a fresh head."""
+def _initial_model(cfg: RMConfig, pad_id: int) -> Any:
+    """A reward model to continue, or an SFT causal LM that gets a fresh head; either way pooling on
+    ``pad_id``, the id the batches are padded with and the saved tokenizer's pad token (so the saved model
+    scores the same in ``transformers``: ``rlft.models.scalar_head.pooled_positions``)."""
     config_path = Path(cfg.model).expanduser() / "config.json"
     if config_path.is_file() and "ForSequenceClassification" in config_path.read_text():
-        return load_reward_model(cfg.model)[0]
-    return reward_model_from_causal_lm(cfg.model, seed=cfg.seed)
+        model = load_reward_model(cfg.model)[0]
+        set_pad_token_id(model, pad_id)
+        return model
+    return reward_model_from_causal_lm(cfg.model, seed=cfg.seed, pad_token_id=pad_id)
 
 
 # --- the trainer ------------------------------------------------------------------------------------------
@@ -134,6 +145,7 @@ def train_rm(
     seed_everything(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
+    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     records = load_records(cfg.data, fmt=_format(cfg, cfg.data))
     train = encode_groups(records, tokenizer, length_limits(cfg))
@@ -158,8 +170,8 @@ def train_rm(
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
 
     checkpoint = latest_checkpoint(run) if resume else None
-    model = load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg)
-    model.train()
+    model = load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg, pad_id)
+    training_mode(model, cfg.keep_dropout)
     optimizer, scheduler, params, step, epoch, batch_index = start_training(
         model, cfg, total_steps, checkpoint, run, say
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
@@ -49,6 +50,8 @@ class RMConfig:
     log_every: int = 1
     norm_samples: int = 1000  # responses of the reference set for the saved mean/std
     norm_data: str | None = None  # null: the responses of the training data (the policy's distribution)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
+    keep_dropout: bool = False  # keep the model's dropout in training (off: every dropout p = 0, as TRL)
     seed: int = 0
     output_dir: str | None = None
     torch_threads: int = 2

@@ -38,6 +38,7 @@ from rlft.data import (
     encode_sft,
     get_task,
     load_records,
+    set_chat_template_kwargs,
 )
 from rlft.data.tasks import parse_task_source
 from rlft.models import (
@@ -46,14 +47,17 @@ from rlft.models import (
     load_tokenizer,
     sample,
     save_pretrained_atomic,
+    training_mode,
 )
 from rlft.run import (
+    ConfigError,
     MetricsWriter,
     Progress,
     RunDir,
     seed_everything,
 )
 
+from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .epochs import end_of_step, epoch_order, length_limits, position_state, shuffle_seed, start_training
 from .sft_config import SFTConfig
@@ -61,9 +65,11 @@ from .sft_config import SFTConfig
 __all__ = [
     "EvalSet",
     "SFTResult",
+    "check_packing",
     "evaluate_sft",
     "generation_metrics",
     "load_eval_set",
+    "packing_blocker",
     "shuffle_seed",
     "task_of",
     "token_loss_sum",
@@ -95,17 +101,72 @@ class SFTResult:
 # --- loss -------------------------------------------------------------------------------------------------
 
 
+# Model types whose transformers modeling code hands ``position_ids`` to its mask builders
+# (``create_causal_mask`` / ``create_sliding_window_causal_mask``) and uses them for positions in the same
+# way unpacked, so that packed rows give the unpacked loss and gradients: each one is checked by
+# tests/test_sft_packing_archs.py. Architectures that position by the attention mask (ALiBi: bloom,
+# falcon…), build masks their own way (multimodal wrappers) or ship remote code may not, and would still
+# return plausible numbers, so they are refused.
+PACKABLE_MODEL_TYPES = frozenset(
+    {"gemma2", "gemma3_text", "gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3"}
+)
+# Attention implementations whose mask transformers builds, packed examples and sliding windows
+# included; flash/flex/paged kernels find packing their own way, which nothing here verifies.
+PACKABLE_ATTENTION = frozenset({"eager", "sdpa"})
+
+
+def packing_blocker(model: Any) -> str | None:
+    """Why packed SFT rows would not be exact for ``model`` (the unpacked loss and gradients), or None.
+
+    Packing separates examples by ``position_ids`` alone (see :func:`token_loss_sum`), which is exact only
+    where the modeling code turns restarting positions into per-example masks. An allowlist rather than a
+    numerical probe at start-up: a probe needs a tolerance and rows longer than the sliding window to see
+    anything, while each listed type is checked, loss and gradients, against its unpacked batch.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    attention = getattr(config, "_attn_implementation", None)
+    if model_type not in PACKABLE_MODEL_TYPES:
+        return (
+            f"model_type {model_type!r} is not known to keep packed examples apart by position_ids "
+            f"(packing is verified for {', '.join(sorted(PACKABLE_MODEL_TYPES))})"
+        )
+    if attention not in PACKABLE_ATTENTION:
+        return (
+            f"model_type {model_type!r} with attn_implementation {attention!r}: packed examples are kept "
+            f"apart only with {' or '.join(sorted(PACKABLE_ATTENTION))} attention"
+        )
+    return None
+
+
+def check_packing(model: Any) -> None:
+    """Raise a one-line :class:`ConfigError` when :func:`packing_blocker` refuses ``model``."""
+    reason = packing_blocker(model)
+    if reason is not None:
+        raise ConfigError(f"config key 'pack': packed rows would not be exact: {reason}; set pack: false")
+
+
 def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropies over label positions, number of those positions).
 
     Labels are aligned with ``input_ids`` (HF convention): logits at t are scored against labels[t+1].
     Returning the sum, not the mean, lets the caller divide by the token count of the whole accumulated
     (or global) batch, so every token weighs the same however the batch is split.
+
+    A packed batch (it has ``position_ids``) goes in WITHOUT its 4-D attention mask: transformers then
+    finds the examples where the positions restart and builds every layer's mask itself — sliding
+    windows included, additive for eager attention — the mask each example gets unpacked. The 4-D
+    boolean mask would be used as given: no window, and eager attention adds it (0/1) instead of masking.
+    ``use_cache=False`` matters: transformers looks for packed sequences only without a cache, and
+    models default to one even in train mode. Models that cannot be packed this way are refused
+    (:func:`check_packing`) rather than silently mis-trained.
     """
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if "position_ids" in batch:  # packed rows: positions restart at each example
-        inputs["position_ids"] = batch["position_ids"]
-    logits = model(**inputs).logits[:, :-1].float()
+    if "position_ids" in batch:
+        check_packing(model)
+        inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    else:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -226,6 +287,7 @@ def train_sft(
 
     # Model and data.
     tokenizer = load_tokenizer(cfg.model)
+    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     records = load_records(cfg.data, fmt=cfg.format)
     train = encode_sft(records, tokenizer, length_limits(cfg), cfg.completion_only_loss)
@@ -244,7 +306,10 @@ def train_sft(
 
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
-    model.train()
+    if cfg.pack:  # refuse before any step rather than at the first packed batch
+        check_packing(model)
+    stop_at_end_of_turn(model, tokenizer)
+    training_mode(model, cfg.keep_dropout)
 
     optimizer, scheduler, params, step, epoch, batch_index = start_training(
         model, cfg, total_steps, checkpoint, run, say
