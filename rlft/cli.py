@@ -8,13 +8,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from rlft.algos import UnknownNameError
 from rlft.commands.dpo import add_dpo_commands
 from rlft.commands.lm import add_lm_commands
 from rlft.commands.pipeline import add_pipeline_commands
 from rlft.commands.rewards import add_reward_commands
 from rlft.commands.rl import add_rl_commands
-from rlft.run import ConfigError
+from rlft.run import ConfigError, RunInterrupted
+from rlft.run.lock import release_all
 
 
 def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -22,10 +25,7 @@ def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from rlft.run import RunDir, load_config, plot_run, save_config
 
     if args.resume:
-        run = RunDir.open(args.resume)
-        cfg = load_config(ControlConfig, run.config_path, overrides=overrides)
-        save_config(cfg, run.config_path)
-        preset_name = "from run directory"
+        run = RunDir.open(args.resume).claim()  # before reading anything a live trainer may be writing
     else:
         CONTROL_ALGOS.get(args.algo)
         preset_name, preset = preset_for(args.algo, args.env, args.preset)
@@ -35,17 +35,26 @@ def _control_train(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.total_steps is not None:
             cli.append(f"--total_steps={args.total_steps}")
         cfg = load_config(ControlConfig, args.config, overrides=[*cli, *overrides], base=preset)
-        run = RunDir.create(args.out, prefix=f"{args.prefix}{cfg.algo}-{cfg.env}")
-        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-            raise ConfigError(
-                f"run directory {run.root} already holds a run (metrics.jsonl); pass a new --out"
-            )
-        save_config(cfg, run.config_path)
-    print(
-        f"rlft: {cfg.algo} on {cfg.env}, preset {preset_name}, seed {cfg.seed}, run dir {run.root}",
-        file=sys.stderr,
-    )
-    result = train(cfg, run, show_progress=not args.no_progress, resume=bool(args.resume))
+        run = RunDir.create(args.out, prefix=f"{args.prefix}{cfg.algo}-{cfg.env}").claim()
+    try:
+        if args.resume:
+            cfg = load_config(ControlConfig, run.config_path, overrides=overrides)
+            save_config(cfg, run.config_path)
+            preset_name = "from run directory"
+        else:
+            if run.metrics_path.exists() and run.metrics_path.stat().st_size:
+                raise ConfigError(
+                    f"run directory {run.root} already holds a run (metrics.jsonl); continue it with "
+                    f"--resume {run.root}, or pass a new --out"
+                )
+            save_config(cfg, run.config_path)
+        print(
+            f"rlft: {cfg.algo} on {cfg.env}, preset {preset_name}, seed {cfg.seed}, run dir {run.root}",
+            file=sys.stderr,
+        )
+        result = train(cfg, run, show_progress=not args.no_progress, resume=bool(args.resume))
+    finally:
+        run.release()
     plot = plot_run(
         run.root,
         keys=[
@@ -193,14 +202,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         return args.func(args, extra)
+    except RunInterrupted as stop:  # SIGTERM / Ctrl-C during training: the checkpoint is written
+        print(f"rlft: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading, evaluating): nothing to save
+        print("rlft: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, UnknownNameError, FileNotFoundError) as err:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only directory: the OS's reason and the path
+        where = f": {err.filename}" if err.filename else ""
+        print(f"rlft: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except SafetensorError as err:  # safetensors' own wrapper of a failed write (e.g. a full disk)
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:  # EnvError and friends: one line, no traceback
         if type(err).__module__.startswith("rlft"):
             print(f"rlft: error: {err}", file=sys.stderr)
             return 2
         raise
+    finally:
+        release_all()  # the command's run directories (the process may run another command)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def test_resume_from_an_incompatible_optimizer_state_fails_clearly(tmp_path, cap
     out = tmp_path / "r"
     assert main(["control", "train", "--total-steps", "512", "--out", str(out), "--no-progress"]) == 0
     ckpt = out / "checkpoints" / "last.pt"
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     # an optimizer over one tensor per layer, as checkpoints before flat per-network parameters had
     old = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2)) for _ in range(12)])
     state["algo"]["optimizer"] = old.state_dict()

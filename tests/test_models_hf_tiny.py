@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlft.models import (
     TINY_SIZES,
     ModelError,
+    NonFiniteWeightsError,
     build_tiny_model,
     default_corpus,
     ensure_padding,
@@ -148,6 +149,9 @@ def test_failed_save_keeps_old_checkpoint(tmp_path, tokenizer):
     before = (target / "model.safetensors").read_bytes()
 
     class Broken:
+        def state_dict(self):
+            return {}
+
         def save_pretrained(self, path, **kwargs):
             (path / "partial.bin").write_bytes(b"half")
             raise OSError("disk full")
@@ -156,6 +160,26 @@ def test_failed_save_keeps_old_checkpoint(tmp_path, tokenizer):
         save_pretrained_atomic(Broken(), tokenizer, target)
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_never_saved(tmp_path, tokenizer, bad):
+    target = tmp_path / "ckpt"
+    save_pretrained_atomic(init_tiny_model("1m", tokenizer, seed=1), tokenizer, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    model = init_tiny_model("1m", tokenizer, seed=2)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, :3] = bad
+    with pytest.raises(NonFiniteWeightsError) as err:
+        save_pretrained_atomic(model, tokenizer, target)
+    message = str(err.value)
+    assert "model.layers.1.mlp.up_proj.weight holds 3 non-finite values" in message and "\n" not in message
+    assert isinstance(err.value, ValueError) and str(target) in message
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the old checkpoint, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    with pytest.raises(NonFiniteWeightsError):
+        save_pretrained_atomic(model, tokenizer, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_ensure_padding_reuses_eos(tokenizer):

@@ -238,3 +238,52 @@ def test_training_ops_fall_back_to_torch_without_the_library(monkeypatch):
     assert torch.equal(T.swiglu(gate_up), T.reference_swiglu(gate_up))
     x = torch.randn(4, 16, generator=g)
     assert torch.equal(T.rms_norm(x, 1e-6), T.reference_rms_norm(x, 1e-6, torch.float32))
+
+
+# --- the load-time check does not depend on the caller's torch state ---------------------------------------
+
+
+@pytest.fixture
+def fresh_train_kernels():
+    """train_kernels() with its process-wide cache emptied before and after the test."""
+    T.train_kernels.cache_clear()
+    yield T.train_kernels
+    T.train_kernels.cache_clear()
+
+
+def _first_call_under(context, dtype=torch.float32):
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with context():
+            return T.train_kernels()
+    finally:
+        torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize(
+    ("context", "dtype"),
+    [(torch.no_grad, torch.float32), (torch.inference_mode, torch.float32), (torch.no_grad, torch.float64)],
+)
+def test_first_training_kernel_call_gives_the_grad_mode_result(fresh_train_kernels, context, dtype):
+    got = _first_call_under(context, dtype)
+    assert (got is None) == (train_lib is None), K.unavailable_reason()
+    if got is not None:
+        assert got._name == train_lib._name
+    assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float32
+
+
+def test_a_failing_self_check_is_reported_once(fresh_train_kernels, monkeypatch, capsys):
+    if K._compiler() is None:
+        pytest.skip("no C compiler")
+
+    def disagree(lib):
+        raise AssertionError("a training kernel disagrees with its torch twin")
+
+    monkeypatch.setattr(T, "_self_check", disagree)
+    assert T.train_kernels() is None and T.train_kernels() is None
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(T.swiglu(x), T.reference_swiglu(x))  # the torch path, no new report
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert "train.c" in lines[0] and "disagrees" in lines[0] and "PyTorch path" in lines[0]

@@ -3,8 +3,11 @@ a reward model as a source."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import textwrap
+import threading
+import time
 
 import pytest
 import torch
@@ -13,10 +16,21 @@ from rlft.data import get_task
 from rlft.models import init_tiny_model, train_tokenizer
 from rlft.models.hf import save_pretrained_atomic
 from rlft.models.scalar_head import reward_model_from_causal_lm, save_reward_model, sequence_scores
-from rlft.rewards import RewardError, build_rewards, load_function
+from rlft.rewards import (
+    RewardError,
+    build_rewards,
+    check_reward_sources,
+    load_function,
+    parse_spec,
+    pin_reward_files,
+    reward_sources,
+)
+from rlft.rewards.pool import start_time
 
 USER_MODULE = """
 import math
+
+CALLS = []  # batch sizes boom_on_x was called with
 
 def count_a(prompts, completions, **fields):
     return [float(c.count("a")) for c in completions]
@@ -28,7 +42,25 @@ def maybe(prompts, completions, **fields):
     return [None if c == "skip" else 1.0 for c in completions]
 
 def boom_on_x(prompts, completions, **fields):
+    CALLS.append(len(completions))
     return [1 / 0 if c == "x" else 0.0 for c in completions]
+
+def sleepy(prompts, completions, **fields):
+    import time
+    time.sleep(float(completions[0]))
+    return [1.0] * len(completions)
+
+def stuck(prompts, completions, **fields):
+    import time
+    open(completions[0], "w").close()  # tells the test the call has started
+    time.sleep(600)
+
+def grad_mode(prompts, completions, **fields):
+    import torch
+    return [float(torch.is_grad_enabled())] * len(completions)
+
+def type_error(prompts, completions, **fields):
+    raise TypeError("wrong type")
 
 def batch_only_boom(prompts, completions, **fields):
     if len(completions) > 1:
@@ -78,18 +110,48 @@ def test_sample_with_no_reward_at_all_is_nan_and_invalid(user_file) -> None:
     result = build_rewards([ref(user_file, "maybe")])(["p", "p"], ["skip", "ok"])
     assert math.isnan(float(result.total[0])) and float(result.total[1]) == 1.0
     assert result.valid.tolist() == [False, True] and result.skipped == 0
+    nothing = build_rewards([ref(user_file, "maybe")])(["p", "p"], ["skip", "skip"])  # None for every sample
+    assert not bool(nothing.valid.any()) and nothing.skipped == 0 and bool(nothing.total.isnan().all())
 
 
-def test_raising_function_is_named_with_its_sample(user_file) -> None:
+def test_raising_function_is_called_once_and_named_with_the_line_that_raised(user_file) -> None:
     rewards = build_rewards([ref(user_file, "boom_on_x")])
+    calls = load_function(f"{user_file}:boom_on_x").__globals__["CALLS"]
+    calls.clear()
+    line = USER_MODULE.splitlines().index('    return [1 / 0 if c == "x" else 0.0 for c in completions]') + 1
+    with pytest.raises(RewardError) as caught:
+        rewards(["q"] * 8, ["a"] * 7 + ["x"])
+    assert calls == [8]  # not called again sample by sample: a reward function may have side effects
+    assert str(caught.value) == (
+        f"reward function 'boom_on_x' raised ZeroDivisionError: division by zero at {user_file}:{line} "
+        "on a batch of 8 samples; it is not called again"
+    )
+    with pytest.raises(
+        RewardError, match=r"'batch_only_boom' raised RuntimeError: cannot batch at .*:\d+ on"
+    ):
+        build_rewards([ref(user_file, "batch_only_boom")])(["p", "p"], ["a", "b"])
+    # TypeError re-raised with a hint by the wrapper: the user's line is found through the cause
+    with pytest.raises(
+        RewardError, match=r"raised TypeError: wrong type .*my_rewards.py:\d+ on a batch of 1"
+    ):
+        build_rewards([{**ref(user_file, "type_error"), "timeout": 0}])([[{"role": "user"}]], ["a"])
+
+
+def test_timeout_stops_a_function_that_does_not_return(user_file) -> None:
+    rewards = build_rewards([{**ref(user_file, "sleepy"), "timeout": 0.2}])
     with pytest.raises(
         RewardError,
-        match=r"'boom_on_x' raised ZeroDivisionError.*sample 2 \(prompt 'q2', "
-        r"completion 'x'\)",
+        match=r"'sleepy' did not return within 0.2 s on a batch of 2 samples \(spec option timeout\)",
     ):
-        rewards(["q0", "q1", "q2"], ["a", "b", "x"])
-    with pytest.raises(RewardError, match="no single sample raises alone"):
-        build_rewards([ref(user_file, "batch_only_boom")])(["p", "p"], ["a", "b"])
+        rewards(["p", "p"], ["30", "30"])
+    assert rewards(["p"], ["0"]).total.tolist() == [1.0]  # the fast path returns as before
+    assert build_rewards([{**ref(user_file, "sleepy"), "timeout": None}])(["p"], ["0"]).total.tolist() == [
+        1.0
+    ]
+    assert parse_spec(ref(user_file, "sleepy")).timeout == 300.0
+    with torch.no_grad():  # the worker thread keeps the caller's grad mode
+        assert build_rewards([ref(user_file, "grad_mode")])(["p"], ["a"]).total.tolist() == [0.0]
+    assert parse_spec({**ref(user_file, "sleepy"), "timeout": 0}).timeout is None
 
 
 def test_wrong_count_nan_inf_and_non_numbers_are_errors(user_file) -> None:
@@ -148,6 +210,10 @@ def test_user_functions_from_module_and_file_get_the_fields_they_take(
         ({"name": "exact_match", "weight": "heavy"}, "key 'weight'"),
         ({"name": "exact_match", "processes": -1}, "key 'processes'"),
         ({"reward_model": "some/dir", "processes": 2}, "runs in-process"),
+        ({"name": "exact_match", "timeout": -1}, r"rewards\[0\]: key 'timeout': expected a finite number"),
+        ({"name": "exact_match", "timeout": float("inf")}, "key 'timeout'"),
+        ({"name": "exact_match", "timeout": "10"}, "key 'timeout'"),
+        ({"name": "exact_match", "timeout": True}, "key 'timeout'"),
         ({"function": "no_such_module_xyz:f"}, "cannot import module 'no_such_module_xyz'"),
         ({"function": "/nonexistent/dir/r.py:f"}, "no file"),
         ({"function": "math:no_such_fn"}, "has no attribute 'no_such_fn'"),
@@ -191,9 +257,31 @@ def test_process_pool_matches_in_process_and_names_global_sample(user_file) -> N
     torch.testing.assert_close(got.total, expected.total)
     with (
         build_rewards([{**ref(user_file, "boom_on_x"), "processes": 2}]) as pooled,
-        pytest.raises(RewardError, match="sample 8"),
+        pytest.raises(
+            RewardError,
+            match=r"'boom_on_x' raised ZeroDivisionError: division by zero at .*my_rewards.py:\d+ on a batch "
+            r"of 5 samples \(samples 5..9 of the call\)",
+        ),
     ):
         pooled(["p"] * 10, ["a"] * 8 + ["x", "a"])
+
+
+def test_pool_timeout_kills_the_workers_and_next_call_starts_fresh_ones(user_file) -> None:
+    with build_rewards([{**ref(user_file, "sleepy"), "processes": 2, "timeout": 60}]) as rewards:
+        pool = rewards.pools["sleepy"]
+        assert rewards(["p", "p"], ["0", "0"]).total.tolist() == [1.0, 1.0]  # workers started and warm
+        workers = pool.worker_pids()
+        pool.timeout = 0.5
+        with pytest.raises(
+            RewardError, match=r"'sleepy' did not return within 0.5 s on a batch of 2 samples"
+        ):
+            rewards(["p", "p"], ["600", "600"])
+        deadline = time.monotonic() + 10.0  # generous: killed workers are gone long before
+        while any(start_time(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(start_time(pid) for pid in workers)
+        pool.timeout = 60
+        assert rewards(["p", "p"], ["0", "0"]).total.tolist() == [1.0, 1.0]
 
 
 def test_task_rewards_as_sources() -> None:
@@ -260,3 +348,56 @@ def test_trl_convention_for_conversational_completions(tmp_path) -> None:
         build_rewards([{"function": f"{path}:first_content_length"}])(chat, ["abc", "de"])
     with pytest.raises(RewardError, match="reward_format"):
         build_rewards([{**spec, "reward_format": "dicts"}])
+
+
+def test_reward_files_are_pinned_by_absolute_path_and_hash(tmp_path, monkeypatch) -> None:
+    (tmp_path / "rw.py").write_text("def f(prompts, completions):\n    return [1.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    specs = ["rw.py:f", {"function": "rw.py:f", "alias": "g"}, "math:sqrt", "task:arithmetic", "exact_match"]
+    pinned = pin_reward_files(specs)
+    path = str(tmp_path / "rw.py")
+    assert pinned == [f"{path}:f", {"function": f"{path}:f", "alias": "g"}, *specs[2:]]
+    sources = reward_sources(pinned)
+    digest = hashlib.sha256((tmp_path / "rw.py").read_bytes()).hexdigest()
+    assert [(s["where"], s["path"], s["sha256"]) for s in sources] == [
+        ("rewards[0]", path, digest),
+        ("rewards[1]", path, digest),
+    ]
+    check_reward_sources(sources)  # unchanged: passes
+    (tmp_path / "rw.py").write_text("def f(prompts, completions):\n    return [2.0] * len(completions)\n")
+    with pytest.raises(RewardError, match=rf"reward file {path} changed .*sha256 {digest[:12]}, now "):
+        check_reward_sources(sources)
+    check_reward_sources(sources, paths=["/elsewhere/other.py"])  # a file the run no longer uses
+    with pytest.raises(RewardError, match="expected a list of"):
+        check_reward_sources({"path": path})
+
+
+def test_close_kills_a_worker_stuck_in_a_call(user_file, tmp_path) -> None:
+    rewards = build_rewards([{**ref(user_file, "stuck"), "processes": 1, "timeout": None}])
+    started = tmp_path / "started"
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            rewards(["p"], [str(started)])
+        except BaseException as err:  # the pool breaks under the call when close() kills its worker
+            errors.append(err)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 60.0  # generous: worker start-up on a busy machine
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists()
+    workers = rewards.pools["stuck"].worker_pids()
+    closing = threading.Thread(target=rewards.close, daemon=True)
+    closing.start()
+    closing.join(60.0)  # generous hang detection: close() itself waits a couple of seconds
+    assert not closing.is_alive(), "close() hung on a stuck worker"
+    caller.join(60.0)
+    assert not caller.is_alive()
+    assert [str(e) for e in errors] == [
+        "reward function 'stuck': a worker process of its pool died during a batch of 1 samples (killed, "
+        "e.g. out of memory, or crashed in native code)"
+    ]
+    assert not any(start_time(pid) for pid in workers)

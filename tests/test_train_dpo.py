@@ -10,16 +10,20 @@ import math
 import pytest
 import torch
 from numeric import close
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from rlft.cli import main
 from rlft.data import DataError, get_task, load_records, save_records
 from rlft.models import build_tiny_model, load_causal_lm, load_tokenizer
+from rlft.models import kernels as K
+from rlft.models.kernels import training as T
 from rlft.run import ConfigError, RunDir, load_config, read_metrics
 from rlft.train import DPOConfig, latest_checkpoint, offline_loss, train_dpo
-from rlft.train.dpo import length_limits
 from rlft.train.dpo_data import OfflineData, load_offline
 from rlft.train.dpo_eval import evaluate_offline
 from rlft.train.dpo_scoring import Reference, micro_batch_loss
+from rlft.train.epochs import length_limits
 from rlft.train.ref_cache import model_fingerprint, reference_logprob_sums
 
 QUIET = {"show_progress": False, "log": lambda _: None}
@@ -222,13 +226,14 @@ def test_a_cache_from_another_model_or_dataset_is_never_reused(tiny_model, data_
     assert "computed" in logs[-1]
     ref(model, data.sequences, bf16=True)
     assert "computed" in logs[-1]
-    assert len(list(cache.glob("*.pt"))) == 5
+    assert len(list(cache.glob("*.safetensors"))) == 5
     # a file under the right name but holding another key is not trusted
-    for path in cache.glob("*.pt"):
-        entry = torch.load(path, weights_only=True)
-        entry["key"] = "0" * 64
-        torch.save(entry, path)
+    for path in cache.glob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            metadata, logps = f.metadata(), f.get_tensor("logps")
+        save_file({"logps": logps}, path, metadata={**metadata, "key": "0" * 64})
     assert torch.equal(ref(model, data.sequences), first) and "computed" in logs[-1]
+    assert "holds other data" in logs[-2]
 
 
 # --- every loss trains --------------------------------------------------------------------------------
@@ -316,6 +321,21 @@ def test_resume_is_bitwise_identical(tiny_model, data_files, tmp_path) -> None:
     assert [r["step"] for r in read_metrics(run.metrics_path) if "loss" in r] == [1, 2, 3, 4, 5]
 
 
+def test_training_kernels_load_when_first_needed_in_the_step_0_eval(tiny_model, data_files, tmp_path) -> None:
+    """The first fused forward of a run with eval data comes from the evaluation, under no_grad: the
+    kernels' load-time check must pass there too, or a resumed run (no step-0 eval) would differ."""
+    if K._compiler() is None:
+        pytest.skip("no C compiler: rlft runs on its torch fallback here")
+    T.train_kernels.cache_clear()
+    try:
+        cfg = small_cfg(tiny_model, data_files["preference"], tmp_path, max_steps=1)
+        train_dpo(cfg, RunDir.create(tmp_path / "run"), **QUIET)
+        assert T.train_kernels.cache_info().currsize == 1  # the run asked for them
+        assert T.train_kernels() is not None, K.unavailable_reason()
+    finally:
+        T.train_kernels.cache_clear()
+
+
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="config key 'loss'"):
         load_config(DPOConfig, overrides=["--model", "m", "--data", "d", "--loss", "nope"])
@@ -344,7 +364,7 @@ def test_cli_dpo_and_rrhf(tiny_model, data_files, tmp_path, capsys) -> None:
     assert main(["rrhf", "--config", str(config), *args]) == 0
     assert "rank_accuracy" in read_metrics(tmp_path / "r2" / "metrics.jsonl")[-1]
     assert main(["dpo", "--config", str(config), "--loss", "bogus", "--out", str(tmp_path / "r3")]) == 2
-    assert "rlft: error: config key 'loss'" in capsys.readouterr().err
+    assert "rlft: error: command line: config key 'loss'" in capsys.readouterr().err
 
 
 def test_eval_needs_no_gradients(tiny_model, data_files, tmp_path) -> None:

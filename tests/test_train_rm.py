@@ -191,8 +191,10 @@ def test_grad_accum_matches_one_big_batch(tiny_model, tmp_path) -> None:
     a = train_rm(big, RunDir.create(tmp_path / "a"), show_progress=False, log=quiet)
     b = train_rm(acc, RunDir.create(tmp_path / "b"), show_progress=False, log=quiet)
     wa, wb = weights(a.model_dir), weights(b.model_dir)
+    # Adam's m/√v turns float-summation noise into a visible update where a gradient is near zero (a rare
+    # token's embedding row); a wrong normaliser would move every element by about lr = 1e-3.
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-4, rtol=1e-4)
 
 
 def test_exact_resume_matches_uninterrupted_run(tiny_model, tmp_path) -> None:

@@ -73,14 +73,10 @@ def _sft(args: argparse.Namespace, extra: list[str]) -> int:
 def _read_prompts(path: str, limit: int) -> list:
     """Prompt records of ``path``: a .txt file (one string prompt per line) or any data file with
     prompts (string or conversational)."""
-    from rlft.data import PromptRecord, load_records
+    from rlft.data import load_records, load_text_prompts
 
     if Path(path).suffix.lower() == ".txt":
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: file not found")
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()][:limit]
-        return [PromptRecord(prompt=line, where=f"{path}:{i}") for i, line in numbered]
+        return load_text_prompts(path, limit)
     return load_records(path, fmt="prompt_only", limit=limit)
 
 

@@ -65,6 +65,37 @@ def _print_presets() -> None:
         print(f"{name:22} {parts}")
 
 
+def _pin_reward_files(run: Any, cfg: Any, resuming: bool) -> Any:
+    """``cfg`` with its ``file.py:function`` rewards named by absolute path, their SHA-256 recorded in the
+    run's reward_sources.json, so a resumed run scores with the same code whatever its current directory;
+    on resume, a recorded file the run still uses that changed or is gone stops it (rlft.rewards.sources)."""
+    import dataclasses
+    import json
+
+    from rlft.rewards import RewardError
+    from rlft.rewards.sources import (
+        REWARD_SOURCES,
+        check_reward_sources,
+        pin_reward_files,
+        reward_files,
+        reward_sources,
+    )
+    from rlft.run import atomic_write_json
+
+    cfg = dataclasses.replace(cfg, rewards=pin_reward_files(cfg.rewards))
+    record = run.root / REWARD_SOURCES
+    if resuming and record.exists():
+        try:
+            stored = json.loads(record.read_text())
+        except (OSError, ValueError) as err:
+            raise RewardError(f"{record}: unreadable ({err}); expected the JSON list rlft rl wrote") from None
+        check_reward_sources(stored, str(record), paths=[path for _, path in reward_files(cfg.rewards)])
+    sources = reward_sources(cfg.rewards)
+    if sources or record.exists():
+        atomic_write_json(record, sources)
+    return cfg
+
+
 def _rl(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.run import plot_run, save_config
     from rlft.train import RLConfig, train_rl
@@ -77,6 +108,7 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.resume and args.config is None and not extra:
         raise ConfigError("rl: give --config FILE (and/or --key value overrides); see rlft rl --presets")
     run, cfg = training_run(args, extra, RLConfig, lambda c: f"rl-{c.algorithm}")
+    cfg = _pin_reward_files(run, cfg, resuming=bool(args.resume))
     save_config(cfg.resolved(), run.config_path)  # every preset value spelled out
     print(f"rlft rl: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_rl(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)

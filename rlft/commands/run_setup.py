@@ -19,14 +19,16 @@ def training_run(
 ) -> tuple[RunDir, Any]:
     """(run, config). ``--resume RUN_DIR`` reloads the run's saved config (plus ``--key value`` overrides);
     otherwise ``--config`` (over ``base``) is loaded, ``check``-ed, and a new run directory is created
-    under ``--out`` or the config's ``output_dir`` — never one that already holds a run."""
+    under ``--out`` or the config's ``output_dir`` — never one that already holds a run. The run directory
+    is locked for this process (:meth:`RunDir.claim`)."""
     if args.resume:
-        run = RunDir.open(args.resume)
+        run = RunDir.open(args.resume).claim()
         return run, load_config(config_cls, run.config_path, overrides=extra)
     cfg = load_config(config_cls, args.config, overrides=extra, base=base)
     if check is not None:
         check(cfg)
     run = RunDir.create(args.out or cfg.output_dir, prefix=prefix(cfg) if callable(prefix) else prefix)
+    run.claim()  # before anything is written: a second process on this --out stops here
     if run.metrics_path.exists() and run.metrics_path.stat().st_size:
         raise ConfigError(f"run directory {run.root} already holds a run; pass a new --out or --resume")
     return run, cfg

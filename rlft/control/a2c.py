@@ -7,7 +7,7 @@ import torch
 
 from rlft.algos import entropy_bonus, masked_whiten, reinforce_loss, value_loss
 
-from .common import batch_advantages, clip_grad_norm, explained_variance, set_lr
+from .common import NonFiniteGuard, batch_advantages, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -15,8 +15,9 @@ from .rollout import Batch, Collector
 
 @CONTROL_ALGOS.register("a2c")
 class A2C:
-    def __init__(self, policy: ActorCritic, cfg: ControlConfig):
+    def __init__(self, policy: ActorCritic, cfg: ControlConfig, guard: NonFiniteGuard | None = None):
         self.policy, self.cfg = policy, cfg
+        self.guard = guard or NonFiniteGuard(cfg.max_consecutive_skips)
         s = cfg.a2c
         if s.optimizer == "rmsprop":  # the paper's (and SB3's) choice
             self.optimizer = torch.optim.RMSprop(
@@ -40,10 +41,7 @@ class A2C:
         v_loss, _ = value_loss(values, batch.flat("values"), returns, valid, clip=None)
         ent = -entropy_bonus(self.policy.entropy(params), valid)
         loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm(self.policy.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.guard.step_optimizer(self.optimizer, self.policy.parameters(), loss, cfg.max_grad_norm)
         return {
             "pg_loss": pg_loss.item(),
             "value_loss": v_loss.item(),

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rlft.algos import Registry
+from rlft.algos import Registry, UnknownNameError
 from rlft.run import ConfigError
+from rlft.run.config_types import check_common
 
 
 @dataclass
@@ -83,6 +84,9 @@ class ControlConfig:
     target_return: float | None = None  # stop once the mean of the last `return_window` episodes reaches it
     return_window: int = 20
     checkpoint_every: int = 0  # updates between checkpoints for resume (0: only at the end)
+    # optimiser steps in a row with a non-finite loss or gradient norm (each one skipped, weights unchanged)
+    # before the run stops as diverged
+    max_consecutive_skips: int = 10
     save_policy: bool = True
     ppo: PPOSettings = field(default_factory=PPOSettings)
     a2c: A2CSettings = field(default_factory=A2CSettings)
@@ -90,13 +94,18 @@ class ControlConfig:
     reinforce: ReinforceSettings = field(default_factory=ReinforceSettings)
 
     def validate(self) -> None:
-        CONTROL_ALGOS.get(self.algo)
+        try:
+            CONTROL_ALGOS.get(self.algo)
+        except UnknownNameError as e:
+            raise ConfigError(f"config key 'algo': {e}") from None
+        check_common(self, lrs=("lr", "critic_lr"))
         positive = {
             "total_steps": self.total_steps,
             "num_envs": self.num_envs,
             "n_steps": self.n_steps,
             "return_window": self.return_window,
             "torch_threads": self.torch_threads,
+            "max_consecutive_skips": self.max_consecutive_skips,
             "ppo.epochs": self.ppo.epochs,
             "ppo.minibatches": self.ppo.minibatches,
             "trpo.cg_iters": self.trpo.cg_iters,

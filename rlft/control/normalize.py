@@ -26,8 +26,9 @@ class RunningMeanStd:
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
-            f"{prefix}.mean": torch.from_numpy(self.mean.copy()),
-            f"{prefix}.var": torch.from_numpy(self.var.copy()),
+            # np.array: after an update a shape-() mean or var is a NumPy scalar, not an array
+            f"{prefix}.mean": torch.from_numpy(np.array(self.mean, np.float64)),
+            f"{prefix}.var": torch.from_numpy(np.array(self.var, np.float64)),
             f"{prefix}.count": torch.tensor([self.count], dtype=torch.float64),
         }
 
@@ -35,6 +36,13 @@ class RunningMeanStd:
         self.mean = tensors[f"{prefix}.mean"].numpy().astype(np.float64)
         self.var = tensors[f"{prefix}.var"].numpy().astype(np.float64)
         self.count = float(tensors[f"{prefix}.count"][0])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (float64, so a resumed run normalises bit for bit as an uninterrupted one)."""
+        return {k.removeprefix("rms."): v for k, v in self.tensors("rms").items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_tensors({f"rms.{k}": v for k, v in state.items()}, "rms")
 
 
 class ObsNormalizer:
@@ -48,6 +56,12 @@ class ObsNormalizer:
             self.rms.update(obs)
         out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
         return np.clip(out, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.rms.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rms.load_state_dict(state)
 
 
 class RewardScaler:
@@ -66,3 +80,10 @@ class RewardScaler:
             self.rms.update(self.returns[valid])
         self.returns[done] = 0.0
         return np.clip(reward / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.rms.state_dict(), "returns": torch.from_numpy(self.returns.copy())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rms.load_state_dict({k: v for k, v in state.items() if k != "returns"})
+        self.returns = state["returns"].numpy().astype(np.float64)

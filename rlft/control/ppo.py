@@ -18,7 +18,7 @@ from rlft.algos import (
     value_loss,
 )
 
-from .common import batch_advantages, clip_grad_norm, explained_variance, set_lr
+from .common import NonFiniteGuard, batch_advantages, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -27,8 +27,15 @@ from .rollout import Batch, Collector
 class PPO:
     """`penalty=False`: clipped surrogate. `penalty=True`: r·Â − β·KL(old‖new) with β adapted per update."""
 
-    def __init__(self, policy: ActorCritic, cfg: ControlConfig, penalty: bool = False):
+    def __init__(
+        self,
+        policy: ActorCritic,
+        cfg: ControlConfig,
+        penalty: bool = False,
+        guard: NonFiniteGuard | None = None,
+    ):
         self.policy, self.cfg, self.penalty = policy, cfg, penalty
+        self.guard = guard or NonFiniteGuard(cfg.max_consecutive_skips)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.beta = PPOPenaltyKLController(cfg.ppo.kl_beta, cfg.ppo.kl_target) if penalty else None
 
@@ -61,10 +68,7 @@ class PPO:
                 loss = pg_loss + cfg.vf_coef * v_loss
                 if cfg.ent_coef:
                     loss = loss + cfg.ent_coef * entropy_bonus(policy.entropy(params), mask)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_grad_norm(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
+                self.guard.step_optimizer(self.optimizer, self.policy.parameters(), loss, cfg.max_grad_norm)
             if p.target_kl is not None and info["approx_kl"] > p.target_kl:
                 break
         stats = {

@@ -12,7 +12,7 @@ import torch
 
 from rlft.algos import MovingAverageBaseline, masked_whiten, reinforce_loss, reward_to_go, value_loss
 
-from .common import clip_grad_norm, explained_variance, set_lr
+from .common import NonFiniteGuard, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -20,8 +20,9 @@ from .rollout import Batch, Collector
 
 @CONTROL_ALGOS.register("reinforce")
 class Reinforce:
-    def __init__(self, policy: ActorCritic, cfg: ControlConfig):
+    def __init__(self, policy: ActorCritic, cfg: ControlConfig, guard: NonFiniteGuard | None = None):
         self.policy, self.cfg = policy, cfg
+        self.guard = guard or NonFiniteGuard(cfg.max_consecutive_skips)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.moving_average = MovingAverageBaseline(alpha=cfg.reinforce.baseline_alpha)
 
@@ -57,10 +58,7 @@ class Reinforce:
             stats["explained_variance"] = explained_variance(values.detach(), returns, mask)
         elif kind == "moving_average":
             stats["baseline"] = float(self.moving_average.value)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm(self.policy.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.guard.step_optimizer(self.optimizer, self.policy.parameters(), loss, cfg.max_grad_norm)
         return stats
 
     def state_dict(self) -> dict:

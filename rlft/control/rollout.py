@@ -13,16 +13,16 @@ Conventions shared by every control algorithm:
 
 from __future__ import annotations
 
-import io
-import pickle
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .config import ControlConfig
+from .env_state import capture_env_state, restore_env_state
 from .normalize import ObsNormalizer, RewardScaler
 from .policies import ActorCritic
 
@@ -50,22 +50,6 @@ class Batch:
     def flat(self, name: str) -> Tensor:
         x = getattr(self, name)
         return x.reshape(-1, *x.shape[2:])
-
-
-def _pickle_envs(envs) -> bytes | None:
-    """The vector env with all its state, or None when it cannot be pickled (e.g. Box2D worlds; resume then
-    restarts the episodes). SyncVectorEnv keeps its env factories, local closures that pickle refuses; they
-    are not state, so they are left out and re-attached on load."""
-    fns = getattr(envs, "env_fns", None)
-    try:
-        if fns is not None:
-            envs.env_fns = None
-        return pickle.dumps(envs)
-    except Exception:
-        return None
-    finally:
-        if fns is not None:
-            envs.env_fns = fns
 
 
 class Collector:
@@ -194,36 +178,44 @@ class Collector:
     # --- checkpointing ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: the environments themselves (pickled, when they allow it),
-        the current observation, episode counters and normalisers."""
-        envs_blob = _pickle_envs(self.envs)
-        state = {
-            "envs": envs_blob,
-            "obs": self.obs,
-            "prev_done": self.prev_done,
-            "ep_return": self.ep_return,
-            "ep_length": self.ep_length,
+        """Everything needed to continue exactly, as tensors and plain data: the environments' state (None
+        when it has no plain-data form, with the reason), the current observation, episode counters and
+        normalisers."""
+        envs_state, why = capture_env_state(self.envs)
+        return {
+            "envs": envs_state,
+            "envs_not_saved": why,
+            "obs": torch.from_numpy(self.obs.copy()),
+            "prev_done": torch.from_numpy(self.prev_done.copy()),
+            "ep_return": torch.from_numpy(self.ep_return.copy()),
+            "ep_length": torch.from_numpy(self.ep_length.copy()),
             "recent": list(self.recent),
             "episodes": self.episodes,
+            "obs_norm": None if self.obs_norm is None else self.obs_norm.state_dict(),
+            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
         }
-        buf = io.BytesIO()
-        pickle.dump((self.obs_norm, self.reward_scaler), buf)
-        state["normalizers"] = buf.getvalue()
-        return state
 
-    def load_state_dict(self, state: dict) -> bool:
-        """Restore; returns False when the environments could not be restored exactly (they are reset)."""
-        self.obs_norm, self.reward_scaler = pickle.loads(state["normalizers"])
+    def load_state_dict(self, state: dict) -> str | None:
+        """Restore; returns None when the environments continue exactly, else why they were reset instead
+        (their state had no plain-data form, so the episodes restart, reseeded)."""
+        self.obs_norm = self._load_normalizer(ObsNormalizer((self.obs_dim,)), state["obs_norm"])
+        self.reward_scaler = self._load_normalizer(
+            RewardScaler(self.num_envs, self.cfg.gamma), state["reward_scaler"]
+        )
         self.recent = deque(state["recent"], maxlen=self.cfg.return_window)
         self.episodes = state["episodes"]
         if state["envs"] is None:
             self.reset(self.cfg.seed + 7919 * self.episodes)
-            return False
-        restored = pickle.loads(state["envs"])
-        if hasattr(restored, "env_fns"):
-            restored.env_fns = self.envs.env_fns
-        self.envs.close()
-        self.envs = restored
-        self.obs, self.prev_done = state["obs"], state["prev_done"]
-        self.ep_return, self.ep_length = state["ep_return"], state["ep_length"]
-        return True
+            return state["envs_not_saved"] or "the environment state was not saved"
+        restore_env_state(self.envs, state["envs"])
+        self.obs = state["obs"].numpy()
+        self.prev_done = state["prev_done"].numpy()
+        self.ep_return, self.ep_length = state["ep_return"].numpy(), state["ep_length"].numpy()
+        return None
+
+    @staticmethod
+    def _load_normalizer(fresh: ObsNormalizer | RewardScaler, saved: dict | None) -> Any:
+        if saved is None:
+            return None
+        fresh.load_state_dict(saved)
+        return fresh

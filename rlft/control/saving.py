@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors.torch import load_file, save
 
-from rlft.run import atomic_path
+from rlft.run import NonFiniteError, RunDirError, atomic_write_bytes
 
 from .config import ControlConfig
 from .normalize import ObsNormalizer
@@ -15,15 +16,34 @@ from .policies import ActorCritic
 OBS_PREFIX = "obs_normalizer"
 
 
+def require_finite(policy: ActorCritic, path: Path) -> None:
+    """Refuse to write weights holding NaN or ±inf (a diverged run): they would only poison what loads them."""
+    for name, tensor in policy.state_dict().items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(
+                f"{path}: not written: policy parameter {name} holds NaN or infinite values (the run "
+                "diverged; lower lr)"
+            )
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomically replace ``path``; a full disk or a missing permission is one line naming the path (the
+    previous file stays intact and the temporary is removed)."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
+
+
 def save_policy(policy: ActorCritic, obs_norm: ObsNormalizer | None, path: Path, cfg: ControlConfig) -> Path:
+    require_finite(policy, path)
     # clone: the state dict's per-layer tensors are views of one flat parameter, and safetensors
     # refuses tensors that share memory
     tensors = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     if obs_norm is not None:
         tensors.update(obs_norm.rms.tensors(OBS_PREFIX))
     meta = {"env": cfg.env, "algo": cfg.algo, "discrete": str(policy.discrete)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_file(path, save(tensors, metadata=meta))
     return path
 
 

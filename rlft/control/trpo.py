@@ -19,7 +19,7 @@ from rlft.algos import (
     value_loss,
 )
 
-from .common import batch_advantages, clip_grad_norm, explained_variance, set_lr
+from .common import NonFiniteGuard, batch_advantages, explained_variance, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector
@@ -32,8 +32,9 @@ def _flat_grad(y: Tensor, params: list[Tensor], create_graph: bool = False) -> T
 
 @CONTROL_ALGOS.register("trpo")
 class TRPO:
-    def __init__(self, policy: ActorCritic, cfg: ControlConfig):
+    def __init__(self, policy: ActorCritic, cfg: ControlConfig, guard: NonFiniteGuard | None = None):
         self.policy, self.cfg = policy, cfg
+        self.guard = guard or NonFiniteGuard(cfg.max_consecutive_skips)
         self.actor_params = list(policy.actor.parameters()) + (
             [] if policy.log_std is None else [policy.log_std]
         )
@@ -76,9 +77,12 @@ class TRPO:
 
         loss_before = surrogate()
         g = _flat_grad(loss_before, self.actor_params)
-        x = conjugate_gradient(fvp, g, t.cg_iters)
-        full_step = trust_region_step(x, fvp(x), t.max_kl)
         theta_old = torch.cat([p.detach().reshape(-1) for p in self.actor_params])
+        if self.guard.allows(loss=loss_before, grad_norm=torch.linalg.vector_norm(g)):
+            x = conjugate_gradient(fvp, g, t.cg_iters)
+            full_step = trust_region_step(x, fvp(x), t.max_kl)
+        else:  # a zero step: the line search then keeps the actor as it is
+            full_step = torch.zeros_like(theta_old)
 
         def evaluate(step: Tensor) -> tuple[float, float]:
             self._set_actor(theta_old + step)
@@ -103,10 +107,9 @@ class TRPO:
                 v_loss, _ = value_loss(
                     policy.value(obs[idx]), old_values[idx], returns[idx], valid[idx], clip=None
                 )
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                v_loss.backward()
-                clip_grad_norm(self.policy.critic.parameters(), cfg.max_grad_norm)
-                self.critic_optimizer.step()
+                self.guard.step_optimizer(
+                    self.critic_optimizer, self.policy.critic.parameters(), v_loss, cfg.max_grad_norm
+                )
         return {
             "surrogate_gain": evaluate_gain(loss_before.item(), surrogate, step),
             "kl_old_new": kl_after,

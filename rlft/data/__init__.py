@@ -30,8 +30,8 @@ from .formats import (
     detect_format,
     validate_record,
 )
-from .lengths import LengthLimits, LengthReport
-from .loading import load_records, save_records
+from .lengths import LengthLimits, LengthReport, context_length
+from .loading import load_records, load_text_prompts, save_records
 from .tasks import (
     TASKS,
     ArithmeticTask,
@@ -88,6 +88,7 @@ __all__ = [
     "collate_preference",
     "collate_prompts",
     "collate_sft",
+    "context_length",
     "detect_format",
     "encode_preference",
     "encode_prompts",
@@ -97,6 +98,7 @@ __all__ = [
     "exact_match_reward",
     "get_task",
     "load_records",
+    "load_text_prompts",
     "packed_attention_mask",
     "pad_sequences",
     "save_records",

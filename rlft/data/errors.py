@@ -4,9 +4,11 @@ Every message is a single line that starts with *where* the problem is, so a use
 
     data/train.jsonl:7: field 'rejected': missing (expected a string for preference data)
 
-Locations: JSONL ``file:LINE`` (1-based line), JSON ``file:record N`` (1-based), CSV ``file:row N``
-(1-based data row, the header is not counted), Parquet and HF datasets ``file:index N`` (0-based, the index
-you would pass to ``dataset[N]``), built-in tasks ``task:NAME:record N`` (1-based).
+Locations: JSONL and text files ``file:LINE`` (1-based line), JSON ``file:record N`` (1-based), CSV
+``file:row N`` (1-based data row, the header is not counted; ``file:header`` for the header itself), Parquet
+and HF datasets ``file:index N`` (0-based, the index you would pass to ``dataset[N]``), built-in tasks
+``task:NAME:record N`` (1-based). Bytes that are not UTF-8 are located ``file:LINE`` in every text format,
+and a problem of a whole source (no records at all) names just the source.
 """
 
 from __future__ import annotations

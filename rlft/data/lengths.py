@@ -8,15 +8,94 @@ counted in a ``LengthReport`` that the caller prints: data is never lost silentl
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from rlft.run import ConfigError
 
 from .errors import DataError
 
 OVERFLOW_MODES = ("truncate", "drop", "error")
+# A token spans a few characters (4 on average for English BPE); text longer than this many characters per
+# token of its budget is over the budget for any real tokenizer, so it is cut (or dropped, or refused) before
+# the tokenizer spends time and memory on it. Text within the bound is tokenized whole, exactly as before.
+CHARS_PER_TOKEN = 64
+# transformers' "no limit" model_max_length is int(1e30); anything this large is not a real context length.
+_NO_LIMIT = 10**9
+_CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "max_sequence_length",
+    "seq_length",
+    "n_ctx",
+)
+
+
+def context_length(model: Any, tokenizer: Any = None) -> int | None:
+    """The longest sequence ``model`` handles: its config's position budget (``max_position_embeddings``,
+    ``n_positions``, ``max_seq_len``, ...), else the tokenizer's ``model_max_length`` when that is a real
+    number; None when neither says.
+
+    ``model`` is a model directory or hub id (only its ``config.json`` is read, through
+    ``transformers.AutoConfig``), a config object, or a model with a ``.config``.
+    """
+    config = getattr(model, "config", model)
+    if isinstance(model, (str, Path)):
+        config = _auto_config(model)
+    found = _config_context(config) if config is not None else None
+    if found is None and tokenizer is not None:
+        found = _sane(getattr(tokenizer, "model_max_length", None))
+    return found
+
+
+def _auto_config(model: str | Path) -> Any:
+    from transformers import AutoConfig  # deferred: transformers is heavy and the data layer runs without it
+
+    try:
+        # Only what is on disk: a hub id the loader has not fetched yet gives None rather than network retries.
+        return AutoConfig.from_pretrained(str(model), local_files_only=True)
+    except Exception:  # not a model directory, an unknown architecture, no network: the caller gets None
+        return None
+
+
+def _config_context(config: Any) -> int | None:
+    get_text = getattr(config, "get_text_config", None)
+    # Multimodal configs keep the language model's positions in their text config.
+    for cfg in (config, get_text() if callable(get_text) else None):
+        for key in _CONTEXT_KEYS:
+            value = _sane(getattr(cfg, key, None))
+            if value is not None:
+                return value
+    return None
+
+
+def _sane(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT
+    return value if ok else None
+
+
+def cap_length(configured: int | None, context: int | None) -> int | None:
+    """The tighter of a configured token limit and the model's context (None is no limit)."""
+    limits = [v for v in (configured, context) if v is not None]
+    return min(limits) if limits else None
+
+
+def prompt_budget(configured: int | None, context: int | None, new_tokens: int) -> int | None:
+    """The prompt limit of generation: the configured ``max_prompt_tokens``, held to what the model's context
+    leaves after ``new_tokens`` generated tokens. A ConfigError when the context leaves no room at all."""
+    if context is None:
+        return configured
+    if context - new_tokens < 1:
+        raise ConfigError(
+            f"config key 'max_new_tokens': expected fewer than the model's context length {context}, "
+            f"got {new_tokens}"
+        )
+    return cap_length(configured, context - new_tokens)
 
 
 @dataclass(frozen=True)
@@ -33,6 +112,18 @@ class LengthLimits:
     max_completion_tokens: int | None = None
     max_total_tokens: int | None = None
     overflow: str = "truncate"
+
+    def within(self, context: int | None) -> LengthLimits:
+        """These limits with the total held to a model's context length too (None: no context known)."""
+        total = cap_length(self.max_total_tokens, context)
+        if total == self.max_total_tokens:
+            return self
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens >= total:
+            raise ConfigError(
+                f"config key 'max_prompt_tokens': expected fewer tokens than the model's context length "
+                f"{total}, got {self.max_prompt_tokens}"
+            )
+        return dataclasses.replace(self, max_total_tokens=total)
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_completion_tokens", "max_total_tokens"):
@@ -56,8 +147,9 @@ class LengthLimits:
 
 @dataclass
 class LengthReport:
-    """Counts of what the limits did. ``kept`` records were returned (``truncated`` of them shortened);
-    ``dropped`` were left out. ``reasons`` counts each distinct cause, e.g. 'prompt over max_prompt_tokens=64'."""
+    """Counts of what the limits (and the encoders' own checks, such as a preference pair whose chosen is
+    its rejected) did. ``kept`` records were returned (``truncated`` of them shortened); ``dropped`` were left
+    out. ``reasons`` counts each distinct cause, e.g. 'prompt over max_prompt_tokens=64'."""
 
     kept: int = 0
     truncated: int = 0
@@ -91,6 +183,47 @@ class LengthFitter:
         self.limits = limits or LengthLimits()
         self.bos_id = bos_id
         self.report = LengthReport()
+        self._cut: set[str] = set()  # locations whose text bound_text shortened
+
+    def _token_budget(self, role: str) -> tuple[int | None, str]:
+        """The token limit a piece of text of ``role`` (prompt, completion, sequence) is held to."""
+        lim = self.limits
+        if role == "prompt":
+            return self._prompt_limit()
+        cap = lim.max_completion_tokens
+        if role == "completion" and cap is not None and (lim.max_total_tokens or cap + 1) > cap:
+            return cap, f"max_completion_tokens={cap}"
+        if lim.max_total_tokens is not None:
+            return lim.max_total_tokens, f"max_total_tokens={lim.max_total_tokens}"
+        return None, ""
+
+    def bound_text(self, where: str, texts: Sequence[tuple[str, str, str]]) -> list[str] | None:
+        """Hold each ``(name, role, text)`` of a record to ``CHARS_PER_TOKEN`` characters per token of its
+        budget before it is tokenized. Prompts keep their end, everything else its start; as ``overflow``
+        says, an over-long text is cut, its record dropped, or a DataError raised. Returns the texts, or
+        None when the record is dropped."""
+        out = []
+        problems: list[tuple[str, str]] = []
+        for name, role, text in texts:
+            tokens, limit = self._token_budget(role)
+            chars = None if tokens is None else tokens * CHARS_PER_TOKEN
+            if chars is None or len(text) <= chars:
+                out.append(text)
+                continue
+            bound = f"{CHARS_PER_TOKEN} characters per token of {limit}"
+            problems.append((f"{name} has {len(text)} characters, over {bound}", f"{name} over {bound}"))
+            out.append(text[len(text) - chars :] if role == "prompt" else text[:chars])
+        if not problems:
+            return out
+        if self.limits.overflow == "error":
+            raise DataError(f"{where}: {problems[0][0]}")
+        for _, reason in problems:
+            self.report.reasons[reason] += 1
+        if self.limits.overflow == "drop":
+            self.report.dropped += 1
+            return None
+        self._cut.add(where)
+        return out
 
     def _prompt_limit(self) -> tuple[int | None, str]:
         lim = self.limits
@@ -114,7 +247,7 @@ class LengthFitter:
             self.report.dropped += 1
             return False
         self.report.kept += 1
-        self.report.truncated += bool(truncated)
+        self.report.truncated += bool(truncated) or where in self._cut
         return True
 
     def fit(

@@ -17,8 +17,8 @@ from pathlib import Path
 from rlft.run import atomic_write_text
 
 from .errors import DataError
-from .formats import Record, check_format, detect_format, validate_record
-from .readers import open_rows
+from .formats import PromptRecord, Record, check_format, detect_format, validate_record
+from .readers import open_rows, read_text_lines
 from .tasks import load_task_records
 
 
@@ -54,6 +54,17 @@ def load_records(
         records.append(record)
     if not records:
         raise DataError(f"{source}: no records (expected at least one {empty_hint})")
+    return records
+
+
+def load_text_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
+    """String prompts from a ``.txt`` file, one per non-blank line, each located ``file:LINE``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records = [PromptRecord(prompt=line, where=where) for where, line in islice(read_text_lines(path), limit)]
+    if not records:
+        raise DataError(f"{path}: no prompts (expected one prompt per line)")
     return records
 
 

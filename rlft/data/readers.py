@@ -1,14 +1,19 @@
 """Raw row readers: each yields ``(where, row)`` pairs from one kind of source, nothing else.
 
 Validation happens later (``formats.validate_record``); readers only turn bytes into Python values and
-attach a location string to each row so that every later error can say where the row came from.
+attach a location string to each row so that every later error can say where the row came from. They also
+refuse, with that location, what JSON parses but no record should hold: a key repeated in one object (JSON
+keeps the last silently), a lone UTF-16 surrogate (no tokenizer can encode it), nesting deeper than
+``MAX_DEPTH``, and numbers Python cannot convert.
 Readers are generators, so ``load_records(limit=...)`` stops reading early on line-oriented files.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,44 +35,171 @@ EMPTY_HINTS = {
 }
 
 
-def _open_text(path: Path):
-    # utf-8-sig: files saved by spreadsheet programs often start with a byte-order mark.
-    return open(path, encoding="utf-8-sig", newline="")
+# Records are flat objects of strings, lists of messages and numbers; 64 levels of nesting is far more than
+# any of them needs, and bounding it keeps every later walk, repr and error message clear of Python's
+# recursion limit (JSON nested 100k deep is otherwise a RecursionError from the parser).
+MAX_DEPTH = 64
+# A JSON escape of a UTF-16 surrogate: the only way a lone surrogate (text no tokenizer can encode) gets in.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_BOM = "\ufeff"
+
+
+class _DuplicateKey(dict):
+    """A parsed JSON object that repeated a key; ``duplicate`` is the first repeated one."""
+
+    duplicate: str = ""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    # json.loads silently keeps the last value of a repeated key; a record with two prompts is an error, so
+    # the object is flagged here and reported, with its location, by _problem.
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    flagged = _DuplicateKey(obj)
+    flagged.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return flagged
+
+
+def _loads(text: str) -> tuple[Any, bool]:
+    """Parse JSON text; also say whether the value needs the structural walk of ``_problem``."""
+    flagged: list[bool] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        obj = _object_pairs(pairs)
+        if isinstance(obj, _DuplicateKey):
+            flagged.append(True)
+        return obj
+
+    value = json.loads(text, object_pairs_hook=hook)
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    surrogate = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+    return value, bool(flagged) or deep or surrogate
+
+
+def _problem(value: Any) -> str | None:
+    """The first structural problem of a parsed JSON value: nesting deeper than MAX_DEPTH, a repeated key,
+    or a string (or key) holding a lone UTF-16 surrogate; None when there is none."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep"
+        if isinstance(item, str) and not _encodable(item):
+            return f"field '{path or '.'}': lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair)"
+        if isinstance(item, _DuplicateKey):
+            inside = f" in field '{path}'" if path else ""
+            return f"duplicate key {item.duplicate!r}{inside} (each key may appear once)"
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if not _encodable(key):
+                    return f"key {key!r}: lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair)"
+                stack.append((sub, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_error(e: Exception) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON: {e.msg} (column {e.colno})"
+    if isinstance(e, RecursionError):
+        return f"invalid JSON: nested more than {MAX_DEPTH} levels deep"
+    return f"invalid JSON: {one_line(e)}"  # e.g. an integer over Python's 4300-digit conversion limit
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep_line(text: str) -> int:
+    """The line where JSON text first nests deeper than MAX_DEPTH (strings skipped)."""
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        token = m.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, m.start()) + 1
+        elif token in "]}":
+            depth -= 1
+    return 1
+
+
+def _decode_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
+    """``data`` as text, or a DataError naming the line and column of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + data.count(b"\n", 0, e.start)
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}: {e.reason})"
+        ) from None
 
 
 def read_jsonl(path: Path) -> Rows:
-    """One JSON value per line; blank lines are allowed (they hold no record)."""
-    with _open_text(path) as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-                yield f"{path}:{lineno}", row
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({one_line(e)})") from None
+    """One JSON value per line; blank lines are allowed (they hold no record). Lines end at LF (CRLF too)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode_utf8(raw, path, lineno)
+            if lineno == 1:
+                line = line.removeprefix(_BOM)  # written by spreadsheet programs and some editors
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row, walk = _loads(line)
+            except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+                raise DataError(f"{where}: {_json_error(e)}") from None
+            if walk and (problem := _problem(row)):
+                raise DataError(f"{where}: invalid record: {problem}")
+            yield where, row
 
 
 def read_json(path: Path) -> Rows:
     """A JSON list of objects, or an object whose ``data`` field is that list."""
+    text = _decode_utf8(path.read_bytes(), path).removeprefix(_BOM)
     try:
-        with _open_text(path) as f:
-            data = json.load(f)
+        data, walk = _loads(text)
     except json.JSONDecodeError as e:
         # "Extra data" after a first complete value is the signature of JSON Lines saved as .json.
         hint = "; one object per line is JSON Lines: name the file .jsonl" if e.msg == "Extra data" else ""
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({one_line(e)})") from None
+    except RecursionError as e:
+        raise DataError(f"{path}:{_too_deep_line(text)}: {_json_error(e)}") from None
+    except ValueError as e:
+        raise DataError(f"{path}: {_json_error(e)}") from None
+    if isinstance(data, _DuplicateKey):
+        raise DataError(f"{path}: invalid JSON: duplicate key {data.duplicate!r} at the top level")
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
         raise DataError(f'{path}: expected a list of records or {{"data": [...]}}, got {show(data)}')
     for i, row in enumerate(data, 1):
-        yield f"{path}:record {i}", row
+        where = f"{path}:record {i}"
+        if walk and (problem := _problem(row)):
+            raise DataError(f"{where}: invalid record: {problem}")
+        yield where, row
+
+
+def read_text_lines(path: Path) -> Rows:
+    """One string per non-blank line of a plain-text file (trailing CR/LF removed), e.g. a prompts file."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode_utf8(raw, path, lineno).rstrip("\r\n")
+            if lineno == 1:
+                line = line.removeprefix(_BOM)
+            if line.strip():
+                yield f"{path}:{lineno}", line
 
 
 # Fields that hold lists, numbers or booleans. CSV cells are text, so these are written as JSON
@@ -76,6 +208,18 @@ def read_json(path: Path) -> Rows:
 _CSV_JSON_FIELDS = {"messages", "responses", "scores", "label", "margin"}
 # Fields that may hold a conversational list of messages ('[{"role": "user", ...}]') or plain text.
 _CSV_MESSAGE_FIELDS = {"prompt", "completion", "chosen", "rejected"}
+
+
+def _cell_json(name: str, text: str) -> Any:
+    """A cell's JSON value; a cell that is not JSON stays its text (validation then says what was expected),
+    but a well-formed value with a structural problem (repeated key, lone surrogate, deep nesting) raises."""
+    try:
+        value, walk = _loads(text)
+    except (ValueError, RecursionError):
+        return text
+    if walk and (problem := _problem(value)):
+        raise DataError(f"field '{name}': {problem}")
+    return value
 
 
 def _csv_cell(name: str, value: str | None) -> Any:
@@ -87,34 +231,34 @@ def _csv_cell(name: str, value: str | None) -> Any:
             return None  # a blank cell is a missing value, e.g. an optional margin
         if name == "label" and text.lower() in ("true", "false"):
             text = text.lower()  # pandas writes Python's True/False
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return value  # validation reports the field with what was expected
+        decoded = _cell_json(name, text)
+        return value if decoded is text else decoded
     if name in _CSV_MESSAGE_FIELDS and value.lstrip().startswith("["):
-        try:
-            decoded = json.loads(value)
-        except json.JSONDecodeError:
-            return value
+        decoded = _cell_json(name, value)
         return decoded if isinstance(decoded, list) else value
     return value
 
 
 def read_csv(path: Path) -> Rows:
     """A header row naming the fields, then one record per row; see ``_CSV_JSON_FIELDS`` for typed cells."""
-    with _open_text(path) as f:
-        reader = csv.DictReader(f)
-        try:
-            for i, row in enumerate(reader, 1):
-                where = f"{path}:row {i}"
-                if None in row:  # DictReader files surplus cells under the key None
-                    n_cells = len(row) - 1 + len(row[None])
-                    raise DataError(f"{where}: {n_cells} cells, but the header has {len(reader.fieldnames)}")
-                yield where, {k: _csv_cell(k, v) for k, v in row.items()}
-        except csv.Error as e:
-            raise DataError(f"{path}:row {reader.line_num}: invalid CSV: {one_line(e)}") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({one_line(e)})") from None
+    text = _decode_utf8(path.read_bytes(), path).removeprefix(_BOM)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+        if repeated := sorted({name for name in header if header.count(name) > 1}):
+            raise DataError(f"{path}:header: column {repeated[0]!r} appears more than once")
+        for i, row in enumerate(reader, 1):
+            where = f"{path}:row {i}"
+            if None in row:  # DictReader files surplus cells under the key None
+                n_cells = len(row) - 1 + len(row[None])
+                raise DataError(f"{where}: {n_cells} cells, but the header has {len(reader.fieldnames)}")
+            try:
+                cells = {k: _csv_cell(k, v) for k, v in row.items()}
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from None
+            yield where, cells
+    except csv.Error as e:
+        raise DataError(f"{path}:row {reader.line_num}: invalid CSV: {one_line(e)}") from None
 
 
 def read_parquet(path: Path) -> Rows:

@@ -30,6 +30,7 @@ from .chat import (
 from .errors import DataError
 from .formats import (
     ConversationRecord,
+    Message,
     PreferenceRecord,
     Prompt,
     PromptCompletionRecord,
@@ -158,6 +159,7 @@ def _encode_prompted(
     """Shared path of the prompt-based encoders: tokenize each record's prompt and its named completions,
     fit them to ``limits``; return (record, prompt_ids, completion_ids) for the kept records."""
     eos = _eos_id(tokenizer, add_eos)
+    fitter = LengthFitter(limits, getattr(tokenizer, "bos_token_id", None))
     pieces: list[Piece] = []
     layout = []
     for r in records:
@@ -166,11 +168,15 @@ def _encode_prompted(
                 f"{r.where or 'record'}: {what} needs {_names(want)} records, got {r.FORMAT} data"
             )
         named = completions_of(r)
-        pieces.append(_prompt_piece(tokenizer, r.prompt, r.where))
-        pieces.extend(_completion_piece(tokenizer, r.prompt, text, r.where) for _, text in named)
+        record_pieces = [_prompt_piece(tokenizer, r.prompt, r.where)]
+        record_pieces += [_completion_piece(tokenizer, r.prompt, text, r.where) for _, text in named]
+        roles = [("prompt", "prompt")] + [(name, "completion") for name, _ in named]
+        bounded = _bound(fitter, r.where, roles, record_pieces)
+        if bounded is None:
+            continue
+        pieces += bounded
         layout.append((r, [name for name, _ in named]))
     ids = _tokenize(tokenizer, pieces)
-    fitter = LengthFitter(limits, getattr(tokenizer, "bos_token_id", None))
     out = []
     pos = 0
     for r, names in layout:
@@ -182,6 +188,26 @@ def _encode_prompted(
         if fitted is not None:
             out.append((r, *fitted))
     return out, fitter.report
+
+
+def _bound(
+    fitter: LengthFitter, where: str, roles: Sequence[tuple[str, str]], pieces: Sequence[Piece]
+) -> list[Piece] | None:
+    """``pieces`` held to the character bound of ``LengthFitter.bound_text``; None when dropped."""
+    named = [(name, role, text) for (name, role), (text, _) in zip(roles, pieces, strict=True)]
+    texts = fitter.bound_text(where, named)
+    if texts is None:
+        return None
+    return [(text, special) for text, (_, special) in zip(texts, pieces, strict=True)]
+
+
+def _bound_messages(fitter: LengthFitter, r: ConversationRecord) -> list[Message] | None:
+    """The messages of ``r`` with each content held to the character bound; None when dropped."""
+    texts = [(f"messages[{i}].content", "sequence", m["content"]) for i, m in enumerate(r.messages)]
+    bounded = fitter.bound_text(r.where, texts)
+    if bounded is None:
+        return None
+    return [{**m, "content": text} for m, text in zip(r.messages, bounded, strict=True)]
 
 
 def _names(want: type | tuple[type, ...]) -> str:
@@ -213,33 +239,45 @@ def encode_sft(
     """
     eos = _eos_id(tokenizer, add_eos)
     markers = has_generation_markers(tokenizer)
+    fitter = LengthFitter(limits, getattr(tokenizer, "bos_token_id", None))
     pieces: list[Piece] = []
     # Per example: its record, location, and which of its pieces carry the loss; or, for a template with
     # generation markers, the ids and assistant mask that transformers already produced.
     layout: list[tuple[Record, str, list[bool] | tuple[list[int], list[bool]]]] = []
     for r in records:
         if isinstance(r, PromptCompletionRecord):
-            pieces += [
+            record_pieces = [
                 _prompt_piece(tokenizer, r.prompt, r.where),
                 _completion_piece(tokenizer, r.prompt, r.completion, r.where),
             ]
-            layout.append((r, r.where, [False, True]))
+            bounded = _bound(
+                fitter, r.where, [("prompt", "prompt"), ("completion", "completion")], record_pieces
+            )
+            if bounded is not None:
+                pieces += bounded
+                layout.append((r, r.where, [False, True]))
         elif isinstance(r, TextRecord):
-            pieces.append((r.text, True))
-            layout.append((r, r.where, [True]))
+            bounded = _bound(fitter, r.where, [("text", "completion")], [(r.text, True)])
+            if bounded is not None:
+                pieces += bounded
+                layout.append((r, r.where, [True]))
         elif isinstance(r, ConversationRecord) and markers:
-            layout.append((r, r.where, assistant_token_mask(tokenizer, r.messages, r.where)))
+            messages = _bound_messages(fitter, r)
+            if messages is not None:
+                layout.append((r, r.where, assistant_token_mask(tokenizer, messages, r.where)))
         elif isinstance(r, ConversationRecord):
             for where, split in conversation_sequences(tokenizer, r.messages, r.where):
-                pieces += [(text, False) for text, _ in split]
-                layout.append((r, where, [is_assistant for _, is_assistant in split]))
+                roles = [(f"conversation piece {i}", "sequence") for i in range(len(split))]
+                bounded = _bound(fitter, where, roles, [(text, False) for text, _ in split])
+                if bounded is not None:
+                    pieces += bounded
+                    layout.append((r, where, [is_assistant for _, is_assistant in split]))
         else:
             raise DataError(
                 f"{r.where or 'record'}: encode_sft needs prompt_completion, text or conversational records, "
                 f"got {r.FORMAT} data"
             )
     ids = _tokenize(tokenizer, pieces)
-    fitter = LengthFitter(limits, getattr(tokenizer, "bos_token_id", None))
     out: list[Example] = []
     pos = 0
     for r, where, spec in layout:
@@ -303,7 +341,12 @@ def encode_prompts(
 def encode_preference(
     records: Sequence[Record], tokenizer: Any, limits: LengthLimits | None = None, add_eos: bool = True
 ) -> Encoded[PreferenceExample]:
-    """Prompt, chosen and rejected ids of preference pairs; a pair is dropped or truncated as a whole."""
+    """Prompt, chosen and rejected ids of preference pairs; a pair is dropped or truncated as a whole.
+
+    A pair whose chosen text equals its rejected text teaches nothing (its loss gradient is zero, or worse
+    for losses with a margin), so it is dropped and counted in the report; data made only of such pairs
+    raises a DataError naming its source."""
+    records, identical = _without_identical_pairs(records)
     fitted, report = _encode_prompted(
         records,
         tokenizer,
@@ -317,7 +360,26 @@ def encode_preference(
         PreferenceExample(p, c[0], c[1], margin=r.margin, extra=dict(r.extra), where=r.where)
         for r, p, c in fitted
     ]
+    if identical:
+        report.dropped += identical
+        report.reasons["chosen identical to rejected"] += identical
     return Encoded(out, report)
+
+
+def _without_identical_pairs(records: Sequence[Record]) -> tuple[list[Record], int]:
+    """The records whose chosen and rejected differ, and how many did not."""
+    kept = [r for r in records if not (isinstance(r, PreferenceRecord) and r.chosen == r.rejected)]
+    if records and not kept:
+        raise DataError(
+            f"{source_of(records[0].where) or 'preference data'}: all {len(records)} preference pairs have "
+            f"chosen identical to rejected (no pair says which response is preferred)"
+        )
+    return kept, len(records) - len(kept)
+
+
+def source_of(where: str) -> str:
+    """The file or dataset part of a record location: 'data/train.jsonl' of 'data/train.jsonl:7'."""
+    return where.rpartition(":")[0]
 
 
 def encode_ranked(

@@ -2,7 +2,7 @@
 fast batched sampling with a KV cache (behind the small :class:`Sampler` interface)."""
 
 from .decoders import HFDecoder
-from .errors import ModelError
+from .errors import CustomCodeError, ModelError, NonFiniteWeightsError
 from .fast_llama import FastLlamaDecoder, fast_path_blocker
 from .hf import (
     ensure_padding,
@@ -47,11 +47,13 @@ from .tiny import (
 __all__ = [
     "CHAT_TEMPLATE",
     "TINY_SIZES",
+    "CustomCodeError",
     "FastLlamaDecoder",
     "GrowableLayer",
     "HFDecoder",
     "HFSampler",
     "ModelError",
+    "NonFiniteWeightsError",
     "Rollout",
     "Sampler",
     "SamplingParams",

@@ -7,16 +7,18 @@ Everything else in rlft gets its model through here, so a model is always a plai
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .errors import ModelError
+from .errors import CustomCodeError, ModelError, NonFiniteWeightsError
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -38,62 +40,119 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})") from None
 
 
-def _check_source(name_or_path: str) -> None:
-    """Fail early, with a readable message, on a local path that does not exist.
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
 
-    Anything that looks like a filesystem path (absolute, ``./``, ``~``, or existing as a file) must be a
-    directory; a bare ``owner/name`` that is not a local directory is passed to the hub as an id.
+
+def _check_source(name_or_path: str, needs: tuple[str, ...] = MODEL_FILES) -> None:
+    """Fail early, with a one-line message, on a local source that cannot be a model directory.
+
+    Anything that looks like a filesystem path (absolute, ``./``, ``~``, or existing) must be a
+    directory holding one of ``needs`` and asking for no custom code; a bare ``owner/name`` that is not a
+    local directory is passed to the hub as an id.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise ModelError(f"model name or path must be a non-empty string, got {name_or_path!r}")
     text = str(name_or_path)
     path = Path(text).expanduser()
     looks_local = path.is_absolute() or text.startswith((".", "~")) or path.exists() or text.count("/") > 1
-    if looks_local and not path.is_dir():
+    if not looks_local:
+        return
+    if not path.exists():
         raise ModelError(f"no model at {text} (expected a Hugging Face model directory or hub id)")
+    expected = f"expected a Hugging Face model directory with {' or '.join(needs)}"
+    if not path.is_dir():
+        raise ModelError(f"no model at {text}: it is a file ({expected})")
+    if not any(path.iterdir()):
+        raise ModelError(f"no model at {text}: the directory is empty ({expected})")
+    if not any((path / name).is_file() for name in needs):
+        raise ModelError(f"no model at {text}: no {' or '.join(needs)} in the directory ({expected})")
+    if (path / "config.json").is_file():
+        _refuse_custom_code(text, path / "config.json")
 
 
-def load_causal_lm(
-    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
-) -> PreTrainedModel:
+def _refuse_custom_code(source: str, config_file: Path) -> None:
+    """Raise :class:`CustomCodeError` if ``config_file`` names an architecture transformers lacks.
+
+    Such a model loads only by importing Python files from its directory (``auto_map``), which would run
+    whatever a downloaded or planted checkpoint contains; rlft never does.
+    """
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{config_file}: not a readable JSON config ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return  # transformers' own (or a user-registered) class: auto_map is never consulted
+    if "auto_map" in config:
+        what = f"auto_map, model_type {model_type!r} unknown to transformers"
+        raise CustomCodeError(_custom_code_message(source, what))
+    if model_type is not None:
+        raise ModelError(
+            f"{source}: model_type {model_type!r} is unknown to transformers {transformers.__version__} "
+            "(expected an architecture it ships, or one registered with AutoConfig.register in your own code)"
+        )
+
+
+def _custom_code_message(source: str, what: str) -> str:
+    return (
+        f"{source}: its config asks for custom code ({what}); rlft never runs code from a model "
+        "directory — convert the model to an architecture transformers ships, or register its classes in "
+        "your own code (AutoConfig.register, AutoModelForCausalLM.register, AutoTokenizer.register) first"
+    )
+
+
+def load_error(source: str, what: str, err: Exception) -> ModelError:
+    """The one-line :class:`ModelError` for transformers' ``err`` while loading ``what`` from ``source``."""
+    text = str(err)
+    if "trust_remote_code" in text:
+        return CustomCodeError(_custom_code_message(source, "auto_map with code transformers lacks"))
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if isinstance(err, OSError):
+        return ModelError(
+            f"no {what} at {source} (expected a Hugging Face model directory or hub id): {first}"
+        )
+    return ModelError(f"cannot load {what} from {source}: {first}")
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     """Load a causal LM from a local directory or hub id, in ``dtype``, in eval mode.
 
-    ``trust_remote_code`` is passed to transformers only when True, so models that ship no custom code
-    never see the argument.
+    Models whose loading would import Python from the model directory (``trust_remote_code``) are
+    refused with :class:`CustomCodeError`; transformers is told so explicitly, which also keeps it from
+    prompting on stdin.
     """
     _check_source(name_or_path)
-    kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype)}
-    if trust_remote_code:
-        kwargs["trust_remote_code"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
-    except OSError as err:  # transformers raises OSError for "not a model repo / no config"
-        raise ModelError(
-            f"no model at {name_or_path} (expected a Hugging Face model directory or hub id): "
-            f"{str(err).splitlines()[0]}"
-        ) from err
+        model = AutoModelForCausalLM.from_pretrained(
+            str(Path(name_or_path).expanduser()), dtype=parse_dtype(dtype), trust_remote_code=False
+        )
+    except (OSError, ValueError) as err:  # OSError: "not a model repo / no config"
+        if isinstance(err, ModelError):
+            raise
+        raise load_error(str(name_or_path), "model", err) from err
     return model.eval()
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer, guarantee it has a pad token, and pad on the left.
 
     Left padding is what batched generation needs (every prompt ends at the same column, so the next
     token is appended at one position for the whole batch); rlft tokenises prompts with it everywhere.
     A tokenizer without a pad token reuses EOS: padded positions are always masked out, so the id only
-    has to exist.
+    has to exist. A tokenizer that needs code from its directory is refused, as in :func:`load_causal_lm`.
     """
-    _check_source(name_or_path)
-    kwargs: dict[str, Any] = {}
-    if trust_remote_code:
-        kwargs["trust_remote_code"] = True
+    _check_source(name_or_path, TOKENIZER_FILES)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
-    except OSError as err:
-        raise ModelError(
-            f"no tokenizer at {name_or_path} (expected a Hugging Face model directory or hub id): "
-            f"{str(err).splitlines()[0]}"
-        ) from err
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(Path(name_or_path).expanduser()), trust_remote_code=False
+        )
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelError):
+            raise
+        raise load_error(str(name_or_path), "tokenizer", err) from err
     return ensure_padding(tokenizer)
 
 
@@ -135,8 +194,12 @@ def save_pretrained_atomic(
     rename is atomic); then an existing ``out_dir`` is first renamed aside, the new one renamed into
     place, and only then the old one deleted. A crash therefore leaves either the old checkpoint or the
     new one under ``out_dir`` (plus, at worst, a stray ``.name.tmp-*`` / ``.name.old-*`` sibling).
+
+    A model with a NaN or infinite weight is refused (:class:`NonFiniteWeightsError`) before anything
+    is written: such a checkpoint would replace a good one and poison every run started from it.
     """
     target = Path(out_dir).expanduser()
+    check_finite_weights(model, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(4)
     tmp = target.with_name(f".{target.name}.tmp-{tag}")
@@ -157,6 +220,21 @@ def save_pretrained_atomic(
         raise
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def check_finite_weights(model: torch.nn.Module, target: str | Path) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first floating tensor of ``model``'s state dict
+    that holds a NaN or an infinity (and how many), ``target`` being where it was to be saved."""
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() or tensor.device.type == "meta":
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = tensor.numel() - int(finite.sum())
+            raise NonFiniteWeightsError(
+                f"not saving the model to {target}: {name} holds {bad} non-finite values (NaN or ±inf) "
+                f"of {tensor.numel()}; training diverged (expected finite weights)"
+            )
 
 
 def _fsync_tree(root: Path) -> None:

@@ -238,6 +238,28 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, params:
     return sorted(ids)
 
 
+def context_length(model: PreTrainedModel) -> int | None:
+    """The positions the model was built for (``max_position_embeddings``, GPT-2's ``n_positions``)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: PreTrainedModel, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse, before any buffer is allocated, a generation longer than the model's context: past it,
+    learned position tables index out of range and rotary models run on positions never trained."""
+    context = context_length(model)
+    if context is not None and prompt_tokens + max_new_tokens > context:
+        raise ModelError(
+            f"max_new_tokens={max_new_tokens}: a prompt of {prompt_tokens} tokens plus {max_new_tokens} new "
+            f"tokens exceeds the model's context of {context} positions; lower max_new_tokens (or the prompt "
+            "length limit)"
+        )
+
+
 def make_decoder(model: PreTrainedModel, params: SamplingParams, decoder: str = "auto") -> HFDecoder:
     """The decoder for ``model``: the Llama fast path where it applies ("auto"), or as asked."""
     if decoder not in DECODERS:
@@ -338,6 +360,7 @@ def sample(
     prompt_ids = base_ids.repeat_interleave(params.n, dim=0)
     prompt_mask = base_mask.repeat_interleave(params.n, dim=0)
     total, steps = prompt_ids.shape[0], params.max_new_tokens
+    check_context(model, prompt_ids.shape[1], steps)
 
     seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
     stops = _stops

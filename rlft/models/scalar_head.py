@@ -37,7 +37,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from .errors import ModelError
-from .hf import _check_source, load_causal_lm, load_tokenizer, parse_dtype, save_pretrained_atomic
+from .hf import _check_source, load_causal_lm, load_error, load_tokenizer, parse_dtype, save_pretrained_atomic
 from .logprobs import position_ids_from_mask
 
 __all__ = [
@@ -104,11 +104,9 @@ def load_reward_model(
     """
     _check_source(str(path))
     try:
-        config = AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise ModelError(
-            f"no model at {path} (expected a reward model directory): {str(err).splitlines()[0]}"
-        ) from err
+        raise load_error(str(path), "reward model", err) from err
     archs = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ModelError(
@@ -118,9 +116,13 @@ def load_reward_model(
     if config.num_labels != 1:
         raise ModelError(f"{path}: a reward model has num_labels=1, this one has {config.num_labels}")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=parse_dtype(dtype))
-    except OSError as err:
-        raise ModelError(f"cannot load the reward model at {path}: {str(err).splitlines()[0]}") from err
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=parse_dtype(dtype), trust_remote_code=False
+        )
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelError):
+            raise
+        raise load_error(str(path), "reward model", err) from err
     tokenizer = load_tokenizer(str(path))
     # A checkpoint without a pad id keeps none: transformers then pools the last token (batch of one),
     # which is what sequence_scores does too; filling in the tokenizer's pad (= EOS when it has none)

@@ -19,12 +19,14 @@ from .calling import call_reward
 from .errors import RewardError
 from .reward_model import RewardModelFunction, score_texts
 from .reward_set import ON_INVALID, RewardResult, RewardSet, build_rewards
+from .sources import REWARD_SOURCES, check_reward_sources, pin_reward_files, reward_sources
 from .spec import RewardSpec, make_function, parse_spec
 from .user import load_function
 
 __all__ = [
     "ON_INVALID",
     "REWARD_FUNCTIONS",
+    "REWARD_SOURCES",
     "RewardError",
     "RewardModelFunction",
     "RewardResult",
@@ -32,12 +34,15 @@ __all__ = [
     "RewardSpec",
     "build_rewards",
     "call_reward",
+    "check_reward_sources",
     "completion_length",
     "dapo_overlong_penalty",
     "load_function",
     "make_function",
     "parse_number",
     "parse_spec",
+    "pin_reward_files",
     "repetition_penalty",
+    "reward_sources",
     "score_texts",
 ]

@@ -1,20 +1,35 @@
 """Calling one reward function on a batch, and checking what it returns.
 
-A function that raises is called again one sample at a time to find the sample that makes it raise,
-so the error can name it (the batch call is the fast path; the search only runs on failure). What comes
-back must be a sequence of one value per sample, each a number or None.
+A function is called once per batch and never again after it raises: a reward function may have side
+effects (API calls that cost money, writes), so the error is reported from that one call — the
+function, the exception, the batch size and the file:line in the function's own file where it was
+raised. What comes back must be a sequence of one value per sample, each a number or None.
+
+With a ``timeout`` the call runs in a daemon worker thread and the caller waits at most that long; on
+expiry a :class:`RewardError` stops the caller. A thread cannot be killed, so the stuck call keeps running
+in the background until the process exits (the trainer stops on the error, and a daemon thread does not
+hold the process open). Exceptions and return values pass through the thread unchanged, and the call sees
+the caller's torch grad mode and context variables, as a direct call would. A function that
+installs signal handlers (``signal.signal``/``alarm`` work only in the main thread) needs ``timeout: 0`` or
+a process pool, whose workers call it in their main thread.
 """
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 import math
 import numbers
+import os
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import RewardError
 
-__all__ = ["call_reward", "describe_sample", "slice_fields", "to_values"]
+__all__ = ["call_reward", "describe_sample", "slice_fields", "timeout_error", "to_values"]
 
 
 def describe_sample(prompts: Sequence[Any], completions: Sequence[Any], i: int, offset: int = 0) -> str:
@@ -40,27 +55,24 @@ def call_reward(
     completions: Sequence[Any],
     fields: dict[str, Any],
     offset: int = 0,
+    timeout: float | None = None,
 ) -> list[Any]:
-    """``fn(prompts, completions, **fields)`` as a plain list; a raise becomes a RewardError naming the
-    function and (when one sample alone reproduces it) the sample, as ``offset + index``."""
+    """``fn(prompts, completions, **fields)`` as a plain list, called exactly once. A raise becomes a
+    RewardError naming the function, the exception, the batch (samples from ``offset``) and where in the
+    function's file it was raised; ``timeout`` (seconds, None or 0 = none) bounds the call."""
+    n = len(completions)
     try:
-        raw = fn(list(prompts), list(completions), **fields)
-    except RewardError as err:  # our own, already descriptive (a missing field, a bad option)
+        raw = _call_within(fn, name, (list(prompts), list(completions)), fields, timeout, n)
+    except RewardError as err:  # our own, already descriptive (a missing field, a bad option, a timeout)
         text = str(err)
         raise RewardError(text if name in text else f"reward function {name!r}: {text}") from None
     except Exception as err:
-        n = len(completions)
-        for i in range(n):
-            try:
-                fn([prompts[i]], [completions[i]], **slice_fields(fields, n, i, i + 1))
-            except Exception as one:
-                raise RewardError(
-                    f"reward function {name!r} raised {type(one).__name__}: {_line(one)} on "
-                    f"{describe_sample(prompts, completions, i, offset)}"
-                ) from one
+        at = _raised_at(err, _function_file(fn))
+        part = f" (samples {offset}..{offset + n - 1} of the call)" if offset else ""
         raise RewardError(
-            f"reward function {name!r} raised {type(err).__name__}: {_line(err)} on a batch of {n} samples "
-            "(no single sample raises alone)"
+            f"reward function {name!r} raised {type(err).__name__}: {_line(err)}"
+            + (f" at {at}" if at else "")
+            + f" on a batch of {n} samples{part}; it is not called again"
         ) from err
     if hasattr(raw, "tolist") and not isinstance(raw, list):  # tensors and arrays
         raw = raw.tolist()
@@ -70,6 +82,86 @@ def call_reward(
             f"(or None) per completion"
         )
     return list(raw)
+
+
+def timeout_error(name: str, timeout: float, n: int) -> RewardError:
+    return RewardError(
+        f"reward function {name!r} did not return within {timeout:g} s on a batch of {n} samples "
+        "(spec option timeout)"
+    )
+
+
+def _call_within(
+    fn: Callable[..., Any],
+    name: str,
+    args: tuple[Any, ...],
+    fields: dict[str, Any],
+    timeout: float | None,
+    n: int,
+) -> Any:
+    """``fn(*args, **fields)``; with a timeout, in a daemon thread the caller waits on for at most that long."""
+    if not timeout:
+        return fn(*args, **fields)
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+    context = contextvars.copy_context()  # the caller's context variables, as a direct call would see them
+    torch = sys.modules.get("torch")  # grad mode is per thread: keep the caller's (no_grad in the trainer)
+    grad = torch.is_grad_enabled() if torch is not None else None
+
+    def call() -> Any:
+        if grad is None:
+            return fn(*args, **fields)
+        with torch.set_grad_enabled(grad):
+            return fn(*args, **fields)
+
+    def run() -> None:
+        try:
+            outcome["value"] = context.run(call)
+        except BaseException as err:  # re-raised in the caller, traceback included
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
+    if not done.wait(timeout):
+        raise timeout_error(name, timeout, n)
+    if "error" in outcome:
+        error = outcome.pop("error")
+        try:
+            raise error
+        finally:
+            del error  # no reference cycle through this frame
+    return outcome["value"]
+
+
+def _function_file(fn: Callable[..., Any]) -> str | None:
+    """The source file of the user's function behind ``fn`` (``fn.user_function`` for a bound wrapper)."""
+    target = getattr(fn, "user_function", fn)
+    for candidate in (target, type(target)):
+        try:
+            path = inspect.getsourcefile(candidate)
+        except TypeError:
+            continue
+        if path:
+            return os.path.abspath(path)
+    return None
+
+
+def _raised_at(err: BaseException, path: str | None) -> str | None:
+    """``file:line`` of the innermost frame in ``path`` of the traceback of ``err`` or of its causes."""
+    if path is None:
+        return None
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = [
+            f for f in traceback.extract_tb(current.__traceback__) if os.path.abspath(f.filename) == path
+        ]
+        if frames:
+            return f"{frames[-1].filename}:{frames[-1].lineno}"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _line(err: BaseException) -> str:

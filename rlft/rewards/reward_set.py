@@ -106,11 +106,12 @@ class RewardSet:
         bad = torch.zeros(n, dtype=torch.bool)
         total = torch.zeros(n, dtype=torch.float64)
         scored = torch.zeros(n, dtype=torch.bool)
-        for fn, name in zip(self.functions, self.names, strict=True):
+        for fn, name, spec in zip(self.functions, self.names, self.specs, strict=True):
             if name in self.pools:
                 raw = self.pools[name](prompts, completions, fields)
-            else:
-                raw = call_reward(fn, name, prompts, completions, fields)
+            else:  # only a user's function can hang; ours run without the timeout's thread
+                timeout = spec.timeout if spec.kind == "function" else None
+                raw = call_reward(fn, name, prompts, completions, fields, timeout=timeout)
             if len(raw) != n:
                 if self.on_invalid == "error":
                     raise RewardError(

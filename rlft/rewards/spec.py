@@ -11,7 +11,9 @@
     - {task: preference}                            # other keys → the task's options
 
 Common keys: ``weight`` (default 1.0), ``alias`` (the name in logs and results), ``processes`` (run
-the function in a pool of that many processes; 0 = in-process). A user function also takes
+the function in a pool of that many processes; 0 = in-process), ``timeout`` (seconds one batch call of a
+user function or of a pool may take, default 300; 0 or null = no limit; past it a RewardError stops the
+caller, and a pool's workers are killed — built-ins and reward models run without one). A user function also takes
 ``reward_format``: ``text`` (default: every completion is its text) or ``messages`` (TRL's convention for
 conversational data: a completion of a conversational prompt is ``[{"role": "assistant", "content":
 text}]``, so a function written for TRL that reads ``completions[i][0]["content"]`` runs unchanged).
@@ -39,7 +41,8 @@ __all__ = ["RewardSpec", "make_function", "parse_spec"]
 
 KINDS = ("name", "function", "reward_model", "task")
 REWARD_FORMATS = ("text", "messages")
-COMMON = ("weight", "alias", "processes")
+COMMON = ("weight", "alias", "processes", "timeout")
+DEFAULT_TIMEOUT = 300.0  # seconds per batch call
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class RewardSpec:
     alias: str | None = None
     processes: int = 0
     where: str = "rewards[0]"
+    timeout: float | None = DEFAULT_TIMEOUT  # seconds per batch call; None = no limit
 
     def key(self) -> str:
         """A stable identity (for the per-process cache of built functions)."""
@@ -93,6 +97,17 @@ def parse_spec(spec: Any, index: int = 0) -> RewardSpec:
     processes = spec.get("processes", 0)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
         raise RewardError(f"{where}: key 'processes': expected an integer >= 0, got {processes!r}")
+    timeout = spec.get("timeout", DEFAULT_TIMEOUT)
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise RewardError(
+            f"{where}: key 'timeout': expected a finite number of seconds >= 0 (0 or null = no limit), "
+            f"got {timeout!r}"
+        )
     kind = "builtin" if kind_key == "name" else kind_key
     if kind == "builtin" and source not in REWARD_FUNCTIONS:
         raise RewardError(
@@ -104,7 +119,8 @@ def parse_spec(spec: Any, index: int = 0) -> RewardSpec:
             f"{where}: a reward model runs in-process (processes must be 0); batch_size sets its batches"
         )
     options = {k: v for k, v in spec.items() if k not in (kind_key, *COMMON)}
-    return RewardSpec(kind, source, options, float(weight), alias, processes, where)
+    limit = float(timeout) if timeout else None
+    return RewardSpec(kind, source, options, float(weight), alias, processes, where, limit)
 
 
 def _check_options(spec: RewardSpec, factory: Callable[..., Any], what: str) -> None:
@@ -120,7 +136,7 @@ def _check_options(spec: RewardSpec, factory: Callable[..., Any], what: str) -> 
     if unknown:
         raise RewardError(
             f"{spec.where}: {what}: unknown option {unknown[0]!r}; expected one of: "
-            f"{', '.join(allowed) or '(none)'} (and weight, alias, processes)"
+            f"{', '.join(allowed) or '(none)'} (and weight, alias, processes, timeout)"
         )
 
 
@@ -137,6 +153,7 @@ class _Bound:
                 f"got {self.format!r}"
             )
         self.fn, self.options = fn, options
+        self.user_function = fn  # where a raise is located (rlft.rewards.calling)
         self.fields = accepted_fields(fn)
         self.__name__ = getattr(fn, "__name__", "function")
         if self.fields is not None and (extra := sorted(set(options) - self.fields)):

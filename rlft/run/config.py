@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,15 +57,28 @@ def load_config(
             "load_config overrides must be a mapping or a list of '--key value' strings, got a str"
         )
     updates: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # dotted key → the source that set it last, for validate()'s errors
     if base:
-        _apply(cls, base, updates, "preset", "")
+        _apply(cls, base, updates, "preset", "", origins)
     if path is not None:
-        _apply(cls, load_yaml_file(path), updates, str(path), "")
+        _apply(cls, load_yaml_file(path), updates, str(path), "", origins)
     flat = overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
     for key, value in flat.items():
         # One key at a time, so a later `--ppo '{lr: 1}'` can override an earlier `--ppo.lr 2` and vice versa.
-        _apply(cls, {key: value}, updates, "command line", "")
-    return _build(cls, updates, None, "")
+        _apply(cls, {key: value}, updates, "command line", "", origins)
+    try:
+        return _build(cls, updates, None, "")
+    except ConfigError as e:
+        raise _with_origin(e, origins) from None
+
+
+def _with_origin(error: ConfigError, origins: Mapping[str, str]) -> ConfigError:
+    """A validate() error ("config key 'lr': ...") prefixed with the source that set that key, if any."""
+    message = str(error)
+    named = re.match(r"config keys? '([^']+)'", message)
+    if named is None or named.group(1) not in origins:
+        return error
+    return ConfigError(f"{origins[named.group(1)]}: {message}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -101,8 +115,16 @@ def _hints(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def _apply(cls: type, data: Mapping[str, Any], into: dict[str, Any], source: str, prefix: str) -> None:
-    """Check ``data`` against ``cls`` and merge it into the nested ``into`` dict of updates."""
+def _apply(
+    cls: type,
+    data: Mapping[str, Any],
+    into: dict[str, Any],
+    source: str,
+    prefix: str,
+    origins: dict[str, str],
+) -> None:
+    """Check ``data`` against ``cls`` and merge it into the nested ``into`` dict of updates; ``origins``
+    records which source set each dotted key."""
     hints = _hints(cls)
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
@@ -123,16 +145,18 @@ def _apply(cls: type, data: Mapping[str, Any], into: dict[str, Any], source: str
             section = into.get(name)
             if not isinstance(section, dict):
                 section = into[name] = {}
-            _apply(sub, value, section, source, f"{prefix}{name}.")
+            _apply(sub, value, section, source, f"{prefix}{name}.", origins)
         elif sub is not None and value is None and hint is not sub:  # Optional[Section] set to null
             into[name] = None
+            origins[prefix + name] = source
         elif sub is not None:
             raise ConfigError(
                 f"{source}: config key '{key}': expected a mapping (a config section), "
                 f"got {show(value)} ({type(value).__name__})"
             )
         else:
-            into[name] = coerce(value, hint, key, source)
+            into[name] = coerce(value, hint, prefix + name, source)
+            origins[prefix + name] = source
 
 
 def _build(cls: type[T], updates: Mapping[str, Any], default: Any, prefix: str) -> T:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 _NoneType = type(None)
+# Integers beyond int64 overflow every tensor and C library they reach; no count or seed needs more.
+MAX_INT = 2**63 - 1
+MAX_FLOAT_INT = 10**308  # within float range (1.8e308), so the conversion below cannot overflow
 
 
 class ConfigError(ValueError):
@@ -65,7 +68,7 @@ def coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
-        return value
+        return _free_form(value, key, source)
     if origin is Literal:
         # `==` alone would let True match a Literal[1] and 1 match Literal[True].
         for allowed in args:
@@ -91,15 +94,25 @@ def coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is int:
         if isinstance(value, bool):
             raise fail()
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)  # 1e5 is written as a float but means an int
+            value = int(value)  # 1e5 is written as a float but means an int
+        if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise fail("an int of at most 2**63 - 1 in size")
+            return value
         raise fail()
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # NaN passes every `x > 0` check in validate() and then poisons training; inf is never a
+            # meaningful setting of a float field (none documents one), and an int past 1e308 is inf too.
+            if isinstance(value, int) and abs(value) > MAX_FLOAT_INT:
+                raise fail("a finite number")
+            if not math.isfinite(value):
+                raise fail("a finite number")
             return float(value)
         raise fail()
+    if hint in (str, Path) and isinstance(value, str) and not _encodable(value):
+        raise fail("text without lone UTF-16 surrogates (a \\uD800-\\uDFFF escape without its pair)")
     if hint is str:
         if isinstance(value, str):
             return value
@@ -127,6 +140,30 @@ def coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported field type {hint!r}")
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _free_form(value: Any, key: str, source: str) -> Any:
+    """A value of an untyped field (reward specs, keyword arguments): any YAML, but no NaN anywhere in it,
+    since a NaN setting is never meant and survives every comparison a consumer might make. (Infinity may
+    be meant there, e.g. an unbounded clip, so it is left to the consumer.)"""
+    stack = [(value, key)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and math.isnan(item):
+            raise ConfigError(f"{source}: config key '{where}': expected a number, got nan")
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return value
+
+
 def _coerce_sequence(value: Any, hint: Any, key: str, source: str, fail: Any) -> list | tuple:
     """list[X], tuple[X, ...] and fixed tuple[X, Y]: accept a YAML list, convert each item."""
     if not isinstance(value, (list, tuple)):
@@ -141,3 +178,52 @@ def _coerce_sequence(value: Any, hint: Any, key: str, source: str, fail: Any) ->
     item = args[0] if args else Any
     items = [coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
     return tuple(items) if origin is tuple else items
+
+
+# --- range checks shared by the trainer configs' validate() ----------------------------------------------
+
+MAX_SEED = 2**32 - 1  # NumPy's legacy global seed (seed_everything) takes 32 bits
+# Every optimiser here is Adam-like or RMSprop, whose step is about lr per weight: lr >= 1 moves weights by
+# their own size each step and is a typo for a smaller number, never a setting.
+MAX_LR = 1.0
+# No model has a context this long; the model's own context length is checked when it is loaded.
+MAX_NEW_TOKENS = 65536
+
+
+def check_common(
+    cfg: Any,
+    lrs: tuple[str, ...] = ("lr",),
+    generation: tuple[str, ...] = (),
+    optional_text: tuple[str, ...] = (),
+) -> None:
+    """Checks every trainer config shares: ``seed`` in [0, 2**32 - 1], each learning rate in ``lrs`` (dotted
+    keys; null skipped) below 1, each generation budget in ``generation`` at most MAX_NEW_TOKENS, each key
+    of ``optional_text`` null or a non-empty string, and ``max_consecutive_skips`` (where the config has
+    it) at least 1. Raises a one-line ConfigError naming the key."""
+
+    def bad(key: str, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f"config key '{key}': expected {expected}, got {show(value)}")
+
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise bad("seed", f"an integer in [0, {MAX_SEED}] (2**32 - 1)", cfg.seed)
+    for key in lrs:
+        value = _dotted(cfg, key)
+        if value is not None and value >= MAX_LR:  # the lower bound (> 0) is each config's own check
+            raise bad(key, "a learning rate below 1", value)
+    for key in generation:
+        value = _dotted(cfg, key)
+        if value is not None and not 1 <= value <= MAX_NEW_TOKENS:
+            raise bad(key, f"a token count in [1, {MAX_NEW_TOKENS}]", value)
+    for key in optional_text:
+        value = _dotted(cfg, key)
+        if value is not None and not str(value).strip():
+            raise bad(key, "a non-empty string or null", value)
+    skips = getattr(cfg, "max_consecutive_skips", 1)
+    if isinstance(skips, bool) or not isinstance(skips, int) or skips < 1:
+        raise bad("max_consecutive_skips", "an integer >= 1", skips)
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part) if cfg is not None else None
+    return cfg

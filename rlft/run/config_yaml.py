@@ -24,7 +24,40 @@ _STRICT_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with exponent floats and only true/false as booleans."""
+    """SafeLoader with exponent floats, only true/false as booleans, no anchors or aliases, and no repeated
+    keys.
+
+    Anchors and aliases are refused outright: a config is a few dozen keys that never need them, and an
+    alias-expansion bomb (a billion laughs) would otherwise grow a few lines into gigabytes. A repeated key
+    is refused because YAML would silently keep its last value.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            what = (
+                f"alias *{event.anchor}" if isinstance(event, yaml.AliasEvent) else f"anchor &{event.anchor}"
+            )
+            raise yaml.composer.ComposerError(
+                None, None, f"{what}: anchors and aliases are not supported in config files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # non-scalar keys are refused later (config keys must be strings)
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first_line[key]}; each key may appear once)",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -48,7 +81,7 @@ def parse_yaml_value(text: str) -> Any:
         return ""  # `--tag ""` means the empty string, not YAML's null
     try:
         return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an int past 4300 digits
         return text
 
 
@@ -58,8 +91,11 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config file: {e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: cannot read config file: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {' '.join(str(e).split())}") from None
     try:
         data = yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
@@ -67,7 +103,11 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply for a config") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -62,13 +62,24 @@ class MetricsWriter:
     """Append-only metrics log for one run.
 
     Each ``log`` writes ``{"step", "time", **metrics}`` as one line and flushes, so a crash loses at most the
-    line being written. ``enabled=False`` turns every method into a no-op (non-zero data-parallel ranks).
+    line being written. TensorBoard events are buffered and written every ``tb_flush_secs``, at
+    :meth:`flush` (trainers call it with every checkpoint, so TensorBoard is complete up to the last
+    checkpoint, as the JSONL file is) and at close. ``resume_step``: the step of the checkpoint a resumed run
+    continues from; TensorBoard then drops the dead run's events after it (``purge_step``), as the
+    JSONL rows after it were dropped. ``enabled=False`` turns every method into a no-op (non-zero
+    data-parallel ranks).
     """
 
     def __init__(
-        self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True, tb_flush_secs: float = 30.0
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = True,
+        enabled: bool = True,
+        tb_flush_secs: float = 30.0,
+        resume_step: int | None = None,
     ) -> None:
         self.enabled = enabled
+        self._purge_step = None if resume_step is None else resume_step + 1
         # TensorBoard events cost ~0.25 ms per scalar (protobuf + write), a real share of a fast control
         # update, so they are buffered and written every `tb_flush_secs` and at close; JSONL stays per row.
         self._tb_pending: list[tuple[int, dict[str, Any]]] = []
@@ -106,11 +117,16 @@ class MetricsWriter:
             if time.monotonic() - self._tb_last_flush >= self._tb_flush_secs:
                 self._flush_tb()
 
+    def flush(self) -> None:
+        """Write buffered TensorBoard events now (the JSONL file is always up to date)."""
+        if self.enabled and self._tb_dir is not None:
+            self._flush_tb()
+
     def _flush_tb(self) -> None:
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self._tb_dir))
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir), purge_step=self._purge_step)
         for step, values in self._tb_pending:
             for key, value in values.items():
                 if value is not None:

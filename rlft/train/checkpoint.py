@@ -5,13 +5,15 @@ optimiser and scheduler states, RNG states, the step and the data position."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from rlft.models import save_pretrained_atomic
-from rlft.run import CheckpointError, RunDir, atomic_path
+from rlft.run import CheckpointError, RunDir, RunDirError, atomic_path
 
 __all__ = ["TRAINER_STATE", "latest_checkpoint", "load_trainer_state", "save_checkpoint"]
 
@@ -24,12 +26,57 @@ def save_checkpoint(run: RunDir, step: int, model: Any, tokenizer: Any, state: d
 
     The state file is written after the model directory is in place and is what marks a checkpoint
     complete: :func:`latest_checkpoint` skips a directory without it (a crash between the two writes).
+    A write that fails (a full disk, a vanished directory) removes the incomplete checkpoint and raises
+    :class:`~rlft.run.RunDirError` naming the last complete one, which is left as it was.
     """
     out = run.checkpoints / f"step-{step}"
-    save_pretrained_atomic(model, tokenizer, out)
-    with atomic_path(out / TRAINER_STATE) as tmp:
-        torch.save(state, tmp)
+    try:
+        save_pretrained_atomic(model, tokenizer, out)
+        with atomic_path(out / TRAINER_STATE) as tmp:
+            torch_save(state, tmp)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(out, ignore_errors=True)
+        raise checkpoint_write_error(run, out, err) from None
     return out
+
+
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write: torch.save reports any failure of its
+    writer as a RuntimeError about stream positions, which would hide a full disk."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` whose write failures are the OSError the disk gave (ENOSPC, EROFS…)."""
+    with open(path, "wb") as f:
+        writer = _WriteErrors(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def checkpoint_write_error(run: RunDir, path: Path, err: Exception) -> RunDirError:
+    """The one-line error of a checkpoint that could not be written (safetensors reports the OS's
+    error inside its own message)."""
+    last = latest_checkpoint(run)
+    kept = f"the last complete checkpoint is {last}" if last else "no complete checkpoint exists yet"
+    reason = getattr(err, "strerror", None) or str(err)
+    return RunDirError(f"cannot write {path}: {reason}; {kept}")
 
 
 def latest_checkpoint(run: RunDir) -> Path | None:
@@ -45,8 +92,18 @@ def latest_checkpoint(run: RunDir) -> Path | None:
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """The ``trainer_state.pt`` of a checkpoint; tensors, numbers and plain containers only."""
-    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=True)
+    """The ``trainer_state.pt`` of a checkpoint; tensors, numbers and plain containers only (torch's
+    ``weights_only`` loader, which runs no code). A file that is corrupt or holds anything else is a
+    :class:`CheckpointError` naming it."""
+    path = checkpoint / TRAINER_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, a zip error from torch's reader, …: all the same to a user
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a trainer state this version can read ({reason}); delete {checkpoint} to resume "
+            "from the previous checkpoint, or start a new run"
+        ) from None
 
 
 def restore_optimizer(optimizer: Any, scheduler: Any, state: dict[str, Any], checkpoint: Path) -> None:

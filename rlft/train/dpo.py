@@ -42,8 +42,15 @@ from .dpo_data import load_offline
 from .dpo_eval import WinRate, evaluate_offline
 from .dpo_loss import summarize
 from .dpo_scoring import Reference, kto_baseline, micro_batch_loss
-from .epochs import end_of_step, epoch_order, length_limits, position_state, start_training
+from .epochs import (
+    end_of_step,
+    epoch_order,
+    model_length_limits,
+    position_state,
+    start_training,
+)
 from .ref_cache import model_fingerprint
+from .run_control import RunControl, owns_run
 from .sft import task_of
 
 __all__ = ["DPOResult", "train_dpo"]
@@ -63,6 +70,7 @@ class DPOResult:
 # --- the trainer --------------------------------------------------------------------------------------
 
 
+@owns_run
 def train_dpo(
     cfg: DPOConfig,
     run: RunDir,
@@ -86,7 +94,7 @@ def train_dpo(
     set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     kind = cfg.data_format
-    train = load_offline(cfg.data, kind, tokenizer, length_limits(cfg))
+    train = load_offline(cfg.data, kind, tokenizer, model_length_limits(cfg, tokenizer))
     say(f"train data {cfg.data} ({kind}): {train.report}")
     if kind == "unpaired":  # KTO's advice: λ_D·n_D / (λ_U·n_U) in [1, 4/3]
         n_good = sum(train.labels)
@@ -99,7 +107,7 @@ def train_dpo(
     eval_data = None
     if eval_source is not None:
         eval_data = load_offline(
-            eval_source, kind, tokenizer, length_limits(cfg), split="eval", limit=cfg.eval_samples
+            eval_source, kind, tokenizer, model_length_limits(cfg, tokenizer), split="eval", limit=cfg.eval_samples
         )
         say(f"eval data {eval_source}: {eval_data.report}")
     global_batch = cfg.batch_size * cfg.grad_accum
@@ -150,7 +158,8 @@ def train_dpo(
             out |= win_rate(model)
         return out
 
-    metrics = MetricsWriter(run.root)
+    metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
+    control = RunControl(run, "dpo", cfg.max_consecutive_skips, say)
     initial_eval: dict[str, float] = {}
     if step == 0:
         initial_eval = evaluate()
@@ -163,49 +172,55 @@ def train_dpo(
     progress = Progress(total_steps, desc=f"dpo/{cfg.loss}", unit="step", enabled=show_progress)
     progress.update(step)
     steps_run = 0
-    try:
-        while step < total_steps:
-            if batch_index == steps_per_epoch:  # next epoch: a new permutation
-                epoch, batch_index = epoch + 1, 0
-                order = epoch_order(len(train), cfg.seed, epoch)
-            t0 = time.perf_counter()
-            chunk = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
-            micro = [chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size] for m in range(cfg.grad_accum)]
-            z0 = None
-            if kind == "unpaired":  # KTO's baseline over the whole step, before any gradient
-                z0 = kto_baseline(model, train, chunk, pad_id, cfg, reference)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.zero_grad(set_to_none=True)
-            losses, step_metrics = [], []
-            for examples in micro:
-                loss, mets = micro_batch_loss(model, train, examples, pad_id, cfg, reference, z0)
-                # Σ per-example losses / examples in the whole step: accumulation does not change the update
-                (loss.sum() / len(chunk)).backward()
-                losses.append(loss.detach())
-                step_metrics.append(mets)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
-            summary = summarize(losses, step_metrics)
-            if z0 is not None:
-                summary["kl"] = float(z0)
-            elapsed = time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == total_steps:
-                extra = {"lr": lr, "grad_norm": float(grad_norm), "step_seconds": elapsed}
-                metrics.log(step, {**summary, **extra, "epoch": epoch + batch_index / steps_per_epoch})
-            shown = {"loss": summary["loss"]}
-            if "rewards/accuracies" in summary:
-                shown["acc"] = summary["rewards/accuracies"]
-            progress.update(1, **shown)
-            final_eval, stop = end_of_step(
-                cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval
-            )
-            if stop:
-                break
-    finally:
-        progress.close()
-        metrics.close()
+    with control:
+        try:
+            while step < total_steps:
+                if batch_index == steps_per_epoch:  # next epoch: a new permutation
+                    epoch, batch_index = epoch + 1, 0
+                    order = epoch_order(len(train), cfg.seed, epoch)
+                t0 = time.perf_counter()
+                chunk = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
+                micro = [chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size] for m in range(cfg.grad_accum)]
+                z0 = None
+                if kind == "unpaired":  # KTO's baseline over the whole step, before any gradient
+                    z0 = kto_baseline(model, train, chunk, pad_id, cfg, reference)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.zero_grad(set_to_none=True)
+                losses, step_metrics = [], []
+                for examples in micro:
+                    loss, mets = micro_batch_loss(model, train, examples, pad_id, cfg, reference, z0)
+                    # Σ per-example losses / examples in the whole step: accumulation does not change the update
+                    (loss.sum() / len(chunk)).backward()
+                    losses.append(loss.detach())
+                    step_metrics.append(mets)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                summary = summarize(losses, step_metrics)
+                control.step_optimizer(optimizer, step + 1, loss=summary["loss"], grad_norm=grad_norm)
+                scheduler.step()
+                step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
+                if z0 is not None:
+                    summary["kl"] = float(z0)
+                elapsed = time.perf_counter() - t0
+                if step % cfg.log_every == 0 or step == total_steps:
+                    extra = {
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "step_seconds": elapsed,
+                    "skipped_steps": control.skipped,
+                }
+                    metrics.log(step, {**summary, **extra, "epoch": epoch + batch_index / steps_per_epoch})
+                shown = {"loss": summary["loss"]}
+                if "rewards/accuracies" in summary:
+                    shown["acc"] = summary["rewards/accuracies"]
+                progress.update(1, **shown)
+                final_eval, stop = end_of_step(
+                    cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval, control
+                )
+                if stop:
+                    break
+        finally:
+            progress.close()
+            metrics.close()
     model_dir = run.root / "model"
     if step == total_steps:
         save_pretrained_atomic(model.eval(), tokenizer, model_dir)

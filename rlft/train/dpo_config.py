@@ -8,6 +8,7 @@ from typing import Any
 from rlft.algos import PREFERENCE_LOSSES
 from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
+from rlft.run.config_types import check_common
 
 __all__ = [
     "DEFAULT_BETA",
@@ -95,6 +96,7 @@ class DPOConfig:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
     keep_dropout: bool = False  # keep the model's dropout in training (off: every dropout p = 0, as TRL)
     seed: int = 0
+    max_consecutive_skips: int = 10  # stop after this many steps in a row skipped as non-finite
     output_dir: str | None = None  # null: runs/dpo-TIMESTAMP
     win_rate: bool = True  # on the built-in preference task: gold win rate against the reference model
     win_rate_samples: int = 8  # sampled completions per held-out prompt for the win rate
@@ -129,6 +131,16 @@ class DPOConfig:
             raise bad("loss", f"one of {', '.join(OFFLINE_LOSSES)}")
         if self.format is not None and self.format != LOSS_DATA[self.loss]:
             raise bad("format", f"{LOSS_DATA[self.loss]} data for loss {self.loss} (or null)")
+        check_common(
+            self,
+            generation=("win_rate_max_new_tokens",),
+            optional_text=("ref_model", "eval_data", "format", "ref_cache_dir", "output_dir"),
+        )
+        if self.ref_model is not None and not self.needs_reference:
+            raise ConfigError(
+                f"config keys 'ref_model' and 'loss': loss {self.loss} uses no reference model, but ref_model "
+                f"is set to {self.ref_model!r} (remove ref_model, or pick a loss that uses it)"
+            )
         positive = [
             "eval_samples",
             "batch_size",

@@ -4,17 +4,17 @@ training stands."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlft.data import DataError, LengthLimits
-from rlft.run import RunDir, atomic_write_text, capture_rng_state, read_metrics, restore_rng_state
+from rlft.data import DataError, LengthLimits, context_length
+from rlft.run import RunDir, capture_rng_state, restore_rng_state
 
 from .checkpoint import load_trainer_state, restore_optimizer
+from .run_control import RunControl
 from .schedule import warmup_cosine_scheduler
 
 __all__ = [
@@ -22,23 +22,33 @@ __all__ = [
     "end_of_step",
     "epoch_order",
     "length_limits",
+    "model_length_limits",
     "position_state",
     "restore_position",
     "shuffle_seed",
     "start_training",
-    "trim_metrics",
 ]
 
 
-def length_limits(cfg: Any) -> LengthLimits:
+def length_limits(cfg: Any, context: int | None = None) -> LengthLimits:
     """The :class:`LengthLimits` of a trainer config with ``max_prompt_tokens``, ``max_completion_tokens``,
-    ``max_len`` and ``overflow`` fields."""
-    return LengthLimits(
+    ``max_len`` and ``overflow`` fields.
+
+    ``context`` is the model's context length (``rlft.data.lengths.context_length``): the total is held to
+    the tighter of it and ``max_len``, with the config's overflow policy, so a row longer than the model can
+    read is truncated, dropped or refused before anything of its size is built."""
+    limits = LengthLimits(
         max_prompt_tokens=cfg.max_prompt_tokens,
         max_completion_tokens=cfg.max_completion_tokens,
         max_total_tokens=cfg.max_len,
         overflow=cfg.overflow,
     )
+    return limits.within(context)
+
+
+def model_length_limits(cfg: Any, tokenizer: Any) -> LengthLimits:
+    """:func:`length_limits` held to the context of ``cfg.model`` (read from its config.json)."""
+    return length_limits(cfg, context_length(cfg.model, tokenizer))
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
@@ -70,14 +80,6 @@ def adamw(
     )
 
 
-def trim_metrics(run: RunDir, last_step: int) -> None:
-    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
-    if not run.metrics_path.exists():
-        return
-    rows = [r for r in read_metrics(run.metrics_path) if r.get("step", 0) <= last_step]
-    atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def position_state(
     step: int, epoch: int, batch_index: int, seed: int, optimizer: Any, scheduler: Any
 ) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def restore_position(
     step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
     if state["shuffle_seed"] != shuffle_seed(seed, epoch):
         raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={seed}")
-    trim_metrics(run, step)
+    run.trim_metrics(step)
     say(f"resuming from {checkpoint} (step {step}, epoch {epoch}, batch {batch_index})")
     return step, epoch, batch_index, state
 
@@ -122,6 +124,8 @@ def start_training(
     step, epoch, batch_index = 0, 0, 0
     if checkpoint is not None:
         step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
+    else:
+        run.trim_metrics(None)  # rows of a run killed before its first checkpoint: it starts again
     return optimizer, scheduler, params, step, epoch, batch_index
 
 
@@ -135,14 +139,19 @@ def end_of_step(
     save: Callable[[int], None],
     metrics: Any,
     last_eval: dict[str, float],
+    control: RunControl,
 ) -> tuple[dict[str, float], bool]:
     """What follows every optimiser step: evaluate every ``cfg.eval_every`` steps and at the last one
-    (logging the result), checkpoint every ``cfg.save_every`` steps and at the last one. Returns the latest
-    evaluation and whether to stop now (``stop_after`` simulates an interruption in the resume tests)."""
+    (logging the result), checkpoint every ``cfg.save_every`` steps and at the last one (TensorBoard
+    flushed with it), and on a pending SIGTERM/SIGINT checkpoint and stop (:class:`RunControl`). Returns
+    the latest evaluation and whether to stop now (``stop_after`` simulates a crash in the resume tests)."""
     if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
         last_eval = evaluate()
         if last_eval:
             metrics.log(step, last_eval)
-    if cfg.save_every and (step % cfg.save_every == 0 or step == total_steps):
+    saved = bool(cfg.save_every) and (step % cfg.save_every == 0 or step == total_steps)
+    if saved:
+        metrics.flush()  # first: a complete checkpoint always has its TensorBoard events on disk
         save(step)
+    control.stop_if_signalled(step, save, metrics, saved)
     return last_eval, stop_after is not None and steps_run >= stop_after and step < total_steps

@@ -13,6 +13,10 @@ The cache key is a SHA-256 over everything the numbers depend on:
 - the compute setting that changes the numbers (bfloat16 or float32) and the cache format version.
 A different model or dataset therefore gets a different file; the key is also stored inside the file
 and checked on load, so a renamed or corrupted file is recomputed rather than trusted.
+
+A cache file is a safetensors file (one float32 tensor ``logps``, the key and version in its JSON
+metadata): reading it runs no code, unlike a pickle. A file that cannot be read, is not in this format
+or holds other data is reported in one line, recomputed and overwritten.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import Tensor
 
 from rlft.models.sequence_logprobs import grouped_logprob_sums
@@ -43,7 +50,7 @@ __all__ = [
     "sequences_fingerprint",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 Sequence_ = tuple[Sequence[int], Sequence[int]]  # (prompt ids, completion ids)
 _CONFIG_SKIP = ("_name_or_path", "transformers_version", "_commit_hash", "architectures")
 
@@ -134,28 +141,71 @@ def reference_logprob_sums(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     key = cache_key(model_fp or model_fingerprint(model), sequences_fingerprint(sequences), bf16)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    file = path / f"{key}.pt"
-    if file.is_file():
+    file = path / f"{key}.safetensors"
+    if file.exists():
         try:
-            entry = torch.load(file, map_location="cpu", weights_only=True)
-            values = entry["logps"]
-            if (
-                entry.get("key") == key
-                and entry.get("version") == CACHE_VERSION
-                and len(values) == len(sequences)
-            ):
-                say(f"reference log-probs: {len(sequences)} sequences from cache {file}")
-                return values.float()
-        except (RuntimeError, OSError, KeyError, EOFError, TypeError) as err:
-            say(f"reference log-probs: ignoring unreadable cache file {file} ({err})")
-        say(f"reference log-probs: cache file {file} does not match; recomputing")
+            values = _read_entry(file, key, len(sequences))
+            say(f"reference log-probs: {len(sequences)} sequences from cache {file}")
+            return values
+        except _Unusable as why:
+            say(f"reference log-probs: cache at {file} ignored ({why}); recomputing")
     start = time.monotonic()
     values = compute_logprob_sums(model, sequences, pad_id, bf16=bf16, forward=forward)
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
-        torch.save({"version": CACHE_VERSION, "key": key, "logps": values}, tmp)
+        save_file({"logps": values.contiguous()}, str(tmp), metadata=_metadata(key, len(values)))
     say(
         f"reference log-probs: {len(sequences)} sequences computed in {time.monotonic() - start:.1f}s, "
         f"cached at {file}"
     )
     return values
+
+
+class _Unusable(Exception):
+    """A cache file that is not a valid entry for the wanted key (the message says why)."""
+
+
+def _metadata(key: str, count: int) -> dict[str, str]:
+    return {"format": "rlft.ref_logps", "version": str(CACHE_VERSION), "key": key, "count": str(count)}
+
+
+def _read_entry(file: Path, key: str, count: int) -> Tensor:
+    """The ``count`` log-probs stored in ``file`` under ``key``; :class:`_Unusable` if it holds anything else."""
+    try:
+        data = file.read_bytes()
+        metadata = _header_metadata(data)
+        tensors = load_safetensors(data)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise _Unusable(f"not a readable safetensors file: {_first_line(err)}") from None
+    expected = _metadata(key, count)
+    if metadata != expected:
+        fields = metadata if isinstance(metadata, dict) else {}
+        differ = [name for name, value in expected.items() if fields.get(name) != value] or ["metadata"]
+        raise _Unusable(f"holds other data: its {', '.join(differ)} differ from this run's")
+    values = tensors.get("logps")
+    if set(tensors) != {"logps"} or values.dtype != torch.float32 or tuple(values.shape) != (count,):
+        shapes = {name: (str(t.dtype), tuple(t.shape)) for name, t in tensors.items()}
+        raise _Unusable(f"holds tensors {_short(shapes)}, expected logps float32 ({count},)")
+    return values
+
+
+def _header_metadata(data: bytes) -> dict | None:
+    """The ``__metadata__`` of a safetensors file's JSON header (None when it has none)."""
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes, shorter than a safetensors header")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > len(data) - 8:
+        raise ValueError(f"header of {size} bytes in a file of {len(data)}")
+    header = json.loads(data[8 : 8 + size].decode("utf-8"))  # UnicodeDecodeError is a ValueError
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header.get("__metadata__")
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

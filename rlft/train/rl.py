@@ -28,6 +28,8 @@ Data parallel later: sample a slice of each step's prompts per rank, all-reduce 
 
 from __future__ import annotations
 
+import functools
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ import torch
 
 from rlft.algos import AdaptiveKLController, FixedKLController, masked_mean
 from rlft.data import DataError, LengthLimits, encode_prompts, load_records, set_chat_template_kwargs
+from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import HFSampler, SamplingParams, load_tokenizer
 from rlft.run import (
     MetricsWriter,
@@ -50,7 +53,7 @@ from rlft.run import (
 
 from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, load_trainer_state, restore_optimizer, save_checkpoint
-from .epochs import adamw, trim_metrics
+from .epochs import adamw
 from .rl_advantages import AdvantageState, advantage_step, check_advantage, needs_critic
 from .rl_config import RLConfig
 from .rl_critic import Critic
@@ -60,6 +63,7 @@ from .rl_ptx import PtxData
 from .rl_rollout import PromptStream, collect_rollout
 from .rl_setup import Reference, describe_algorithm, load_policy, reward_specs, save_final
 from .rl_update import loss_settings, old_logprobs, policy_update
+from .run_control import RunControl, owns_run
 from .schedule import warmup_cosine_scheduler
 
 __all__ = ["RLResult", "train_rl"]
@@ -81,6 +85,7 @@ class RLResult:
 # --- the trainer -----------------------------------------------------------------------------------------
 
 
+@owns_run
 def train_rl(
     cfg: RLConfig,
     run: RunDir,
@@ -107,7 +112,10 @@ def train_rl(
     set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     fmt = cfg.format or ("prompt_only" if cfg.data.startswith("task:") else None)
-    limits = LengthLimits(max_prompt_tokens=cfg.max_prompt_tokens, overflow="drop")
+    context = context_length(cfg.model, tokenizer)
+    limits = LengthLimits(
+        max_prompt_tokens=prompt_budget(cfg.max_prompt_tokens, context, cfg.max_new_tokens), overflow="drop"
+    )
     examples = encode_prompts(load_records(cfg.data, fmt=fmt), tokenizer, limits)
     if len(examples) == 0:
         raise DataError(f"{cfg.data}: no prompts left after the length limits ({examples.report})")
@@ -163,8 +171,10 @@ def train_rl(
             if ptx is not None:
                 ptx.load_state_dict(state["ptx_stream"])
             step = state["step"]
-            trim_metrics(run, step)
+            run.trim_metrics(step)
             say(f"resuming from {checkpoint} (step {step})")
+        else:
+            run.trim_metrics(None)  # rows of a run killed before its first checkpoint: it starts again
 
         def save(at_step: int) -> None:
             state = {
@@ -197,7 +207,8 @@ def train_rl(
         reuse_old = (
             cfg.ppo_epochs == 1 and cfg.num_minibatches == 1
         )  # the policy does not move before its loss
-        metrics = MetricsWriter(run.root)
+        metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
+        control = RunControl(run, "rl", cfg.max_consecutive_skips, say)
         initial_eval: dict[str, float] = {}
         if step == 0 and eval_set is not None:
             initial_eval = evaluate()
@@ -217,113 +228,130 @@ def train_rl(
         initial=step,
     )
     steps_run, train_seconds, out_of_time = 0, 0.0, False
-    try:
-        while step < cfg.max_steps:
-            t_step = time.perf_counter()
-            # 1–2. sample and score (dynamic sampling rounds, ReMax's greedy baseline)
-            batch, rollout = collect_rollout(
-                sampler,
-                rewards,
-                examples,
-                stream,
-                sampling,
-                cfg.prompts_per_step,
-                pad_id,
-                dynamic_sampling=cfg.dynamic_sampling,
-                max_rounds=cfg.max_sample_rounds,
-                greedy_baseline=cfg.advantage == "remax",
-                seed=(cfg.seed * 1_000_003 + step) * 1009,
-            )
-            if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
-                batch.loss_mask = batch.loss_mask * batch.finished[:, None].to(batch.loss_mask.dtype)
-            if cfg.missing_eos_penalty:  # TRL: a completion cut at max_new_tokens loses this much score
-                batch.scores = batch.scores - cfg.missing_eos_penalty * (~batch.finished).to(
-                    batch.scores.dtype
+    with control:
+        try:
+            while step < cfg.max_steps:
+                t_step = time.perf_counter()
+                # 1–2. sample and score (dynamic sampling rounds, ReMax's greedy baseline)
+                batch, rollout = collect_rollout(
+                    sampler,
+                    rewards,
+                    examples,
+                    stream,
+                    sampling,
+                    cfg.prompts_per_step,
+                    pad_id,
+                    dynamic_sampling=cfg.dynamic_sampling,
+                    max_rounds=cfg.max_sample_rounds,
+                    greedy_baseline=cfg.advantage == "remax",
+                    seed=(cfg.seed * 1_000_003 + step) * 1009,
                 )
-            # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
-            t_ref = time.perf_counter()
-            if not reuse_old:
-                batch.old_logp = (
-                    old_logprobs(model, batch, losses, cfg.micro_batch_size)
-                    if cfg.recompute_old_logp or cfg.bf16_autocast  # bf16 kernels differ in rounding
-                    else batch.sampler_logp
+                if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
+                    batch.loss_mask = batch.loss_mask * batch.finished[:, None].to(batch.loss_mask.dtype)
+                if cfg.missing_eos_penalty:  # TRL: a completion cut at max_new_tokens loses this much score
+                    batch.scores = batch.scores - cfg.missing_eos_penalty * (~batch.finished).to(
+                        batch.scores.dtype
+                    )
+                reward = rollout.metrics()["reward"]
+                if not math.isfinite(reward) and not control.skips.check(step + 1, reward=reward):
+                    # no sample has a reward (e.g. every function returned None): nothing to learn from
+                    scheduler.step()
+                    step, steps_run = step + 1, steps_run + 1
+                    metrics.log(step, {**rollout.metrics(), "skipped_steps": control.skipped})
+                    progress.update(1)
+                    control.stop_if_signalled(step, save, metrics)
+                    continue
+                # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
+                t_ref = time.perf_counter()
+                if not reuse_old:
+                    batch.old_logp = (
+                        old_logprobs(model, batch, losses, cfg.micro_batch_size)
+                        if cfg.recompute_old_logp or cfg.bf16_autocast  # bf16 kernels differ in rounding
+                        else batch.sampler_logp
+                    )
+                if reference is not None:
+                    batch.ref_logp = reference.logprobs(batch, losses, cfg.micro_batch_size)
+                if critic is not None:  # V_old of every response token
+                    batch.values = critic.values(batch, cfg.micro_batch_size)
+                time_ref = time.perf_counter() - t_ref
+                # 4. per-token rewards (KL shaping) and advantages
+                t_update = time.perf_counter()
+                kl_metrics = advantage_step(cfg, batch, float(kl_ctl.value), adv_state)
+                # 5. μ passes of mini-batch policy updates
+                lr = scheduler.get_last_lr()[0]
+                update = policy_update(
+                    model,
+                    optimizer,
+                    params,
+                    batch,
+                    losses,
+                    kl_coef=float(kl_ctl.value),
+                    ppo_epochs=cfg.ppo_epochs,
+                    num_minibatches=cfg.num_minibatches,
+                    micro_batch_size=cfg.micro_batch_size,
+                    max_grad_norm=cfg.max_grad_norm,
+                    generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 7919),
+                    critic=critic,
+                    ptx=ptx,
+                    apply_step=functools.partial(control.step_optimizer, step=step + 1),
                 )
-            if reference is not None:
-                batch.ref_logp = reference.logprobs(batch, losses, cfg.micro_batch_size)
-            if critic is not None:  # V_old of every response token
-                batch.values = critic.values(batch, cfg.micro_batch_size)
-            time_ref = time.perf_counter() - t_ref
-            # 4. per-token rewards (KL shaping) and advantages
-            t_update = time.perf_counter()
-            kl_metrics = advantage_step(cfg, batch, float(kl_ctl.value), adv_state)
-            # 5. μ passes of mini-batch policy updates
-            lr = scheduler.get_last_lr()[0]
-            update = policy_update(
-                model,
-                optimizer,
-                params,
-                batch,
-                losses,
-                kl_coef=float(kl_ctl.value),
-                ppo_epochs=cfg.ppo_epochs,
-                num_minibatches=cfg.num_minibatches,
-                micro_batch_size=cfg.micro_batch_size,
-                max_grad_norm=cfg.max_grad_norm,
-                generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 7919),
-                critic=critic,
-                ptx=ptx,
-            )
-            scheduler.step()
-            if reference is not None:
-                kl_ctl.update(kl_metrics["kl_ref_seq"], len(batch))
-            time_update = time.perf_counter() - t_update
-            step, steps_run = step + 1, steps_run + 1
-            elapsed = time.perf_counter() - t_step
-            train_seconds += elapsed
-            out_of_time = bool(cfg.max_minutes) and train_seconds >= 60 * cfg.max_minutes
+                scheduler.step()
+                if reference is not None:
+                    kl_ctl.update(kl_metrics["kl_ref_seq"], len(batch))
+                time_update = time.perf_counter() - t_update
+                step, steps_run = step + 1, steps_run + 1
+                elapsed = time.perf_counter() - t_step
+                train_seconds += elapsed
+                out_of_time = bool(cfg.max_minutes) and train_seconds >= 60 * cfg.max_minutes
 
-            row = {
-                **rollout.metrics(),
-                **kl_metrics,
-                **update,
-                "advantage_abs_mean": float(masked_mean(batch.advantages.abs(), batch.loss_mask.float())),
-                "lr": lr,
-                "time_sample": rollout.time_sample,
-                "time_score": rollout.time_score,
-                "time_reference": time_ref,
-                "time_update": time_update,
-                "time_step": elapsed,
-                "tokens_per_s": rollout.tokens / max(elapsed, 1e-9),
-            }
-            last = row
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                metrics.log(step, row)
-                history.append({"step": step, **row})
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps or out_of_time:
-                final_eval = evaluate()
-                if final_eval:
-                    metrics.log(step, final_eval)
-                    history.append({"step": step, **final_eval})
-            shown = {"reward": row["reward"], "len": row["response_len_mean"]}
-            if "kl_ref" in row:
-                shown["kl"] = row["kl_ref"]
-            for key in ("eval_accuracy", "eval_reward"):
-                if key in final_eval:
-                    shown[key] = final_eval[key]
+                row = {
+                    **rollout.metrics(),
+                    **kl_metrics,
+                    **update,
+                    "advantage_abs_mean": float(masked_mean(batch.advantages.abs(), batch.loss_mask.float())),
+                    "lr": lr,
+                    "time_sample": rollout.time_sample,
+                    "time_score": rollout.time_score,
+                    "time_reference": time_ref,
+                    "time_update": time_update,
+                    "time_step": elapsed,
+                    "tokens_per_s": rollout.tokens / max(elapsed, 1e-9),
+                    "skipped_steps": control.skipped,
+                }
+                last = row
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    metrics.log(step, row)
+                    history.append({"step": step, **row})
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps or out_of_time:
+                    final_eval = evaluate()
+                    if final_eval:
+                        metrics.log(step, final_eval)
+                        history.append({"step": step, **final_eval})
+                shown = {"reward": row["reward"], "len": row["response_len_mean"]}
+                if "kl_ref" in row:
+                    shown["kl"] = row["kl_ref"]
+                for key in ("eval_accuracy", "eval_reward"):
+                    if key in final_eval:
+                        shown[key] = final_eval[key]
+                        break
+                shown["tok/s"] = row["tokens_per_s"]
+                progress.update(1, budget_used_s=train_seconds, **shown)
+                saved = bool(cfg.save_every) and (
+                    step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time
+                )
+                if saved:
+                    metrics.flush()  # first: a complete checkpoint always has its TensorBoard events on disk
+                    save(step)
+                control.stop_if_signalled(step, save, metrics, saved)
+                if out_of_time:
+                    say(f"stopping at step {step}: max_minutes={cfg.max_minutes:g} of training time used")
                     break
-            shown["tok/s"] = row["tokens_per_s"]
-            progress.update(1, budget_used_s=train_seconds, **shown)
-            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time):
-                save(step)
-            if out_of_time:
-                say(f"stopping at step {step}: max_minutes={cfg.max_minutes:g} of training time used")
-                break
-            if stop_after is not None and steps_run >= stop_after and step < cfg.max_steps:
-                break
-    finally:
-        progress.close()
-        metrics.close()
-        rewards.close()
+                if stop_after is not None and steps_run >= stop_after and step < cfg.max_steps:
+                    break
+        finally:
+            progress.close()
+            metrics.close()
+            rewards.close()
     model_dir = run.root / "model"
     if step == cfg.max_steps or out_of_time:
         if critic is not None:

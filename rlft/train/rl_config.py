@@ -13,6 +13,7 @@ from typing import Any
 from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlft.models.fast_train import FORWARDS
 from rlft.run import ConfigError
+from rlft.run.config_types import check_common
 
 from .rl_presets import FALLBACKS, PRESETS
 
@@ -203,6 +204,7 @@ class RLConfig:
     log_every: int = 1
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
     seed: int = 0
+    max_consecutive_skips: int = 10  # stop after this many steps in a row skipped as non-finite
     output_dir: str | None = None
     torch_threads: int = 2  # 0 leaves torch's default
 
@@ -255,6 +257,20 @@ class RLConfig:
             raise bad("model", "a model directory (set --model DIR)")
         if not cfg.data:
             raise bad("data", "a prompt source such as task:arithmetic or a .jsonl file (set --data)")
+        check_common(
+            cfg,
+            lrs=("lr", "critic.lr"),
+            generation=("max_new_tokens", "eval_max_new_tokens"),
+            optional_text=(
+                "ref_model",
+                "format",
+                "reward_model",
+                "ptx_data",
+                "ptx_format",
+                "eval_data",
+                "output_dir",
+            ),
+        )
         for key, registry in (
             ("advantage", ADVANTAGES),
             ("policy_loss", POLICY_LOSSES),
@@ -275,6 +291,7 @@ class RLConfig:
             raise bad("kl.controller", f"one of {', '.join(KL_CONTROLLER_NAMES)}", cfg.kl.controller)
         if cfg.kl.coef < 0:
             raise bad("kl.coef", "a number >= 0", cfg.kl.coef)
+        self._validate_kl_placement(cfg)
         if cfg.kl.target <= 0 or cfg.kl.horizon <= 0:
             raise bad("kl.target", "kl.target and kl.horizon > 0", (cfg.kl.target, cfg.kl.horizon))
         if cfg.scale_rewards not in SCALES:
@@ -349,6 +366,22 @@ class RLConfig:
             if not targets or (isinstance(targets, str) and targets != "all-linear"):
                 raise bad("lora.target_modules", "all-linear or a non-empty list of module names", targets)
 
+    @staticmethod
+    def _validate_kl_placement(cfg: RLConfig) -> None:
+        """A KL coefficient or controller with placement none would be silently ignored: refuse it."""
+        if cfg.kl.placement != "none":
+            return
+        if cfg.kl.coef:
+            raise ConfigError(
+                f"config keys 'kl.coef' and 'kl.placement': kl.coef is {cfg.kl.coef}, but kl.placement none "
+                f"applies no KL (set kl.placement to loss or reward, or kl.coef to 0)"
+            )
+        if cfg.kl.controller == "adaptive":
+            raise ConfigError(
+                "config keys 'kl.controller' and 'kl.placement': the adaptive controller needs a KL term, but "
+                "kl.placement is none (set kl.placement to loss or reward, or kl.controller to fixed)"
+            )
+
     def _validate_ppo(self, cfg: RLConfig, bad: Any) -> None:
         """The critic, score shaping and PPO-ptx keys."""
         c = cfg.critic
@@ -374,6 +407,11 @@ class RLConfig:
             raise bad("ptx_coef", "a number >= 0")
         if cfg.ptx_coef > 0 and not cfg.ptx_data:
             raise bad("ptx_data", "a data source (ptx_coef > 0), e.g. task:preference")
+        if cfg.ptx_data and cfg.ptx_coef == 0:
+            raise ConfigError(
+                f"config keys 'ptx_data' and 'ptx_coef': ptx_data is {cfg.ptx_data!r}, but ptx_coef 0 never "
+                f"uses it (set ptx_coef > 0, or remove ptx_data)"
+            )
         if cfg.ptx_batch_size < 1:
             raise bad("ptx_batch_size", "a positive integer")
         if cfg.ptx_max_tokens is not None and cfg.ptx_max_tokens < 2:

@@ -131,9 +131,14 @@ class Critic:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self) -> float:
+    def step(self, apply_step: Any = None) -> float:
+        """Clip and take the critic's optimiser step, through ``apply_step`` (the trainer's non-finite
+        policy) when given; returns the gradient norm before clipping."""
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
-        self.optimizer.step()
+        if apply_step is None:
+            self.optimizer.step()
+        else:
+            apply_step(self.optimizer, critic_grad_norm=norm)
         return float(norm)
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rlft.data import LengthLimits, PromptExample, encode_prompts, load_records
+from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import Sampler, SamplingParams
 
 from .rl_rollout import score_rows
@@ -31,7 +32,11 @@ def load_eval_set(cfg: Any, tokenizer: Any) -> RLEvalSet | None:
         return None
     fmt = cfg.format or ("prompt_only" if source.startswith("task:") else None)
     records = load_records(source, fmt=fmt, split="eval", limit=cfg.eval_samples)
-    limits = LengthLimits(max_prompt_tokens=cfg.max_prompt_tokens, overflow="drop")
+    context = context_length(cfg.model, tokenizer)
+    new_tokens = cfg.eval_max_new_tokens or cfg.max_new_tokens
+    limits = LengthLimits(
+        max_prompt_tokens=prompt_budget(cfg.max_prompt_tokens, context, new_tokens), overflow="drop"
+    )
     return RLEvalSet(examples=list(encode_prompts(records, tokenizer, limits)), task=task_of(source))
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
+from rlft.data.lengths import cap_length, context_length
 
 from .rl_logprobs import autocast_context
 from .rl_rollout import PromptStream
@@ -29,7 +30,10 @@ class PtxData:
     """Batches of ``cfg.ptx_data`` in a seeded order and their loss ``ptx_coef``·NLL."""
 
     def __init__(self, cfg: Any, tokenizer: Any):
-        limits = LengthLimits(max_total_tokens=cfg.ptx_max_tokens, overflow="truncate")
+        limits = LengthLimits(
+            max_total_tokens=cap_length(cfg.ptx_max_tokens, context_length(cfg.model, tokenizer)),
+            overflow="truncate",
+        )
         records = load_records(cfg.ptx_data, fmt=cfg.ptx_format)
         self.examples = encode_sft(records, tokenizer, limits)
         if len(self.examples) == 0:

@@ -18,6 +18,7 @@ micro-batch pays only for its own longest row.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,9 +213,14 @@ def policy_update(
     generator: torch.Generator,
     critic: Any = None,
     ptx: Any = None,
+    apply_step: Callable[..., bool] | None = None,
 ) -> dict[str, float]:
     """μ passes over ``batch`` in ``num_minibatches`` shuffled mini-batches, one optimiser step each.
     Rows without loss tokens (masked truncations, invalid rewards) are left out. Returns mean diagnostics.
+
+    ``apply_step(optimizer, loss=…, grad_norm=…)`` takes each optimiser step (the trainer's non-finite
+    policy, :meth:`rlft.train.run_control.RunControl.step_optimizer`: a NaN/inf loss or gradient skips
+    it); by default ``optimizer.step()``.
 
     ``critic`` (``rl_critic.Critic``): its value loss on the same mini-batches, token-mean, with its own
     optimiser step. ``ptx`` (``rl_ptx.PtxData``): + ptx_coef·NLL of one ptx batch in every actor step."""
@@ -234,10 +240,12 @@ def policy_update(
             optimizer.zero_grad(set_to_none=True)
             if critic is not None:
                 critic.zero_grad()
+            mb_loss = 0.0
             for micro in micros:
                 loss, stats = micro_batch_loss(model, micro, s, kl_coef, normalizer, critic, v_normalizer)
                 loss.backward()
                 stats["loss"] = float(loss.detach())
+                mb_loss += stats["loss"]
                 for key in ("loss", "pg_loss", "kl_loss", "value_loss"):
                     if key in stats:
                         totals[key] = totals.get(key, 0.0) + stats.pop(key)
@@ -246,8 +254,12 @@ def policy_update(
                 ptx_loss, nll = ptx.loss(model)
                 ptx_loss.backward()
                 totals["ptx_nll"] = totals.get("ptx_nll", 0.0) + nll
+                mb_loss += float(ptx_loss.detach())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-            optimizer.step()
+            if apply_step is None:
+                optimizer.step()
+            else:
+                apply_step(optimizer, loss=mb_loss, grad_norm=grad_norm)
             grad_norms.append(float(grad_norm))
             if critic is not None:
                 if not critic.shared:
@@ -256,7 +268,7 @@ def policy_update(
                         v_loss.backward()
                         totals["value_loss"] = totals.get("value_loss", 0.0) + v_stats.pop("value_loss")
                         critic_sums.add(float(micro.loss_mask.sum()), **v_stats)
-                critic_norms.append(critic.step())
+                critic_norms.append(critic.step(apply_step))
             n_steps += 1
     out = {**sums.means(), **critic_sums.means()}
     out.update({k: v / n_steps for k, v in totals.items()})

@@ -29,7 +29,13 @@ from typing import Any
 
 import torch
 
-from rlft.data import DataError, PromptCompletionRecord, encode_sft, load_records, set_chat_template_kwargs
+from rlft.data import (
+    DataError,
+    PromptCompletionRecord,
+    encode_sft,
+    load_records,
+    set_chat_template_kwargs,
+)
 from rlft.data.tasks import parse_task_source
 from rlft.models import (
     load_reward_model,
@@ -42,11 +48,18 @@ from rlft.models.scalar_head import set_pad_token_id
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import end_of_step, epoch_order, length_limits, position_state, start_training
+from .epochs import (
+    end_of_step,
+    epoch_order,
+    model_length_limits,
+    position_state,
+    start_training,
+)
 from .rm_config import RMConfig
 from .rm_data import RankGroup, collate_groups, encode_groups, group_rewards
 from .rm_eval import evaluate_rm, reward_stats
 from .rm_loss import element_count, pair_stats, rm_loss
+from .run_control import RunControl, owns_run
 from .sft import task_of
 
 __all__ = ["RMResult", "train_rm"]
@@ -91,7 +104,7 @@ def _load_eval(cfg: RMConfig, tokenizer: Any) -> tuple[list[RankGroup], list[lis
     if source is None:
         return [], None
     records = load_records(source, fmt=_format(cfg, source), split="eval", limit=cfg.eval_samples)
-    groups = encode_groups(records, tokenizer, length_limits(cfg))
+    groups = encode_groups(records, tokenizer, model_length_limits(cfg, tokenizer))
     task = task_of(source)
     gold = None
     if task is not None and hasattr(task, "gold_score"):
@@ -106,8 +119,8 @@ def _norm_seqs(cfg: RMConfig, tokenizer: Any, train: Sequence[RankGroup]) -> lis
         return seqs[: cfg.norm_samples]
     records = load_records(cfg.norm_data, limit=cfg.norm_samples)
     if isinstance(records[0], PromptCompletionRecord):
-        return [e.input_ids for e in encode_sft(records, tokenizer, length_limits(cfg))]
-    return [s for g in encode_groups(records, tokenizer, length_limits(cfg)) for s in g.seqs][
+        return [e.input_ids for e in encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer))]
+    return [s for g in encode_groups(records, tokenizer, model_length_limits(cfg, tokenizer)) for s in g.seqs][
         : cfg.norm_samples
     ]
 
@@ -127,6 +140,7 @@ def _initial_model(cfg: RMConfig, pad_id: int) -> Any:
 # --- the trainer ------------------------------------------------------------------------------------------
 
 
+@owns_run
 def train_rm(
     cfg: RMConfig,
     run: RunDir,
@@ -148,7 +162,7 @@ def train_rm(
     set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     records = load_records(cfg.data, fmt=_format(cfg, cfg.data))
-    train = encode_groups(records, tokenizer, length_limits(cfg))
+    train = encode_groups(records, tokenizer, model_length_limits(cfg, tokenizer))
     loss_name = _loss_of(cfg, train)
     if any(len(set(g.ranks)) < 2 for g in train):
         raise DataError(f"{cfg.data}: a record has no two responses of different rank")
@@ -185,7 +199,8 @@ def train_rm(
             return {}
         return evaluate_rm(model, eval_groups, pad_id, loss_name, max(cfg.batch_size, 64), gold)
 
-    metrics = MetricsWriter(run.root)
+    metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
+    control = RunControl(run, "rm", cfg.max_consecutive_skips, say)
     initial_eval: dict[str, float] = {}
     if step == 0 and eval_groups:
         initial_eval = evaluate()
@@ -197,70 +212,72 @@ def train_rm(
     progress = Progress(total_steps, desc="rm", unit="step", enabled=show_progress)
     progress.update(step)
     steps_run = 0
-    try:
-        while step < total_steps:
-            if batch_index == steps_per_epoch:  # next epoch: a new permutation
-                epoch, batch_index = epoch + 1, 0
-                order = epoch_order(len(train), cfg.seed, epoch)
-            t0 = time.perf_counter()
-            chunk = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
-            micro = [
-                [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]]
-                for m in range(cfg.grad_accum)
-            ]
-            # Normalise by the elements of the WHOLE step (all micro-batches): Σ element losses / N.
-            n_elements = sum(element_count(groups, loss_name) for groups in micro)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, correct, gap, n_pairs, n_seqs = 0.0, 0.0, 0.0, 0, 0
-            for groups in micro:
-                batch = collate_groups(groups, pad_id)
-                rewards = group_rewards(model, batch)
-                losses = rm_loss(
-                    rewards,
-                    batch["ranks"],
-                    batch["valid"],
-                    loss_name,
-                    batch["margin"] if use_margin else None,
-                    cfg.center_coef,
+    with control:
+        try:
+            while step < total_steps:
+                if batch_index == steps_per_epoch:  # next epoch: a new permutation
+                    epoch, batch_index = epoch + 1, 0
+                    order = epoch_order(len(train), cfg.seed, epoch)
+                t0 = time.perf_counter()
+                chunk = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
+                micro = [
+                    [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]]
+                    for m in range(cfg.grad_accum)
+                ]
+                # Normalise by the elements of the WHOLE step (all micro-batches): Σ element losses / N.
+                n_elements = sum(element_count(groups, loss_name) for groups in micro)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum, correct, gap, n_pairs, n_seqs = 0.0, 0.0, 0.0, 0, 0
+                for groups in micro:
+                    batch = collate_groups(groups, pad_id)
+                    rewards = group_rewards(model, batch)
+                    losses = rm_loss(
+                        rewards,
+                        batch["ranks"],
+                        batch["valid"],
+                        loss_name,
+                        batch["margin"] if use_margin else None,
+                        cfg.center_coef,
+                    )
+                    (losses.sum() / n_elements).backward()
+                    loss_sum += float(losses.detach().sum())
+                    c, g, n = pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
+                    correct, gap, n_pairs, n_seqs = (
+                        correct + c,
+                        gap + g,
+                        n_pairs + n,
+                        n_seqs + len(batch["input_ids"]),
+                    )
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                loss_value = loss_sum / n_elements
+                control.step_optimizer(optimizer, step + 1, loss=loss_value, grad_norm=grad_norm)
+                scheduler.step()
+                step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
+                elapsed = time.perf_counter() - t0
+                if step % cfg.log_every == 0 or step == total_steps:
+                    metrics.log(
+                        step,
+                        {
+                            "loss": loss_value,
+                            "accuracy": correct / max(n_pairs, 1),
+                            "reward_gap": gap / max(n_pairs, 1),
+                            "lr": lr,
+                            "grad_norm": float(grad_norm),
+                            "seqs_per_s": n_seqs / max(elapsed, 1e-9),
+                            "epoch": epoch + batch_index / steps_per_epoch,
+                            "skipped_steps": control.skipped,
+                        },
+                    )
+                progress.update(1, loss=loss_value, acc=correct / max(n_pairs, 1))
+                final_eval, stop = end_of_step(
+                    cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval, control
                 )
-                (losses.sum() / n_elements).backward()
-                loss_sum += float(losses.detach().sum())
-                c, g, n = pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
-                correct, gap, n_pairs, n_seqs = (
-                    correct + c,
-                    gap + g,
-                    n_pairs + n,
-                    n_seqs + len(batch["input_ids"]),
-                )
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
-            loss_value = loss_sum / n_elements
-            elapsed = time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == total_steps:
-                metrics.log(
-                    step,
-                    {
-                        "loss": loss_value,
-                        "accuracy": correct / max(n_pairs, 1),
-                        "reward_gap": gap / max(n_pairs, 1),
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "seqs_per_s": n_seqs / max(elapsed, 1e-9),
-                        "epoch": epoch + batch_index / steps_per_epoch,
-                    },
-                )
-            progress.update(1, loss=loss_value, acc=correct / max(n_pairs, 1))
-            final_eval, stop = end_of_step(
-                cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval
-            )
-            if stop:
-                break
-    finally:
-        progress.close()
-        metrics.close()
+                if stop:
+                    break
+        finally:
+            progress.close()
+            metrics.close()
     model_dir = run.root / "model"
     norm: dict[str, float] = {}
     if step == total_steps:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
+from rlft.run.config_types import check_common
 
 __all__ = ["RM_LOSSES", "RMConfig"]
 
@@ -53,6 +54,7 @@ class RMConfig:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
     keep_dropout: bool = False  # keep the model's dropout in training (off: every dropout p = 0, as TRL)
     seed: int = 0
+    max_consecutive_skips: int = 10  # stop after this many steps in a row skipped as non-finite
     output_dir: str | None = None
     torch_threads: int = 2
 
@@ -64,6 +66,7 @@ class RMConfig:
             raise bad("model", "an SFT model directory (set --model DIR)")
         if not self.data:
             raise bad("data", "preference or ranked data, e.g. task:preference (set --data)")
+        check_common(self, optional_text=("eval_data", "format", "norm_data", "output_dir"))
         if self.loss not in RM_LOSSES:
             raise bad("loss", f"one of {', '.join(RM_LOSSES)}")
         if self.format not in (None, "preference", "ranked"):

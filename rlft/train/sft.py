@@ -59,7 +59,15 @@ from rlft.run import (
 
 from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .epochs import end_of_step, epoch_order, length_limits, position_state, shuffle_seed, start_training
+from .epochs import (
+    end_of_step,
+    epoch_order,
+    model_length_limits,
+    position_state,
+    shuffle_seed,
+    start_training,
+)
+from .run_control import RunControl, owns_run
 from .sft_config import SFTConfig
 
 __all__ = [
@@ -234,7 +242,7 @@ def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:
     if source is None:
         return None
     records = load_records(source, fmt=cfg.format, split="eval", limit=cfg.eval_samples)
-    examples = list(encode_sft(records, tokenizer, length_limits(cfg), cfg.completion_only_loss))
+    examples = list(encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer), cfg.completion_only_loss))
     eval_set = EvalSet(examples=examples)
     task = task_of(source)
     if cfg.eval_generate and task is not None:
@@ -266,6 +274,7 @@ def step_batches(
 # --- the trainer ------------------------------------------------------------------------------------------
 
 
+@owns_run
 def train_sft(
     cfg: SFTConfig,
     run: RunDir,
@@ -290,7 +299,7 @@ def train_sft(
     set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     pad_id = int(tokenizer.pad_token_id)
     records = load_records(cfg.data, fmt=cfg.format)
-    train = encode_sft(records, tokenizer, length_limits(cfg), cfg.completion_only_loss)
+    train = encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer), cfg.completion_only_loss)
     say(f"train data {cfg.data}: {train.report}")
     eval_set = load_eval_set(cfg, tokenizer)
     if eval_set is not None:
@@ -327,7 +336,8 @@ def train_sft(
             out |= generation_metrics(model, tokenizer, eval_set, cfg.eval_max_new_tokens, seed=cfg.seed)
         return out
 
-    metrics = MetricsWriter(run.root)
+    metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
+    control = RunControl(run, "sft", cfg.max_consecutive_skips, say)
     initial_eval: dict[str, float] = {}
     if step == 0 and eval_set is not None:
         initial_eval = evaluate()
@@ -339,50 +349,52 @@ def train_sft(
     progress = Progress(total_steps, desc="sft", unit="step", enabled=show_progress)
     progress.update(step)
     steps_run = 0
-    try:
-        while step < total_steps:
-            if batch_index == steps_per_epoch:  # next epoch: a new permutation
-                epoch, batch_index = epoch + 1, 0
-                order = epoch_order(len(train), cfg.seed, epoch)
-            t0 = time.perf_counter()
-            batches = step_batches(train, order, batch_index, cfg, pad_id)
-            # Normalise by the loss tokens of the WHOLE step (all micro-batches): Σ token losses / N.
-            n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for batch in batches:
-                loss, _ = token_loss_sum(model, batch)
-                (loss / max(n_tokens, 1)).backward()
-                loss_sum += float(loss.detach())
-            # Clip the norm of the full gradient (inf: measure only) to tame early spikes.
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
-            loss_value = loss_sum / max(n_tokens, 1)
-            seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
-            elapsed = time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == total_steps:
-                metrics.log(
-                    step,
-                    {
-                        "loss": loss_value,
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "tokens_per_s": seen / max(elapsed, 1e-9),
-                        "epoch": epoch + batch_index / steps_per_epoch,
-                    },
+    with control:
+        try:
+            while step < total_steps:
+                if batch_index == steps_per_epoch:  # next epoch: a new permutation
+                    epoch, batch_index = epoch + 1, 0
+                    order = epoch_order(len(train), cfg.seed, epoch)
+                t0 = time.perf_counter()
+                batches = step_batches(train, order, batch_index, cfg, pad_id)
+                # Normalise by the loss tokens of the WHOLE step (all micro-batches): Σ token losses / N.
+                n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = 0.0
+                for batch in batches:
+                    loss, _ = token_loss_sum(model, batch)
+                    (loss / max(n_tokens, 1)).backward()
+                    loss_sum += float(loss.detach())
+                # Clip the norm of the full gradient (inf: measure only) to tame early spikes.
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                loss_value = loss_sum / max(n_tokens, 1)
+                control.step_optimizer(optimizer, step + 1, loss=loss_value, grad_norm=grad_norm)
+                scheduler.step()
+                step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
+                seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
+                elapsed = time.perf_counter() - t0
+                if step % cfg.log_every == 0 or step == total_steps:
+                    metrics.log(
+                        step,
+                        {
+                            "loss": loss_value,
+                            "lr": lr,
+                            "grad_norm": float(grad_norm),
+                            "tokens_per_s": seen / max(elapsed, 1e-9),
+                            "epoch": epoch + batch_index / steps_per_epoch,
+                            "skipped_steps": control.skipped,
+                        },
+                    )
+                progress.update(1, loss=loss_value, lr=lr)
+                final_eval, stop = end_of_step(
+                    cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval, control
                 )
-            progress.update(1, loss=loss_value, lr=lr)
-            final_eval, stop = end_of_step(
-                cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval
-            )
-            if stop:
-                break
-    finally:
-        progress.close()
-        metrics.close()
+                if stop:
+                    break
+        finally:
+            progress.close()
+            metrics.close()
     model_dir = run.root / "model"
     if step == total_steps:
         save_pretrained_atomic(model.eval(), tokenizer, model_dir)

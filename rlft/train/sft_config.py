@@ -7,6 +7,7 @@ from typing import Any
 
 from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
+from rlft.run.config_types import check_common
 
 __all__ = ["SFTConfig"]
 
@@ -48,6 +49,7 @@ class SFTConfig:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
     keep_dropout: bool = False  # keep the model's dropout in training (off: every dropout p = 0, as TRL)
     seed: int = 0
+    max_consecutive_skips: int = 10  # stop after this many steps in a row skipped as non-finite
     output_dir: str | None = None  # run directory; null: runs/sft-TIMESTAMP
     eval_generate: bool = True  # greedy-generate on eval prompts and report the task's metrics (tasks only)
     eval_max_new_tokens: int = 16
@@ -61,6 +63,9 @@ class SFTConfig:
             raise bad("model", "a model directory (set --model DIR)")
         if not self.data:
             raise bad("data", "a data source such as a .jsonl file or task:arithmetic (set --data)")
+        check_common(
+            self, generation=("eval_max_new_tokens",), optional_text=("eval_data", "format", "output_dir")
+        )
         positive = ["eval_samples", "batch_size", "grad_accum", "eval_max_new_tokens", "log_every"]
         for key in positive:
             if getattr(self, key) < 1:

@@ -8,9 +8,16 @@ the CPU's feature flags, so a cache shared between machines never hands one a li
 another. The build is written to a temporary file and renamed, so a half-written library is never
 loaded.
 
+Loading a library runs its code, so a cached one is loaded only if it is ours: the cache directory
+(created 0700) and the library must belong to the current user and be writable by nobody else, and the
+library's SHA-256 must equal the one recorded beside it (``<name>.sha256``) when it was compiled here.
+Anything else is rebuilt, never loaded.
+
 Once loaded, the kernels are checked against the torch ops they replace (``reference_*``,
-``F.linear``). With no compiler, a failed build, a failed check, or ``RLFT_KERNELS=0``, :func:`kernels`
-returns None and callers keep their torch code path; :func:`unavailable_reason` says why.
+``F.linear``), in a fixed torch state (grad mode on, float32 default dtype, CPU, one thread) so that
+whether the kernels are used never depends on where they are first needed. With no compiler, a failed
+build, a failed check, or ``RLFT_KERNELS=0``, :func:`kernels` returns None and callers keep their
+torch code path; :func:`unavailable_reason` says why, and a failure is reported once on stderr.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,10 +67,32 @@ def _cpu_flags() -> str:
 
 
 def build(source: Path = SOURCE) -> Path:
-    """Compile ``source`` into the cache (if not there yet) and return the library's path."""
+    """Compile ``source`` into the cache (unless a trusted build is there) and return the library's path."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
+    directory = _private_dir(cache_dir())
+    target = directory / _library_name(cc, source)
+    if target.exists() or target.is_symlink():
+        problem = _untrusted(target)
+        if problem is None:
+            return target
+        print(f"rlft: kernel cache: not loading {target} ({problem}); rebuilding it", file=sys.stderr)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        _compile(cc, source, Path(tmp))
+        os.chmod(tmp, 0o755)  # the linker's mode follows the umask, which may let the group write
+        _write_private(_digest_path(target), _sha256(Path(tmp)) + "\n")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _library_name(cc: str, source: Path) -> str:
+    """``<stem>-<key>.so``, the key hashing everything the machine code depends on."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     headers = [h.read_text() for h in sorted(SOURCE.parent.glob("*.h"))]  # vec.h, included by both
     key = hashlib.sha256(
@@ -69,22 +100,83 @@ def build(source: Path = SOURCE) -> Path:
             [source.read_text(), *headers, " ".join(FLAGS), version, _cpu_flags(), platform.machine()]
         ).encode()
     ).hexdigest()[:20]
-    target = cache_dir() / f"{source.stem}-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    return f"{source.stem}-{key}.so"
+
+
+def _compile(cc: str, source: Path, out: Path) -> None:
+    command = [cc, *FLAGS, f"-I{SOURCE.parent}", str(source), "-o", str(out), "-lm"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-2000:]}")
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_suffix(".sha256")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _private_dir(directory: Path) -> Path:
+    """``directory``, created 0700 if missing; one of ours that others may write to is narrowed to 0700.
+
+    A directory of another user is refused: whoever owns it can swap a checked library for another
+    between the check and the load.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.stat()
+    if info.st_uid != os.getuid():
+        raise RuntimeError(
+            f"kernel cache {directory} belongs to uid {info.st_uid}, not to this user "
+            "(set RLFT_CACHE to a directory of your own)"
+        )
+    if info.st_mode & 0o077:
+        directory.chmod(0o700)
+    return directory
+
+
+def _stat_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file of the current user that only they can write, or None."""
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.getuid():
+        return f"owned by uid {info.st_uid}, not by this user"
+    if info.st_mode & 0o022:
+        return f"writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _untrusted(library: Path) -> str | None:
+    """Why the cached ``library`` must not be loaded, or None if it is the build we recorded."""
+    digest = _digest_path(library)
     try:
-        command = [cc, *FLAGS, f"-I{SOURCE.parent}", str(source), "-o", tmp, "-lm"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)
+        problem = _stat_problem(library)
+        if problem is None:
+            problem = _stat_problem(digest)
+            problem = problem and f"its {digest.name} is {problem}"
+        if problem is None and digest.read_text().strip() != _sha256(library):
+            problem = f"its SHA-256 differs from the one recorded in {digest.name}"
+    except FileNotFoundError:
+        problem = f"no {digest.name} recorded at build time"
+    except (OSError, UnicodeDecodeError) as err:
+        problem = f"unreadable: {err}"
+    return problem
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, as a file only its owner can write."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -101,18 +193,51 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def load(source: Path, declare, check) -> ctypes.CDLL | None:
-    """Build ``source``, load it, set its signatures (``declare(lib)``) and run ``check(lib)``; None
-    (with the reason kept for :func:`unavailable_reason`) if any of it fails or ``RLFT_KERNELS=0``."""
+    """Build ``source``, load it, set its signatures (``declare(lib)``) and run ``check(lib)`` (see
+    :func:`run_self_check`); None if any of it fails or ``RLFT_KERNELS=0``. A failure is kept for
+    :func:`unavailable_reason` and reported in one line on stderr: the caller then runs torch ops."""
     if os.environ.get("RLFT_KERNELS", "1") == "0":
         _reason.append("disabled by RLFT_KERNELS=0")
         return None
     try:
         lib = declare(ctypes.CDLL(str(build(source))))
-        check(lib)
+        run_self_check(check, lib)
         return lib
     except (OSError, RuntimeError, AssertionError) as err:
         _reason.append(f"{source.name}: {err}")
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(
+            f"rlft: C kernels of {source.name} not used ({first_line}); using the PyTorch path",
+            file=sys.stderr,
+        )
         return None
+
+
+CHECK_THREADS = 1
+
+
+def run_self_check(check, lib: ctypes.CDLL) -> None:
+    """``check(lib)`` with grad mode on, inference mode and autocast off, float32 as the default dtype,
+    the CPU as the default device and :data:`CHECK_THREADS` threads, whatever the caller's state.
+
+    The checks run backward passes and build float32 CPU tensors; the first kernel call may come from
+    under ``torch.no_grad()`` (an evaluation) or ``torch.inference_mode()``, and a check failing there
+    would switch the whole process to the torch path depending on where the kernels were first needed.
+    """
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    try:
+        torch.set_default_dtype(torch.float32)
+        torch.set_num_threads(CHECK_THREADS)
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast("cpu", enabled=False),
+            torch.device("cpu"),
+        ):
+            check(lib)
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
 
 
 @functools.cache
