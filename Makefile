@@ -20,11 +20,13 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check rlft tests benchmarks
+	$(BIN)/mypy rlft/algos rlft/run
 	$(BIN)/python -m pytest -p no:cacheprovider --cov=rlft --cov-report=term
 	$(BIN)/python -m coverage report --include='rlft/algos/*' --fail-under=95
 
 lint: setup
-	$(BIN)/ruff check rlft tests
+	$(BIN)/ruff check rlft tests benchmarks
+	$(BIN)/mypy rlft/algos rlft/run
 
 clean:
 	rm -rf $(VENV) .coverage runs

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from rlft.commands.dpo import DEMO_DPO, dpo_demo_stage
-from rlft.commands.rewards import DEMO_SFT_STEPS, preference_sft
+from rlft.commands.demo import DEMO_DPO, dpo_demo_stage, preference_sft
+from rlft.commands.demo import DEMO_PREFERENCE_SFT_STEPS as DEMO_SFT_STEPS
 
 
 def main() -> None:

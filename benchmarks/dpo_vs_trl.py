@@ -4,7 +4,8 @@
         [--variants ref-fp32,ref-bf16,pre-fp32,pre-bf16] [--trl-python /work/trl-venv/bin/python]
         [--wait-idle 600] [--quick]
 
-Workload (PERFORMANCE.md): Llama models with a 53-token character-level tokenizer, "tiny" = hidden 128,
+Workload (benchmarks/RESULTS.md §How the figures are measured): Llama models with a 53-token
+character-level tokenizer, "tiny" = hidden 128,
 4 layers (1.06M parameters) and "small" = hidden 384, 6 layers (14.2M), tied embeddings, built here and
 saved once; both sides load that directory. Batch: 16 preference pairs per step, every sequence exactly
 65 tokens (a 16-character prompt, a 48-character completion and EOS; TRL appends the EOS itself, rlft's
@@ -13,7 +14,8 @@ Variants: the reference recomputed every step ("ref", TRL ``precompute_ref_log_p
 ``precompute_ref: false``) or precomputed before the timed steps ("pre"), in float32 or with bfloat16
 (TRL ``bf16=True`` = CPU autocast; rlft ``bf16: true``).
 
-TRL is configured as PERFORMANCE.md describes: ``gradient_checkpointing=False``, ``use_cpu=True``,
+TRL is configured as benchmarks/RESULTS.md §How the figures are measured describes:
+``gradient_checkpointing=False``, ``use_cpu=True``,
 logging, saving and tqdm off, ``dataloader_num_workers=0``. Both sides run as subprocesses with their
 own interpreter (TRL lives in a separate venv) and the same environment, including the tuned glibc
 malloc settings. rlft runs its real trainer (``train_dpo``, what ``rlft dpo`` runs).

@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.15, help="required accuracy gain")
     args = parser.parse_args()
 
-    from rlft.commands.lm import arithmetic_sft_stage
-    from rlft.commands.rl import demo_config
+    from rlft.commands.demo import arithmetic_sft_stage
+    from rlft.commands.demo import grpo_demo_config as demo_config
     from rlft.run import RunDir, plot_run, save_config
     from rlft.train import train_rl
 

@@ -5,7 +5,7 @@
 
 Each side runs as a subprocess with its own interpreter (TRL lives in a separate venv and this file imports
 nothing but the standard library at module level), interleaved A B A B …, with the same threads (2) and
-the same tuned-malloc environment (``PERFORMANCE.md``).
+the same tuned-malloc environment (``benchmarks/RESULTS.md`` §How the figures are measured).
 
 speed     Random-init tiny Llamas ("1m" ≈ 1.1M and "15m" ≈ 14M parameters) on prompts "a+b=" (a, b in
           0..99), reward 1 when the completion starts with the sum: 8 prompts × 8 generations, ≤ 32 new
@@ -27,7 +27,7 @@ accuracy  From the SFT checkpoint of the demo's SFT stage (1m model, arithmetic 
 cputime   (for busy shared machines) One-thread CPU seconds per step of each side, from the difference of a
           short and a long run; see :func:`cputime`.
 
-TRL is configured as PERFORMANCE.md says an expert would on a CPU: no gradient checkpointing, float32,
+TRL is configured as an expert would on a CPU (benchmarks/RESULTS.md): no gradient checkpointing, float32,
 ``use_cpu``, KV cache on, saving/tqdm off, no dataloader workers, the whole batch in one device batch,
 constant learning rate (rlft's default), the same AdamW settings and gradient clipping (1.0). Logging is
 every step (its completion lengths feed the FLOP count; TRL computes those metrics every step anyway).
@@ -372,7 +372,7 @@ def cputime(args: argparse.Namespace, root: Path) -> list[dict]:
 
 
 def accuracy(args: argparse.Namespace, root: Path) -> dict:
-    from rlft.commands.lm import arithmetic_sft_stage
+    from rlft.commands.demo import arithmetic_sft_stage
     from rlft.models import HFSampler, load_causal_lm, load_tokenizer
     from rlft.rewards import build_rewards
     from rlft.train import RLConfig

@@ -1,5 +1,5 @@
 """What this machine can do right now: other processes' CPU load, and the 2048² matmul rate that the
-benchmarks' MFU figures are measured against (``../shared/PERFORMANCE.md`` says why 2048²).
+benchmarks' MFU figures are measured against (``benchmarks/RESULTS.md`` §How the figures are measured says why 2048²).
 
 Imports only the standard library at module level (torch inside the function), so a benchmark that also
 runs under a peer's interpreter (TRL's venv) can import it there.

@@ -53,8 +53,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rlft.commands.rewards import preference_sft, rm_demo_stage
-    from rlft.commands.rl import ppo_demo_config
+    from rlft.commands.demo import ppo_demo_config, preference_sft, rm_demo_stage
     from rlft.run import RunDir, save_config
     from rlft.train import KLConfig, train_rl
     from rlft.train.rl_config import CriticConfig

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from rlft.commands.rewards import DEMO_LABEL_NOISE, DEMO_RM_LR, DEMO_SFT_STEPS, preference_sft
+from rlft.commands.demo import DEMO_LABEL_NOISE, DEMO_RM_LR, preference_sft
+from rlft.commands.demo import DEMO_PREFERENCE_SFT_STEPS as DEMO_SFT_STEPS
 from rlft.data import get_task
 from rlft.run import RunDir, save_config
 from rlft.train import RMConfig, train_rm

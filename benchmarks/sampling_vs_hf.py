@@ -5,7 +5,8 @@
 For each size: batch 64 prompts × exactly 64 new tokens (EOS ignored on both sides), runs interleaved
 A/B/C… per repeat, medians and the median of per-pair ratios. MFU = 2·N·tokens / time / peak, with
 tokens = non-pad prompt tokens + generated tokens and N the parameter count; the peak is float32
-2048×2048 ``torch.matmul`` measured in the same run (PERFORMANCE.md's denominator). The oneDNN float32
+2048×2048 ``torch.matmul`` measured in the same run (the MFU denominator of benchmarks/RESULTS.md §How the
+figures are measured). The oneDNN float32
 rate is printed too because the fast decode step uses oneDNN (see rlft/models/onednn.py) and that is
 the honest ceiling for it. Also: the bf16 autocast option's speed and its log-prob error against
 float32 ``token_logprobs``, and whether dropping finished rows (batch compaction) pays off when

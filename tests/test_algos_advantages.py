@@ -1,4 +1,4 @@
-"""Advantage estimators against the worked examples of ALGORITHMS.md (numbers copied here)."""
+"""Advantage estimators against the worked examples of docs/algorithms.md §Advantages (numbers copied here)."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from rlft.algos import (
     gae,
     group_normalized_advantages,
     masked_whiten,
+    moving_average_advantages,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     remax_advantages,
@@ -224,3 +225,13 @@ def test_registry_lookup_and_unknown_name():
         ADVANTAGES.get("gea")
     with pytest.raises(ValueError, match="registered twice"):
         ADVANTAGES.register("gae")(lambda: None)
+
+
+def test_moving_average_advantages_use_the_baseline_then_update_it():
+    baseline = MovingAverageBaseline(alpha=0.9, value=0.5)
+    rewards, mask = T([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), T([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    adv, returns = moving_average_advantages(rewards, mask, baseline, gamma=0.9)
+    close(returns, [[0.81, 0.9, 1.0], [0.0, 0.0, 0.0]])
+    close(adv, [[0.31, 0.4, 0.5], [0.0, 0.0, 0.0]])
+    close(baseline.value, 0.531)  # the empty row does not count in the mean episode return
+    assert ADVANTAGES.get("moving_average") is moving_average_advantages

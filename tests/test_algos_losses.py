@@ -1,4 +1,5 @@
-"""Policy losses, value loss, entropy, KL and aggregation against ALGORITHMS.md, plus gradient checks."""
+"""Policy losses, value loss, entropy, KL and aggregation against docs/algorithms.md (§Policy losses,
+§Loss aggregation, §KL estimators), plus gradient checks."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Reward-model and direct-preference losses against the worked examples of ALGORITHMS.md."""
+"""Reward-model and direct-preference losses against the worked examples of docs/algorithms.md."""
 
 import pytest
 import torch

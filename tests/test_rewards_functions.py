@@ -19,7 +19,7 @@ def fn(name: str, **options):
 
 
 def test_dapo_overlong_worked_example() -> None:
-    # ALGORITHMS.md §10 (g): L_max 20480, L_cache 4096.
+    # docs/algorithms.md §DAPO sampling and overlong shaping: L_max 20480, L_cache 4096.
     values = [dapo_overlong_penalty(n, 20480, 4096) for n in (16384, 18432, 20480, 20481)]
     assert values == [0.0, -0.5, -1.0, -1.0]
     assert dapo_overlong_penalty(100, 20480, 4096) == 0.0

@@ -64,7 +64,7 @@ def small_cfg(model: str, data: str, tmp_path, **changes) -> DPOConfig:
     return dataclasses.replace(base, **changes)
 
 
-# --- worked examples (ALGORITHMS.md §6, §7) through the trainer's loss path ------------------------------
+# --- worked examples (docs/algorithms.md §Preference losses) through the trainer's loss path ---------
 
 
 def loss_of(loss: str, policy, counts, reference=None, **kw):
@@ -396,7 +396,7 @@ def test_shared_prompt_rows_give_the_same_metrics(tiny_model, data_files, tmp_pa
 
 
 def test_demo_stage_reports_the_gold_win_rate(tiny_model, tmp_path, capsys) -> None:
-    from rlft.commands.dpo import dpo_demo_stage
+    from rlft.commands.demo import dpo_demo_stage
 
     out = dpo_demo_stage(
         tmp_path,

@@ -15,7 +15,15 @@ import torch
 from micro_models import save_micro_llama
 from rl_cases import weights
 
-from rlft.algos import gae, global_normalizer, masked_whiten, ppo_clip_loss, shaped_token_rewards, value_loss
+from rlft.algos import (
+    explained_variance,
+    gae,
+    global_normalizer,
+    masked_whiten,
+    ppo_clip_loss,
+    shaped_token_rewards,
+    value_loss,
+)
 from rlft.models import (
     load_causal_lm,
     load_tokenizer,
@@ -26,7 +34,7 @@ from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
 from rlft.train.rl_advantages import AdvantageState, advantage_step
 from rlft.train.rl_config import CriticConfig
-from rlft.train.rl_critic import Critic, explained_variance
+from rlft.train.rl_critic import Critic
 from rlft.train.rl_ptx import PtxData
 from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_update
 from rlft.train.sft import token_loss_sum
@@ -96,7 +104,7 @@ def one_row_batch(logp: list[float], ref: list[float], score: float) -> RolloutB
     )
 
 
-# --- the DeepSpeed-Chat worked example (ALGORITHMS.md §4 g) through the trainer's estimate stage ---------
+# --- the DeepSpeed-Chat worked example (docs/algorithms.md §KL-shaped rewards), trainer's estimate stage
 
 
 def test_deepspeed_chat_example_reward_shaping_clipping_and_gae() -> None:
@@ -141,7 +149,7 @@ def test_k3_and_adaptive_coefficient_and_gae_on_a_value_baseline() -> None:
     batch.values = torch.tensor([[0.5, 0.6, 0.7]])
     cfg = dataclasses.replace(cfg, whiten_advantages=False)
     advantage_step(cfg, batch, 0.2, AdvantageState())
-    k3 = torch.tensor([[0.106531, 0.0, 0.0]])  # ALGORITHMS.md §0b: log ρ = −0.5 ⇒ k3 = 0.106531
+    k3 = torch.tensor([[0.106531, 0.0, 0.0]])  # docs/algorithms.md §KL worked example: log ρ = −0.5 ⇒ k3 = 0.106531
     rewards = shaped_token_rewards(torch.tensor([1.0]), torch.ones(1, 3), k3, 0.2)
     expected, returns = gae(rewards, batch.values, 1.0, 0.95, torch.ones(1, 3))
     torch.testing.assert_close(batch.advantages, expected, rtol=1e-5, atol=1e-6)
@@ -392,7 +400,7 @@ def test_missing_eos_penalty_lowers_the_score_of_truncated_completions(models, t
 
 
 def test_demo_stage_reports_gold_score_before_and_after(models, tmp_path, capsys) -> None:
-    from rlft.commands.rl import ppo_demo_stage
+    from rlft.commands.demo import ppo_demo_stage
 
     out = ppo_demo_stage(
         tmp_path,

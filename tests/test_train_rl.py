@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import re
 
@@ -13,6 +14,8 @@ import torch
 from rl_cases import DATA, fixed_batch, micro_rl_model, small_cfg, weights, write_reward_file
 
 from rlft.algos import (
+    ADVANTAGES,
+    POLICY_LOSSES,
     SASState,
     aggregate,
     cispo_loss,
@@ -42,11 +45,25 @@ from rlft.models import (
 )
 from rlft.rewards import RewardError, RewardResult
 from rlft.run import ConfigError, RunDir, load_config
+from rlft.run.seeding import (
+    episode_reset_seed,
+    epoch_seed,
+    minibatch_seed,
+    ptx_stream_seed,
+    rollout_seed,
+    win_rate_seed,
+)
 from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
-from rlft.train.rl_advantages import AdvantageState, estimate_advantages
+from rlft.train.rl_advantages import (
+    AdvantageState,
+    check_advantage,
+    estimate_advantages,
+    estimator_args,
+    needs_critic,
+)
 from rlft.train.rl_presets import PRESETS
 from rlft.train.rl_rollout import DynamicSamplingError, PromptStream, collect_rollout, zero_variance_groups
-from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_update
+from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_loss_args, policy_update
 
 QUIET = {"show_progress": False, "log": lambda _: None}
 
@@ -68,7 +85,7 @@ def reward_file(tmp_path_factory) -> str:
 
 
 def hand_loss(preset: str, b: RolloutBatch, logp: torch.Tensor) -> torch.Tensor:
-    """The loss of ``preset`` on batch ``b`` spelled out with rlft.algos (ALGORITHMS.md §1, §8–§14)."""
+    """The loss of ``preset`` on batch ``b`` spelled out with rlft.algos (docs/algorithms.md §Online RL presets)."""
     m = b.response_mask.float()
     R, g, old, ref = b.scores, b.group_ids, b.old_logp, b.ref_logp
     seq = lambda a: a[:, None] * m  # noqa: E731 - a sequence advantage on every token
@@ -500,9 +517,89 @@ def test_entropy_bonus_subtracts_c_times_the_aggregated_entropy(tiny_model, rewa
 
 
 def test_demo_stage_runs_grpo_from_a_model_and_reports_before_and_after(tiny_model, tmp_path, capsys) -> None:
-    from rlft.commands.rl import rl_demo_stage
+    from rlft.commands.demo import rl_demo_stage
 
     out = rl_demo_stage(tmp_path, tiny_model, seed=0, show_progress=False, steps=2)
     assert out["steps"] == 2 and (out["model_dir"] / "config.json").is_file()
     assert 0.0 <= out["before"] <= 1.0 and 0.0 <= out["after"] <= 1.0
     assert "greedy acc" in capsys.readouterr().out
+
+
+# The trainer inputs and config values that estimators and losses take under their own parameter names.
+TRAINER_INPUTS = {
+    *("scores", "group_ids", "mask", "token_rewards", "rewards", "greedy_scores", "values", "kl"),
+    *("kl_coef", "gamma", "lam", "scale", "unbiased", "prompt_keys", "state", "baseline"),
+}
+LOSS_CONFIG_KEYS = {"clip_low", "clip_high", "dual_clip", "tau_pos", "tau_neg", "max_ratio"}
+
+
+@pytest.mark.parametrize("name", ADVANTAGES.names())
+def test_every_estimator_has_a_call_line_giving_each_input_it_names(name) -> None:
+    args = estimator_args(name)
+    params = inspect.signature(ADVANTAGES.get(name)).parameters
+    assert set(args) == TRAINER_INPUTS & set(params)
+    inspect.signature(ADVANTAGES.get(name)).bind(**dict.fromkeys(args))  # every required parameter is there
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES.names())
+def test_every_policy_loss_has_a_call_line_giving_each_config_value_it_names(name) -> None:
+    cfg = dataclasses.replace(RLConfig(model="m", data="d").resolved(), policy_loss=name)
+    args = policy_loss_args(cfg)
+    params = inspect.signature(POLICY_LOSSES.get(name)).parameters
+    assert set(args) == LOSS_CONFIG_KEYS & set(params)
+    assert all(value == getattr(cfg, key) for key, value in args.items() if key != "dual_clip")
+
+
+def test_dual_clip_zero_is_off_for_ppo_clip_and_raised_to_max_ratio_by_dcpo() -> None:
+    cfg = dataclasses.replace(RLConfig(model="m", data="d").resolved(), dual_clip=0.0)
+    assert policy_loss_args(dataclasses.replace(cfg, policy_loss="ppo_clip"))["dual_clip"] is None
+    assert policy_loss_args(dataclasses.replace(cfg, policy_loss="dcpo"))["dual_clip"] == 0.0
+    on = dataclasses.replace(cfg, policy_loss="ppo_clip", dual_clip=3.0)
+    assert policy_loss_args(on)["dual_clip"] == 3.0
+
+
+def test_a_registered_estimator_or_loss_without_a_call_line_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setitem(ADVANTAGES._entries, "mine", lambda scores: scores)
+    with pytest.raises(ConfigError, match=r"'mine' is registered .* no line in .*ESTIMATOR_ARGS"):
+        needs_critic("mine")
+    monkeypatch.setitem(POLICY_LOSSES._entries, "mine", ppo_clip_loss)
+    cfg = dataclasses.replace(RLConfig(model="m", data="d").resolved(), policy_loss="mine")
+    with pytest.raises(ConfigError, match=r"'mine' is registered .* no line in .*POLICY_LOSS_ARGS"):
+        loss_settings(cfg)
+
+
+def test_unknown_advantage_and_loss_kwargs_are_one_line_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^config key 'advantage_kwargs': 'grpo' takes no argument 'epz'$"):
+        check_advantage("grpo", has_critic=False, extra={"eps": 1e-3, "epz": 1})
+    check_advantage("grpo", has_critic=False, extra={"eps": 1e-3, "scale": "none"})
+    with pytest.raises(ConfigError, match="'gae' needs critic values"):
+        check_advantage("gae", has_critic=False, extra={})
+    cfg = RLConfig(model="m", data="d", loss_kwargs={"clip_lo": 0.1}).resolved()
+    with pytest.raises(
+        ConfigError, match=r"^config key 'loss_kwargs': policy loss 'ppo_clip' takes no 'clip_lo'$"
+    ):
+        loss_settings(cfg)
+    cfg = RLConfig(model="m", data="d", loss_kwargs={"clip_low": 0.1}).resolved()
+    assert loss_settings(cfg).loss_kwargs["clip_low"] == 0.1  # loss_kwargs win over the config values
+
+
+def test_advantage_kwargs_override_the_trainer_inputs_and_reach_the_estimator() -> None:
+    scores, groups, ones = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1]), torch.ones(4, 2)
+    batch = RolloutBatch(*[ones] * 4, torch.ones(4, dtype=torch.bool), groups, groups, ones, scores)
+    batch.loss_mask = ones
+    common = dict(kl=None, kl_coef=0.0, gamma=1.0, lam=1.0, unbiased=None, state=AdvantageState())
+    adv, _, _ = estimate_advantages("grpo", batch, scale="group", extra={"scale": "none"}, **common)
+    torch.testing.assert_close(adv[:, 0], group_normalized_advantages(scores, groups, scale="none"))
+    batch.baseline_scores = None
+    with pytest.raises(ConfigError, match="advantage 'remax' needs 'greedy_scores'"):
+        estimate_advantages("remax", batch, scale="group", **common)
+
+
+def test_seed_derivations_keep_their_values() -> None:
+    # Exact resume and recorded runs depend on these numbers: they must never change.
+    assert rollout_seed(3, 5) == (3 * 1_000_003 + 5) * 1009
+    assert minibatch_seed(3, 5) == (3 * 1_000_003 + 5) * 7919
+    assert epoch_seed(3, 5) == 3 * 1_000_003 + 5
+    assert ptx_stream_seed(3) == 3 * 1_000_003 + 17
+    assert win_rate_seed(3) == 3 + 7919
+    assert episode_reset_seed(3, 5) == 3 + 7919 * 5

@@ -1,5 +1,6 @@
-"""The reward-model trainer: ALGORITHMS.md §5 worked examples through its loss path, K-wise with K = 2
-equals pairwise, learning, accumulation, exact resume, normalisation stats, reload through transformers."""
+"""The reward-model trainer: docs/algorithms.md §Reward-model losses worked examples through its loss path,
+K-wise with K = 2 equals pairwise, learning, accumulation, exact resume, normalisation stats, reload
+through transformers."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def quiet(_: str) -> None:
     pass
 
 
-# --- the loss path: ALGORITHMS.md §5 (g) --------------------------------------------------------------------
+# --- the loss path: docs/algorithms.md §Bradley–Terry ---------------------------------------------------
 
 
 def pair(rw: float, rl: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

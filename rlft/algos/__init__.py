@@ -13,6 +13,7 @@ from .advantages import (
     gae,
     group_normalized_advantages,
     last_token_index,
+    moving_average_advantages,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     remax_advantages,
@@ -21,6 +22,7 @@ from .advantages import (
     shaped_token_rewards,
 )
 from .aggregation import AGGREGATIONS, aggregate, global_normalizer
+from .diagnostics import explained_variance
 from .kl import (
     KL_CONTROLLERS,
     KL_ESTIMATORS,

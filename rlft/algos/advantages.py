@@ -7,7 +7,9 @@ steps/tokens and 0 on padding. Sequence-level tensors (one score per completion)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,7 +17,7 @@ from torch import Tensor
 from .masked import masked_whiten
 from .registry import Registry
 
-ADVANTAGES: Registry = Registry("advantage estimator")
+ADVANTAGES: Registry[Callable[..., Any]] = Registry("advantage estimator")
 
 
 def _backward_scan(
@@ -329,3 +331,24 @@ class MovingAverageBaseline:
     def advantages(self, returns: Tensor) -> Tensor:
         """A = G − b (b = 0 before the first update)."""
         return returns - (0.0 if self.value is None else self.value)
+
+
+@ADVANTAGES.register("moving_average")
+def moving_average_advantages(
+    token_rewards: Tensor, mask: Tensor, baseline: MovingAverageBaseline, gamma: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE with Williams' reinforcement comparison; returns (advantages, returns G_t).
+
+    A_t = G_t − b with G_t the reward-to-go of `token_rewards`, then b ← α·b + (1 − α)·mean episode return
+    (the return at each non-empty row's first unmasked token), updated *after* the advantages so b does
+    not depend on the current actions (Williams 1992). `baseline` is updated in place; the caller keeps it
+    across steps and in checkpoints.
+    Example: terminal reward R, γ = 1 ⇒ every token gets R − b.
+    """
+    returns = reward_to_go(token_rewards, gamma, mask=mask)
+    advantages = baseline.advantages(returns) * mask
+    rows = mask.sum(-1) > 0
+    if bool(rows.any()):
+        first = returns.gather(-1, mask.to(torch.long).argmax(-1, keepdim=True)).squeeze(-1)
+        baseline.update(float(first[rows].mean()))
+    return advantages, returns

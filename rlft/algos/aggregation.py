@@ -14,12 +14,14 @@ only-token-mean −1.5.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from .registry import Registry
 
-AGGREGATIONS: Registry = Registry("loss aggregation")
+AGGREGATIONS: Registry[Callable[..., Tensor]] = Registry("loss aggregation")
 
 
 def _rows_with_tokens(mask: Tensor) -> Tensor:

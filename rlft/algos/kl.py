@@ -12,14 +12,16 @@ Example: logp = −1.0, logp_ref = −1.5 ⇒ k1 = 0.5, k2 = 0.125, k3 = 0.10653
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .registry import Registry
 
-KL_ESTIMATORS: Registry = Registry("KL estimator")
+KL_ESTIMATORS: Registry[Callable[..., Tensor]] = Registry("KL estimator")
 
 LOG_RATIO_CLAMP = 20.0  # verl and TRL clamp log-ratios to ±20 before exp
 K3_CLAMP = 10.0  # verl clamps k3 itself to ±10
@@ -116,7 +118,7 @@ class PPOPenaltyKLController:
         return self.value
 
 
-KL_CONTROLLERS: Registry = Registry("KL controller")
+KL_CONTROLLERS: Registry[Callable[..., Any]] = Registry("KL controller")
 KL_CONTROLLERS.register("fixed")(FixedKLController)
 KL_CONTROLLERS.register("adaptive")(AdaptiveKLController)
 KL_CONTROLLERS.register("ppo_penalty")(PPOPenaltyKLController)

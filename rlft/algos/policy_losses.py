@@ -11,6 +11,8 @@ estimate of KL(π_old‖π_θ).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +21,7 @@ from .aggregation import aggregate
 from .masked import masked_mean
 from .registry import Registry
 
-POLICY_LOSSES: Registry = Registry("policy loss")
+POLICY_LOSSES: Registry[Callable[..., Any]] = Registry("policy loss")
 
 Diagnostics = dict[str, Tensor]
 
@@ -48,7 +50,7 @@ def _clipped_surrogate(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-token max(−r·Â, −clip(r, lower, upper)·Â), optionally capped at −c·Â for Â < 0."""
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, lower, upper)
+    clipped = -advantages * torch.clamp(ratio, lower, upper)  # type: ignore[arg-type]  # torch stubs: float or Tensor
     loss = torch.maximum(unclipped, clipped)
     low = (ratio < lower) & (advantages < 0)
     high = (ratio > upper) & (advantages > 0)

@@ -7,13 +7,16 @@ log π_θ(y|x) − log π_ref(y|x) summed over the response tokens, and h = logr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .registry import Registry
 
-PREFERENCE_LOSSES: Registry = Registry("preference loss")
+PREFERENCE_LOSSES: Registry[Callable[..., Any]] = Registry("preference loss")
 
 
 @PREFERENCE_LOSSES.register("bradley_terry", "pairwise")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F", bound=Callable[..., Any])
+G = TypeVar("G", bound=Callable[..., Any])
 
 
 class UnknownNameError(ValueError):
@@ -15,16 +16,18 @@ class UnknownNameError(ValueError):
 class Registry(Generic[F]):
     """A small dict of named functions with a decorator to add to it and a lookup with a clear error."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, F] = {}
 
-    def register(self, *names: str) -> Callable[[F], F]:
-        def add(fn: F) -> F:
+    def register(self, *names: str) -> Callable[[G], G]:
+        """Decorator adding a function under ``names``; the function keeps its own signature."""
+
+        def add(fn: G) -> G:
             for name in names:
                 if name in self._entries:
                     raise ValueError(f"{self.kind} {name!r} is registered twice")
-                self._entries[name] = fn
+                self._entries[name] = cast(F, fn)
             return fn
 
         return add

@@ -1,4 +1,4 @@
-"""Language-model commands: ``init-model``, ``sft``, ``generate`` and ``lm-demo``.
+"""Language-model commands: ``init-model``, ``sft``, ``generate`` and ``lm-demo`` (its stages: ``demo.py``).
 
 ``rlft/cli.py`` calls :func:`add_lm_commands`; each command's function takes ``(args, extra_overrides)``
 and returns an exit code. User errors are raised as ConfigError / DataError / ModelError (one line).
@@ -13,27 +13,15 @@ from pathlib import Path
 
 from rlft.run import ConfigError
 
+from .demo import LM_DEMO_STAGES, lm_demo, parse_stages, tokenizer_corpus
 from .run_setup import training_run
 
-__all__ = ["add_lm_commands", "lm_demo"]
-
-DEMO_OPERAND = 20  # operands 0..20 with + and -; 500 steps: ~40-55% greedy accuracy (seed-dependent)
-DEMO_STEPS = 500
+__all__ = ["add_lm_commands"]
 
 
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
-
-
-def _tokenizer_corpus(tasks: list[str], seed: int) -> list[str]:
-    from rlft.data import get_task
-    from rlft.models import default_corpus
-
-    corpus = default_corpus(seed=seed)
-    for name in tasks:
-        corpus += get_task(name).corpus(2000, seed=seed)
-    return corpus
 
 
 def _init_model(args: argparse.Namespace, extra: list[str]) -> int:
@@ -44,7 +32,7 @@ def _init_model(args: argparse.Namespace, extra: list[str]) -> int:
     out = build_tiny_model(
         args.out,
         size=args.size,
-        corpus=_tokenizer_corpus(tasks, args.seed),
+        corpus=tokenizer_corpus(tasks, args.seed),
         vocab_size=args.vocab_size,
         seed=args.seed,
     )
@@ -99,9 +87,9 @@ def parse_chat_template_kwargs(text: str | None) -> dict:
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.data import encode_prompts, load_records, set_chat_template_kwargs
+    from rlft.data.tasks import task_of
     from rlft.models import SamplingParams, load_causal_lm, load_tokenizer, sample
     from rlft.train.chat_stops import stop_at_end_of_turn
-    from rlft.train.sft import task_of
 
     _no_extra(extra)
     if (args.prompts is None) == (args.task is None):
@@ -142,139 +130,10 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def arithmetic_sft_stage(
-    out_root: Path, seed: int = 0, show_progress: bool = True, steps: int = DEMO_STEPS
-) -> Path:
-    """Build the 1m tiny model, SFT it on arithmetic (operands 0..20), print a before/after table;
-    returns the SFT model directory.
-
-    The budget is chosen to leave room for RL: greedy accuracy lands around 30–60%, not near 100%.
-    """
-    from rlft.models import build_tiny_model
-    from rlft.run import RunDir, plot_run, save_config
-    from rlft.train import SFTConfig, train_sft
-
-    out_root = Path(out_root)
-    start = time.monotonic()
-    model_dir = build_tiny_model(
-        out_root / "tiny-1m", size="1m", corpus=_tokenizer_corpus(["arithmetic"], seed), seed=seed
-    )
-    cfg = SFTConfig(
-        model=str(model_dir),
-        data=f"task:arithmetic?max_operand={DEMO_OPERAND}&n=5000&seed={seed}",
-        batch_size=64,
-        lr=3e-3,
-        warmup_steps=20,
-        max_steps=steps,
-        eval_every=max(steps // 5, 1),
-        eval_samples=300,
-        eval_max_new_tokens=6,
-        save_every=steps,
-        seed=seed,
-    )
-    run = RunDir.create(out_root / "sft", prefix="sft")
-    save_config(cfg, run.config_path)
-    result = train_sft(cfg, run, show_progress=show_progress)
-    plot = plot_run(run, keys=["loss", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s"])
-    before, after = result.initial_eval, result.final_eval
-    print(f"\nSFT of the 1m tiny model on {cfg.data} ({result.steps} steps)")
-    print(f"{'':24}{'before':>10}{'after':>10}")
-    for key, name in (
-        ("eval_loss", "eval loss"),
-        ("eval_ppl", "perplexity"),
-        ("eval_accuracy", "greedy acc"),
-    ):
-        print(f"{name:24}{before.get(key, float('nan')):>10.4f}{after.get(key, float('nan')):>10.4f}")
-    print(
-        f"held-out prompts: {cfg.eval_samples} (eval split)   time: {time.monotonic() - start:.0f}s\n"
-        f"  base model: {model_dir}\n  run dir:    {run.root}\n  SFT model:  {result.model_dir}\n"
-        f"  plot:       {plot}"
-    )
-    return Path(result.model_dir)
-
-
-LM_DEMO_STAGES = ("sft", "grpo", "rm", "dpo", "ppo")
-
-
-def lm_demo(
-    out_root: Path,
-    seed: int = 0,
-    show_progress: bool = True,
-    steps: int = DEMO_STEPS,
-    stages: tuple[str, ...] = LM_DEMO_STAGES,
-) -> int:
-    """The language-model half of ``rlft demo``, each stage feeding the next:
-
-    - ``sft``: tiny Llama built offline, SFT on ``arithmetic``;
-    - ``grpo``: GRPO on ``arithmetic`` from that SFT model (held-out greedy accuracy before/after);
-    - ``rm``: a second tiny model SFT-ed on ``preference``, then a reward model trained from it
-      (held-out pairwise accuracy against the hidden gold scorer);
-    - ``dpo``: DPO from the same preference SFT model (gold win rate against it);
-    - ``ppo``: RLHF-PPO from the same SFT model against the reward model (gold score before/after).
-    """
-    unknown = set(stages) - set(LM_DEMO_STAGES)
-    if unknown:
-        raise ValueError(f"unknown demo stages {sorted(unknown)} (expected some of {LM_DEMO_STAGES})")
-    out_root = Path(out_root)
-    start = time.monotonic()
-    summary: list[str] = []
-    if "sft" in stages or "grpo" in stages:
-        sft_model = arithmetic_sft_stage(out_root, seed, show_progress, steps)
-        if "grpo" in stages:
-            from rlft.commands.rl import rl_demo_stage
-
-            rl = rl_demo_stage(out_root, sft_model, seed=seed, show_progress=show_progress)
-            summary.append(f"GRPO arithmetic greedy accuracy {rl['before']:.1%} → {rl['after']:.1%}")
-    if "rm" in stages or "dpo" in stages or "ppo" in stages:
-        from rlft.commands.rewards import preference_sft, rm_demo_stage
-
-        pref_sft = preference_sft(out_root / "preference", seed=seed, show_progress=show_progress)
-        if "rm" in stages:
-            rm = rm_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
-            summary.append(
-                f"reward model held-out accuracy vs gold {rm['gold_accuracy']:.1%} "
-                f"(vs noisy labels {rm['accuracy']:.1%}, ceiling {rm['noise_ceiling']:.1%})"
-            )
-        if "dpo" in stages:
-            from rlft.commands.dpo import dpo_demo_stage
-
-            dpo = dpo_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
-            summary.append(
-                f"DPO gold win rate vs the SFT model {dpo['win_rate_before']:.1%} → {dpo['win_rate_after']:.1%}"
-            )
-        if "ppo" in stages:
-            from rlft.commands.rl import ppo_demo_stage
-
-            if "rm" not in stages:  # PPO needs the reward model
-                rm = rm_demo_stage(out_root / "preference", pref_sft, seed=seed, show_progress=show_progress)
-            ppo = ppo_demo_stage(
-                out_root / "preference", pref_sft, rm["reward_model"], seed=seed, show_progress=show_progress
-            )
-            summary.append(
-                f"PPO gold score {ppo['gold_before']:.3f} → {ppo['gold_after']:.3f} (KL {ppo['kl']:.2f})"
-            )
-    if summary:
-        print(f"\nlanguage-model demo ({time.monotonic() - start:.0f}s):\n  " + "\n  ".join(summary))
-    return 0
-
-
 def _lm_demo(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra(extra)
     out = Path(args.out) if args.out else Path("runs") / f"lm-demo-{time.strftime('%Y%m%d-%H%M%S')}"
     return lm_demo(out, seed=args.seed, show_progress=not args.no_progress, stages=parse_stages(args.stages))
-
-
-def parse_stages(text: str) -> tuple[str, ...]:
-    """``--stages sft,grpo`` → ("sft", "grpo"); a clear error for unknown names."""
-    from rlft.run import ConfigError
-
-    stages = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [s for s in stages if s not in LM_DEMO_STAGES]
-    if unknown or not stages:
-        raise ConfigError(
-            f"--stages: expected a comma-separated subset of {','.join(LM_DEMO_STAGES)}, got {text!r}"
-        )
-    return stages
 
 
 def add_lm_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,5 +1,4 @@
-"""Reward commands: ``rm`` (train a reward model) and ``score`` (score prompt/completion rows), plus the
-reward-model stage of ``rlft demo`` (:func:`preference_sft`, :func:`rm_demo_stage`).
+"""Reward commands: ``rm`` (train a reward model) and ``score`` (score prompt/completion rows).
 
 ``rlft/cli.py`` calls :func:`add_reward_commands`; each command's function takes ``(args, extra)`` and
 returns an exit code. User errors are raised as ConfigError / DataError / ModelError / RewardError.
@@ -11,7 +10,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +17,7 @@ from rlft.run import ConfigError
 
 from .run_setup import training_run
 
-__all__ = ["DEMO_LABEL_NOISE", "add_reward_commands", "preference_sft", "rm_demo_stage"]
-
-DEMO_LABEL_NOISE = 0.1  # share of the demo's preference labels flipped: the accuracy ceiling is 0.9
-DEMO_SFT_STEPS = 150
-DEMO_VOCAB = 768  # BPE stops at 663 tokens on this corpus: every word of the task is a single token
-DEMO_RM_STEPS = 300  # 0.91-0.93 gold accuracy; benchmarks/rm_preference.py runs 600 (0.93-0.94)
-DEMO_RM_LR = 2e-3
+__all__ = ["add_reward_commands"]
 
 
 def _no_extra(extra: list[str]) -> None:
@@ -133,102 +125,6 @@ def _score(args: argparse.Namespace, extra: list[str]) -> int:
         + f"; {int((~result.valid).sum())} without a reward\n  scores: {args.out}"
     )
     return 0
-
-
-# --- the demo stage ----------------------------------------------------------------------------------------
-
-
-def preference_sft(
-    out_root: Path, seed: int = 0, show_progress: bool = True, steps: int = DEMO_SFT_STEPS
-) -> Path:
-    """Build the 1m tiny model (tokenizer trained on the preference task's text) and SFT it briefly on the
-    mediocre policy's demonstrations of ``task:preference``; returns the SFT model directory."""
-    from rlft.commands.lm import _tokenizer_corpus
-    from rlft.models import build_tiny_model
-    from rlft.run import RunDir, save_config
-    from rlft.train import SFTConfig, train_sft
-
-    out_root = Path(out_root)
-    # A vocabulary big enough that every word of the task is one token (at 512, BPE runs out of merges and
-    # splits "robot" into r-o-b-o-t): shorter sequences, and topics the models need not spell out.
-    corpus = _tokenizer_corpus(["preference"], seed)
-    base = build_tiny_model(out_root / "tiny-1m", size="1m", corpus=corpus, vocab_size=DEMO_VOCAB, seed=seed)
-    cfg = SFTConfig(
-        model=str(base),
-        data=f"task:preference?n=4000&seed={seed}",
-        batch_size=64,
-        lr=3e-3,
-        warmup_steps=10,
-        max_steps=steps,
-        eval_samples=200,
-        eval_generate=False,
-        seed=seed,
-    )
-    run = RunDir.create(out_root / "sft", prefix="sft")
-    save_config(cfg, run.config_path)
-    result = train_sft(cfg, run, show_progress=show_progress)
-    print(
-        f"SFT on {cfg.data}: {result.steps} steps, eval loss "
-        f"{result.initial_eval.get('eval_loss', math.nan):.3f} → {result.final_eval.get('eval_loss', math.nan):.3f}"
-    )
-    return result.model_dir
-
-
-def rm_demo_stage(
-    out_root: Path, sft_model_dir: Path, seed: int = 0, show_progress: bool = True, steps: int = DEMO_RM_STEPS
-) -> dict[str, Any]:
-    """Train a reward model from ``sft_model_dir`` on noisy preference labels of ``task:preference``; print
-    held-out accuracy against the labels, against the hidden gold scorer, and the noise ceiling."""
-    from rlft.data import get_task
-    from rlft.run import RunDir, plot_run, save_config
-    from rlft.train import RMConfig, train_rm
-
-    start = time.monotonic()
-    cfg = RMConfig(
-        model=str(sft_model_dir),
-        data=f"task:preference?n=16000&seed={seed}&label_noise={DEMO_LABEL_NOISE}",
-        batch_size=32,
-        lr=DEMO_RM_LR,
-        warmup_steps=20,
-        max_steps=steps,
-        epochs=None,
-        eval_every=max(steps // 4, 1),
-        eval_samples=1000,
-        seed=seed,
-    )
-    run = RunDir.create(Path(out_root) / "rm", prefix="rm")
-    save_config(cfg, run.config_path)
-    result = train_rm(cfg, run, show_progress=show_progress)
-    plot = plot_run(run, keys=["loss", "accuracy", "eval_accuracy", "eval_gold_accuracy", "eval_reward_gap"])
-    ceiling = get_task("preference").noise_ceiling(DEMO_LABEL_NOISE)
-    before, after = result.initial_eval, result.final_eval
-    seconds = time.monotonic() - start
-    print(f"\nReward model from the SFT model on {cfg.data} ({result.steps} steps, pairwise loss)")
-    print(f"{'held-out pairs':28}{'before':>10}{'after':>10}")
-    for key, name in (
-        ("eval_accuracy", "accuracy vs labels"),
-        ("eval_gold_accuracy", "accuracy vs gold"),
-        ("eval_reward_gap", "mean reward gap"),
-        ("eval_loss", "eval loss"),
-    ):
-        print(f"{name:28}{before.get(key, math.nan):>10.4f}{after.get(key, math.nan):>10.4f}")
-    print(
-        f"noise ceiling vs labels (label_noise {DEMO_LABEL_NOISE}): {ceiling:.3f}   "
-        f"held-out records: {cfg.eval_samples}   time: {seconds:.0f}s\n"
-        f"  reward model: {result.model_dir} (mean {result.norm.get('mean', math.nan):.3f}, "
-        f"std {result.norm.get('std', math.nan):.3f})\n  plot:         {plot}"
-    )
-    return {
-        "reward_model": result.model_dir,
-        "run_dir": run.root,
-        "accuracy": after.get("eval_accuracy", math.nan),
-        "gold_accuracy": after.get("eval_gold_accuracy", math.nan),
-        "noise_ceiling": ceiling,
-        "reward_gap": after.get("eval_reward_gap", math.nan),
-        "norm": result.norm,
-        "steps": result.steps,
-        "seconds": seconds,
-    }
 
 
 # --- registration ------------------------------------------------------------------------------------------

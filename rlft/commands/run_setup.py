@@ -16,19 +16,22 @@ def training_run(
     prefix: str | Callable[[Any], str],
     base: dict[str, Any] | None = None,
     check: Callable[[Any], None] | None = None,
+    occupied: str = "run directory {root} already holds a run; pass a new --out or --resume",
 ) -> tuple[RunDir, Any]:
     """(run, config). ``--resume RUN_DIR`` reloads the run's saved config (plus ``--key value`` overrides);
     otherwise ``--config`` (over ``base``) is loaded, ``check``-ed, and a new run directory is created
-    under ``--out`` or the config's ``output_dir`` — never one that already holds a run. The run directory
-    is locked for this process (:meth:`RunDir.claim`)."""
+    under ``--out`` or the config's ``output_dir`` (if it has one) — never one that already holds a run:
+    that stops with ``occupied`` (``{root}``: the directory). The run directory is locked for this
+    process (:meth:`RunDir.claim`)."""
     if args.resume:
         run = RunDir.open(args.resume).claim()
         return run, load_config(config_cls, run.config_path, overrides=extra)
     cfg = load_config(config_cls, args.config, overrides=extra, base=base)
     if check is not None:
         check(cfg)
-    run = RunDir.create(args.out or cfg.output_dir, prefix=prefix(cfg) if callable(prefix) else prefix)
+    out = args.out or getattr(cfg, "output_dir", None)
+    run = RunDir.create(out, prefix=prefix(cfg) if callable(prefix) else prefix)
     run.claim()  # before anything is written: a second process on this --out stops here
     if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-        raise ConfigError(f"run directory {run.root} already holds a run; pass a new --out or --resume")
+        raise ConfigError(occupied.format(root=run.root))
     return run, cfg

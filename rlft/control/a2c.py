@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from rlft.algos import entropy_bonus, masked_whiten, reinforce_loss, value_loss
+from rlft.algos import entropy_bonus, explained_variance, masked_whiten, reinforce_loss, value_loss
 
-from .common import NonFiniteGuard, batch_advantages, explained_variance, set_lr
+from .common import NonFiniteGuard, batch_advantages, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector

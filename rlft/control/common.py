@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from rlft.algos import gae, masked_mean
+from rlft.algos import gae
 from rlft.run import StepSkips
 
 from .config import ControlConfig
@@ -100,11 +100,3 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, frac: float, anneal
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
-
-
-def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
-    """1 − Var[target − pred] / Var[target]: 1 is a perfect critic, ≤ 0 no better than a constant."""
-    var = masked_mean((target - masked_mean(target, mask)) ** 2, mask)
-    resid = target - pred
-    var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
-    return float("nan") if var == 0 else float(1 - var_resid / var)

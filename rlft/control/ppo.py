@@ -11,6 +11,7 @@ import torch
 from rlft.algos import (
     PPOPenaltyKLController,
     entropy_bonus,
+    explained_variance,
     masked_mean,
     masked_whiten,
     ppo_clip_loss,
@@ -18,7 +19,7 @@ from rlft.algos import (
     value_loss,
 )
 
-from .common import NonFiniteGuard, batch_advantages, explained_variance, set_lr
+from .common import NonFiniteGuard, batch_advantages, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector

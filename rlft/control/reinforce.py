@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from rlft.algos import MovingAverageBaseline, masked_whiten, reinforce_loss, reward_to_go, value_loss
+from rlft.algos import (
+    MovingAverageBaseline,
+    explained_variance,
+    masked_whiten,
+    reinforce_loss,
+    reward_to_go,
+    value_loss,
+)
 
-from .common import NonFiniteGuard, explained_variance, set_lr
+from .common import NonFiniteGuard, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector

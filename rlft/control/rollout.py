@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlft.run.seeding import episode_reset_seed
+
 from .config import ControlConfig
 from .env_state import capture_env_state, restore_env_state
 from .normalize import ObsNormalizer, RewardScaler
@@ -205,7 +207,7 @@ class Collector:
         self.recent = deque(state["recent"], maxlen=self.cfg.return_window)
         self.episodes = state["episodes"]
         if state["envs"] is None:
-            self.reset(self.cfg.seed + 7919 * self.episodes)
+            self.reset(episode_reset_seed(self.cfg.seed, self.episodes))
             return state["envs_not_saved"] or "the environment state was not saved"
         restore_env_state(self.envs, state["envs"])
         self.obs = state["obs"].numpy()

@@ -13,13 +13,14 @@ from torch import Tensor
 from rlft.algos import (
     backtracking_line_search,
     conjugate_gradient,
+    explained_variance,
     masked_mean,
     masked_whiten,
     trust_region_step,
     value_loss,
 )
 
-from .common import NonFiniteGuard, batch_advantages, explained_variance, set_lr
+from .common import NonFiniteGuard, batch_advantages, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
 from .policies import ActorCritic
 from .rollout import Batch, Collector

@@ -163,7 +163,7 @@ def _build(cls: type[T], updates: Mapping[str, Any], default: Any, prefix: str) 
     """Construct ``cls`` from checked updates, falling back to ``default``'s values, then field defaults."""
     kwargs: dict[str, Any] = {}
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # load_config checked it is a dataclass
         if not f.init:
             continue
         if default is not None:

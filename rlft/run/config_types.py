@@ -164,7 +164,7 @@ def _free_form(value: Any, key: str, source: str) -> Any:
     return value
 
 
-def _coerce_sequence(value: Any, hint: Any, key: str, source: str, fail: Any) -> list | tuple:
+def _coerce_sequence(value: Any, hint: Any, key: str, source: str, fail: Any) -> list[Any] | tuple[Any, ...]:
     """list[X], tuple[X, ...] and fixed tuple[X, Y]: accept a YAML list, convert each item."""
     if not isinstance(value, (list, tuple)):
         raise fail()

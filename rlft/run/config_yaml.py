@@ -33,7 +33,7 @@ class _Loader(yaml.SafeLoader):
     """
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML is untyped
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             what = (
                 f"alias *{event.anchor}" if isinstance(event, yaml.AliasEvent) else f"anchor &{event.anchor}"

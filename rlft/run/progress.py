@@ -74,10 +74,10 @@ class Progress:
 
     def time_left(self, budget_used_s: float) -> float:
         """Seconds until the budget or the step count ends the run, whichever comes first."""
-        by_budget = max(self.time_budget_s - budget_used_s, 0.0)
+        by_budget = max((self.time_budget_s or 0.0) - budget_used_s, 0.0)
         if self._bar is None or not self._steps or self._bar.total is None:
             return by_budget
-        by_steps = (self._bar.total - self._bar.n) * budget_used_s / self._steps
+        by_steps = float((self._bar.total - self._bar.n) * budget_used_s / self._steps)
         return min(by_budget, max(by_steps, 0.0))
 
     def close(self) -> None:

@@ -8,7 +8,53 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "restore_rng_state", "seed_everything"]
+__all__ = [
+    "capture_rng_state",
+    "episode_reset_seed",
+    "epoch_seed",
+    "minibatch_seed",
+    "ptx_stream_seed",
+    "restore_rng_state",
+    "rollout_seed",
+    "seed_everything",
+    "win_rate_seed",
+]
+
+# Every random stream of a run is seeded by a named derivation of the run's seed, so a resumed run can
+# rebuild any stream from (seed, step) alone and two streams never share a seed by accident of a typo.
+# The constants are primes: _STREAM_STRIDE exceeds any step or epoch count, so seed·stride + index is a
+# different integer for every (seed, index); 1009 and 7919 set apart streams that share that integer.
+_STREAM_STRIDE = 1_000_003
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Data order of epoch ``epoch`` (SFT, RM, DPO, RL prompt streams): seed·1_000_003 + epoch."""
+    return seed * _STREAM_STRIDE + epoch
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """Sampling of RL step ``step``'s completions: (seed·1_000_003 + step)·1009."""
+    return (seed * _STREAM_STRIDE + step) * 1009
+
+
+def minibatch_seed(seed: int, step: int) -> int:
+    """Mini-batch shuffling of RL step ``step``'s policy update: (seed·1_000_003 + step)·7919."""
+    return (seed * _STREAM_STRIDE + step) * 7919
+
+
+def ptx_stream_seed(seed: int) -> int:
+    """Base seed of the PPO-ptx data stream, whose epochs then use ``epoch_seed``: seed·1_000_003 + 17."""
+    return seed * _STREAM_STRIDE + 17
+
+
+def win_rate_seed(seed: int) -> int:
+    """Sampling of the DPO win-rate evaluation's completions: seed + 7919."""
+    return seed + 7919
+
+
+def episode_reset_seed(seed: int, episodes: int) -> int:
+    """Environment reset of a control run resumed after ``episodes`` episodes: seed + 7919·episodes."""
+    return seed + 7919 * episodes
 
 
 def seed_everything(seed: int) -> None:
@@ -29,7 +75,7 @@ def capture_rng_state() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": {
             "kind": str(kind),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached_gaussian),

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from rlft.data import DataError, set_chat_template_kwargs
+from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic, training_mode
 from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
 
@@ -51,7 +52,6 @@ from .epochs import (
 )
 from .ref_cache import model_fingerprint
 from .run_control import RunControl, owns_run
-from .sft import task_of
 
 __all__ = ["DPOResult", "train_dpo"]
 

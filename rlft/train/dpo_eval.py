@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rlft.models import SamplingParams, sample
+from rlft.run.seeding import win_rate_seed
 
 from .dpo_config import DPOConfig
 from .dpo_data import OfflineData
@@ -55,7 +56,7 @@ class WinRate:
         base = list(task.prompts("eval"))
         self.prompts = [p for p in base for _ in range(cfg.win_rate_samples)]
         self.params = SamplingParams(
-            max_new_tokens=cfg.win_rate_max_new_tokens, n=cfg.win_rate_samples, seed=cfg.seed + 7919
+            max_new_tokens=cfg.win_rate_max_new_tokens, n=cfg.win_rate_samples, seed=win_rate_seed(cfg.seed)
         )
         self.base_prompts = base
         self.reference_texts: list[str] = []

@@ -12,6 +12,7 @@ import torch
 
 from rlft.data import DataError, LengthLimits, context_length
 from rlft.run import RunDir, capture_rng_state, restore_rng_state
+from rlft.run.seeding import epoch_seed
 
 from .checkpoint import load_trainer_state, restore_optimizer
 from .run_control import RunControl
@@ -53,7 +54,7 @@ def model_length_limits(cfg: Any, tokenizer: Any) -> LengthLimits:
 
 def shuffle_seed(seed: int, epoch: int) -> int:
     """Seed of epoch ``epoch``'s data order: a fresh permutation every epoch, reproducible from (seed, epoch)."""
-    return seed * 1_000_003 + epoch
+    return epoch_seed(seed, epoch)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

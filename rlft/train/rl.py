@@ -50,6 +50,7 @@ from rlft.run import (
     restore_rng_state,
     seed_everything,
 )
+from rlft.run.seeding import minibatch_seed, rollout_seed
 
 from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, load_trainer_state, restore_optimizer, save_checkpoint
@@ -244,7 +245,7 @@ def train_rl(
                     dynamic_sampling=cfg.dynamic_sampling,
                     max_rounds=cfg.max_sample_rounds,
                     greedy_baseline=cfg.advantage == "remax",
-                    seed=(cfg.seed * 1_000_003 + step) * 1009,
+                    seed=rollout_seed(cfg.seed, step),
                 )
                 if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
                     batch.loss_mask = batch.loss_mask * batch.finished[:, None].to(batch.loss_mask.dtype)
@@ -290,7 +291,7 @@ def train_rl(
                     num_minibatches=cfg.num_minibatches,
                     micro_batch_size=cfg.micro_batch_size,
                     max_grad_norm=cfg.max_grad_norm,
-                    generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 7919),
+                    generator=torch.Generator().manual_seed(minibatch_seed(cfg.seed, step)),
                     critic=critic,
                     ptx=ptx,
                     apply_step=functools.partial(control.step_optimizer, step=step + 1),

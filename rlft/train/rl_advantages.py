@@ -1,28 +1,29 @@
 """Calling any advantage estimator of ``rlft.algos.ADVANTAGES`` from a rollout batch.
 
 Estimators are plain functions with different inputs (``group_norm`` takes sequence scores and group ids,
-``reinforce_pp`` per-token rewards, ``gae`` rewards and critic values, …). Each declares what it needs by
-its parameter names; :func:`estimate_advantages` offers every input the trainer has under those names and
-passes the ones the function asks for. Adding an estimator is therefore a function and a registry entry:
+``reinforce_pp`` per-token rewards, ``gae`` rewards and critic values, …). :data:`ESTIMATOR_ARGS` says, one
+line per estimator, which of the trainer's inputs each one gets, under these names:
 
     scores          (B,)   total reward, minus β·Σ_t KL_t when the KL goes in the reward and the estimator
-                           does not take per-token inputs (RLOO's sequence-level KL)
+                           takes neither per-token rewards nor the KL (RLOO's sequence-level KL)
     token_rewards   (B, R) −β·KL_t on every token + the score on the last one (``shaped_token_rewards``);
     rewards                the same, under GAE's name
     greedy_scores   (B,)   reward of the greedy decode of the row's prompt (ReMax)
     values          (B, R) critic values (GAE)
     kl, kl_coef            per-token KL (π_old ‖ π_ref) and β, for estimators that shape rewards themselves
-    group_ids, mask, gamma, lam, scale (= scale_rewards), unbiased (= std_unbiased, when set),
+    group_ids, mask, gamma, lam, scale (= scale_rewards), unbiased (= std_unbiased; unset: the default),
     prompt_keys, state     DCPO's per-prompt key and running statistics (SASState)
     baseline               REINFORCE's MovingAverageBaseline
-    …and ``advantage_kwargs`` from the config.
+    …and ``advantage_kwargs`` from the config, checked against the estimator's own parameters.
 
+Adding an estimator is a function, its registry entry and its line in :data:`ESTIMATOR_ARGS`.
 Sequence-level results (B,) are broadcast over each row's tokens.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +34,10 @@ from rlft.algos import (
     ADVANTAGES,
     MovingAverageBaseline,
     SASState,
+    explained_variance,
     kl_estimate,
     masked_mean,
     masked_whiten,
-    reward_to_go,
     shaped_token_rewards,
 )
 from rlft.run import ConfigError
@@ -44,30 +45,14 @@ from rlft.run import ConfigError
 from .rollout_batch import RolloutBatch
 
 __all__ = [
+    "ESTIMATOR_ARGS",
     "AdvantageState",
-    "advantage_inputs",
     "advantage_step",
+    "check_advantage",
     "estimate_advantages",
-    "moving_average_advantages",
+    "estimator_args",
     "needs_critic",
 ]
-
-
-@ADVANTAGES.register("moving_average")
-def moving_average_advantages(
-    token_rewards: Tensor, mask: Tensor, baseline: MovingAverageBaseline, gamma: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """REINFORCE with Williams' reinforcement comparison: A_t = G_t − b with G_t the reward-to-go, then
-    b ← α·b + (1 − α)·mean episode return — updated *after* the advantages (Williams 1992; ALGORITHMS §1).
-    With a terminal reward R and γ = 1 every token gets R − b.
-    """
-    returns = reward_to_go(token_rewards, gamma, mask=mask)
-    advantages = baseline.advantages(returns) * mask
-    rows = mask.sum(-1) > 0
-    if bool(rows.any()):
-        first = returns.gather(-1, mask.to(torch.long).argmax(-1, keepdim=True)).squeeze(-1)
-        baseline.update(float(first[rows].mean()))
-    return advantages, returns
 
 
 @dataclass
@@ -85,53 +70,62 @@ class AdvantageState:
         self.baseline.alpha, self.baseline.value = state["baseline"]
 
 
-_TOKEN_INPUTS = ("token_rewards", "rewards", "kl")
-_PROVIDED = {
-    "scores",
-    "group_ids",
-    "mask",
-    "token_rewards",
-    "rewards",
-    "greedy_scores",
-    "values",
-    "kl",
-    "kl_coef",
-    "gamma",
-    "lam",
-    "scale",
-    "unbiased",
-    "prompt_keys",
-    "state",
-    "baseline",
+# Estimator name → the trainer inputs it is called with (names as in the module docstring). An estimator
+# that lists `token_rewards` or `rewards` gets the KL-shaped per-token rewards; one that lists neither
+# those nor `kl` gets the summed KL taken off its `scores` instead.
+ESTIMATOR_ARGS: dict[str, tuple[str, ...]] = {
+    "reward_to_go": ("rewards", "gamma", "mask"),
+    "gae": ("rewards", "values", "gamma", "lam", "mask"),
+    "group_norm": ("scores", "group_ids", "scale", "unbiased"),
+    "grpo": ("scores", "group_ids", "scale", "unbiased"),
+    "rloo": ("scores", "group_ids"),
+    "remax": ("scores", "greedy_scores"),
+    "reinforce_pp": ("token_rewards", "mask", "gamma", "unbiased"),
+    "reinforce_pp_baseline": ("scores", "group_ids", "mask", "kl", "kl_coef", "unbiased"),
+    "dcpo_sas": ("scores", "group_ids", "prompt_keys", "state", "unbiased"),
+    "moving_average": ("token_rewards", "mask", "baseline", "gamma"),
 }
 
+# Inputs whose None means "not set" (std_unbiased null, no KL in the reward): the estimator's own default
+# applies. Any other input that is None is one the run lacks, and the call fails with a ConfigError.
+_UNSET_IS_DEFAULT = frozenset({"unbiased", "kl"})
 
-def advantage_inputs(name: str) -> tuple[set[str], set[str]]:
-    """(required, optional) parameter names of estimator ``name``."""
-    params = inspect.signature(ADVANTAGES.get(name)).parameters.values()
-    required = {p.name for p in params if p.default is inspect.Parameter.empty}
-    return required, {p.name for p in params} - required
+
+def estimator_args(name: str) -> tuple[str, ...]:
+    """The inputs estimator ``name`` gets (its :data:`ESTIMATOR_ARGS` line)."""
+    ADVANTAGES.get(name)  # an unknown name fails here, listing the registered ones
+    try:
+        return ESTIMATOR_ARGS[name]
+    except KeyError:
+        raise ConfigError(
+            f"advantage estimator {name!r} is registered in rlft.algos.ADVANTAGES but has no line in "
+            "rlft.train.rl_advantages.ESTIMATOR_ARGS saying which inputs it gets"
+        ) from None
+
+
+def _takes_token_rewards(args: tuple[str, ...]) -> bool:
+    return "token_rewards" in args or "rewards" in args
 
 
 def needs_critic(name: str) -> bool:
     """True when estimator ``name`` takes critic values (``gae``)."""
-    return "values" in advantage_inputs(name)[0]
+    return "values" in estimator_args(name)
+
+
+def _parameter_names(fn: Callable[..., Any]) -> set[str]:
+    """Parameter names of ``fn``, the keys its ``advantage_kwargs`` / ``loss_kwargs`` may use."""
+    return set(inspect.signature(fn).parameters)
 
 
 def check_advantage(name: str, has_critic: bool, extra: dict[str, Any]) -> None:
-    """Fail at start-up, not after the first rollout, when the estimator needs an input the run lacks."""
-    required, optional = advantage_inputs(name)
-    missing = sorted(required - _PROVIDED - set(extra))
-    if missing:
-        raise ConfigError(
-            f"config key 'advantage': estimator {name!r} needs {', '.join(missing)}, which the RL trainer "
-            "does not provide (pass them in advantage_kwargs)"
-        )
-    if "values" in required and not has_critic:
+    """Fail at start-up, not after the first rollout, when the estimator needs an input the run lacks or
+    ``advantage_kwargs`` names an argument the estimator does not take."""
+    args = estimator_args(name)
+    if "values" in args and not has_critic:
         raise ConfigError(
             f"config key 'advantage': {name!r} needs critic values, but no critic is configured"
         )
-    unknown = sorted(set(extra) - required - optional)
+    unknown = sorted(set(extra) - _parameter_names(ADVANTAGES.get(name)))
     if unknown:
         raise ConfigError(f"config key 'advantage_kwargs': {name!r} takes no argument {unknown[0]!r}")
 
@@ -154,50 +148,44 @@ def estimate_advantages(
 
     ``kl`` is the per-token KL(π_old‖π_ref) estimate to put in the reward with coefficient ``kl_coef``
     (None when the KL is not in the reward); ``score_clip`` clips the score before it joins per-token
-    rewards (RLHF-PPO's ±c)."""
+    rewards (RLHF-PPO's ±c). ``extra`` (``advantage_kwargs``) is passed on, over the trainer's inputs."""
     fn = ADVANTAGES.get(name)
-    params = inspect.signature(fn).parameters
+    args = estimator_args(name)
     mask = batch.loss_mask.to(torch.float32)
     scores = batch.scores
     if kl is not None:
         kl = kl * mask
-    takes_tokens = any(p in params for p in _TOKEN_INPUTS)
     token_rewards = None
-    if "token_rewards" in params or "rewards" in params:
+    if _takes_token_rewards(args):
         token_rewards = shaped_token_rewards(scores, mask, kl, kl_coef, score_clip)
-    elif kl is not None and kl_coef and not takes_tokens:
+    elif kl is not None and kl_coef and "kl" not in args:
         scores = scores - kl_coef * kl.sum(-1)  # the whole completion is one action: summed KL (RLOO)
-    offered: dict[str, Any] = {
-        "scores": scores,
-        "group_ids": batch.group_ids,
-        "mask": mask,
-        "token_rewards": token_rewards,
-        "rewards": token_rewards,
-        "greedy_scores": batch.baseline_scores,
-        "values": batch.values,
-        "kl": kl,
-        "kl_coef": kl_coef,
-        "gamma": gamma,
-        "lam": lam,
-        "scale": scale,
-        "prompt_keys": {
+    inputs: dict[str, Callable[[], Any]] = {
+        "scores": lambda: scores,
+        "group_ids": lambda: batch.group_ids,
+        "mask": lambda: mask,
+        "token_rewards": lambda: token_rewards,
+        "rewards": lambda: token_rewards,
+        "greedy_scores": lambda: batch.baseline_scores,
+        "values": lambda: batch.values,
+        "kl": lambda: kl,
+        "kl_coef": lambda: kl_coef,
+        "gamma": lambda: gamma,
+        "lam": lambda: lam,
+        "scale": lambda: scale,
+        "unbiased": lambda: unbiased,
+        "prompt_keys": lambda: {
             int(g): str(int(p)) for g, p in zip(batch.group_ids, batch.prompt_index, strict=True)
         },
-        "state": state.sas,
-        "baseline": state.baseline,
+        "state": lambda: state.sas,
+        "baseline": lambda: state.baseline,
     }
-    if unbiased is not None:
-        offered["unbiased"] = unbiased
-    offered.update(extra or {})
-    kwargs = {}
-    for pname, param in params.items():
-        value = offered.get(pname)
-        if value is None:
-            if param.default is inspect.Parameter.empty:
-                raise ConfigError(f"advantage {name!r} needs {pname!r}, which this run does not provide")
-            continue
-        kwargs[pname] = value
-    out = fn(**kwargs)
+    given = {arg: inputs[arg]() for arg in args}
+    given.update(extra or {})
+    for arg in args:
+        if given.get(arg) is None and arg not in _UNSET_IS_DEFAULT:
+            raise ConfigError(f"advantage {name!r} needs {arg!r}, which this run does not provide")
+    out = fn(**{k: v for k, v in given.items() if v is not None})
     advantages, returns = out if isinstance(out, tuple) else (out, None)
     if advantages.ndim == 1:
         advantages = advantages[:, None].expand_as(mask)
@@ -244,8 +232,6 @@ def advantage_step(cfg: Any, batch: RolloutBatch, kl_coef: float, state: Advanta
     )
     loss_mask = batch.loss_mask.to(torch.float32)
     if batch.values is not None:
-        from .rl_critic import explained_variance
-
         returns = batch.returns if batch.returns is not None else batch.advantages + batch.values
         metrics["score"] = float(batch.scores.mean())
         metrics["value_mean"] = float(masked_mean(batch.values, loss_mask))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlft.algos import masked_mean, value_loss
+from rlft.algos import value_loss
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
 
@@ -31,7 +31,7 @@ from .epochs import adamw
 from .rl_logprobs import autocast_context, response_states
 from .rollout_batch import RolloutBatch
 
-__all__ = ["Critic", "explained_variance", "reward_model_dir"]
+__all__ = ["Critic", "reward_model_dir"]
 
 
 def reward_model_dir(cfg: Any) -> str | None:
@@ -42,15 +42,6 @@ def reward_model_dir(cfg: Any) -> str | None:
         if isinstance(spec, Mapping) and "reward_model" in spec:
             return str(spec["reward_model"])
     return None
-
-
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
-    """1 − Var[R − V] / Var[R] over the masked tokens: 1 is a perfect critic, ≤ 0 no better than a constant."""
-    mask = mask.to(torch.float32)
-    var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    resid = returns - values
-    var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
-    return float("nan") if float(var) == 0 else float(1 - var_resid / var)
 
 
 class Critic:

@@ -1,5 +1,6 @@
 """Algorithm presets of the online RL trainer: each is a choice of parts, with the defaults of
-``ALGORITHMS.md`` (and the paper/reference code cited there). An algorithm is a configuration, not a class:
+``docs/algorithms.md`` §Online RL presets (and the paper/reference code cited there). An algorithm is a
+configuration, not a class:
 
     algorithm: grpo                                     # a preset name, or "custom" and the parts below
     advantage: group_norm                               # a name in rlft.algos.ADVANTAGES

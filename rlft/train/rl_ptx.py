@@ -18,6 +18,7 @@ from torch import Tensor
 
 from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
 from rlft.data.lengths import cap_length, context_length
+from rlft.run.seeding import ptx_stream_seed
 
 from .rl_logprobs import autocast_context
 from .rl_rollout import PromptStream
@@ -42,7 +43,7 @@ class PtxData:
         self.batch_size = cfg.ptx_batch_size
         self.pad_id = int(tokenizer.pad_token_id)
         self.bf16 = cfg.bf16_autocast
-        self.stream = PromptStream(len(self.examples), cfg.seed * 1_000_003 + 17)
+        self.stream = PromptStream(len(self.examples), ptx_stream_seed(cfg.seed))
 
     def next_batch(self) -> dict[str, Any]:
         return collate_sft([self.examples[i] for i in self.stream.take(self.batch_size)], self.pad_id)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rlft.data import PromptExample
 from rlft.models import Sampler, SamplingParams
+from rlft.run.seeding import epoch_seed
 
 from .rollout_batch import RolloutBatch
 
@@ -43,7 +44,7 @@ class PromptStream:
 
     def order(self) -> Tensor:
         if self._order is None or self._order[0] != self.epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             self._order = (self.epoch, torch.randperm(self.n, generator=gen))
         return self._order[1]
 

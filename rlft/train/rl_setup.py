@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rlft.algos import ADVANTAGES
+from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, save_pretrained_atomic
 from rlft.models.frozen_forward import FrozenForward, packed_reference
 from rlft.run import ConfigError
@@ -24,7 +25,6 @@ from .rl_critic import reward_model_dir
 from .rl_logprobs import batch_logprobs
 from .rl_update import LossSettings
 from .rollout_batch import RolloutBatch
-from .sft import task_of
 
 __all__ = [
     "Reference",

@@ -31,9 +31,48 @@ from rlft.run import ConfigError
 from .rl_logprobs import autocast_context, batch_logprobs, logprobs_from_states, response_states
 from .rollout_batch import RolloutBatch
 
-__all__ = ["LossSettings", "loss_settings", "micro_batch_loss", "old_logprobs", "policy_update"]
+__all__ = [
+    "POLICY_LOSS_ARGS",
+    "LossSettings",
+    "loss_settings",
+    "micro_batch_loss",
+    "old_logprobs",
+    "policy_loss_args",
+    "policy_update",
+]
 
-_CONFIG_LOSS_KEYS = ("clip_low", "clip_high", "dual_clip", "tau_pos", "tau_neg", "max_ratio")
+
+def _cfg(cfg: Any, *keys: str) -> dict[str, Any]:
+    """{key: cfg.key}: config keys that a policy loss takes under the same name."""
+    return {key: getattr(cfg, key) for key in keys}
+
+
+# Policy loss → the config values it gets (besides the data, aggregation, normaliser, L_max and
+# loss_kwargs), one line per loss. dual_clip 0 means off: ppo_clip's "off" is None, while DCPO always
+# dual-clips (at max(c, max_ratio)), so it gets the 0 as is.
+POLICY_LOSS_ARGS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "ppo_clip": lambda c: {**_cfg(c, "clip_low", "clip_high"), "dual_clip": c.dual_clip or None},
+    "gspo": lambda c: _cfg(c, "clip_low", "clip_high"),
+    "gspo_token": lambda c: _cfg(c, "clip_low", "clip_high"),
+    "sapo": lambda c: _cfg(c, "tau_pos", "tau_neg"),
+    "cispo": lambda c: _cfg(c, "clip_low", "clip_high"),
+    "dcpo": lambda c: _cfg(c, "clip_low", "clip_high", "max_ratio", "dual_clip"),
+    "ppo_penalty": lambda c: {},
+    "reinforce": lambda c: {},
+}
+
+
+def policy_loss_args(cfg: Any) -> dict[str, Any]:
+    """The config values ``cfg.policy_loss`` gets (its :data:`POLICY_LOSS_ARGS` line)."""
+    POLICY_LOSSES.get(cfg.policy_loss)  # an unknown name fails here, listing the registered ones
+    try:
+        args = POLICY_LOSS_ARGS[cfg.policy_loss]
+    except KeyError:
+        raise ConfigError(
+            f"policy loss {cfg.policy_loss!r} is registered in rlft.algos.POLICY_LOSSES but has no line in "
+            "rlft.train.rl_update.POLICY_LOSS_ARGS saying which config values it gets"
+        ) from None
+    return args(cfg)
 
 
 @dataclass
@@ -55,12 +94,10 @@ class LossSettings:
 
 
 def loss_settings(cfg: Any) -> LossSettings:
-    """LossSettings of a resolved RLConfig: the policy loss gets the config's clip/τ values that its
-    signature names (so a new loss with a ``clip_high`` parameter picks it up), plus ``loss_kwargs``."""
+    """LossSettings of a resolved RLConfig: the policy loss gets the config values of its
+    :data:`POLICY_LOSS_ARGS` line, then ``loss_kwargs``, checked against the loss's own parameters."""
+    kwargs = policy_loss_args(cfg)
     params = inspect.signature(POLICY_LOSSES.get(cfg.policy_loss)).parameters
-    kwargs = {k: getattr(cfg, k) for k in _CONFIG_LOSS_KEYS if k in params}
-    if "dual_clip" in kwargs and not kwargs["dual_clip"]:
-        kwargs["dual_clip"] = None if params["dual_clip"].default is None else kwargs["dual_clip"]
     for key, value in cfg.loss_kwargs.items():
         if key not in params:
             raise ConfigError(f"config key 'loss_kwargs': policy loss {cfg.policy_loss!r} takes no {key!r}")

@@ -11,7 +11,8 @@
         log loss, pairwise accuracy, reward gap; every eval_every: held-out accuracy, gap, gold accuracy
     score a reference set → mean, std saved with the model (config.json ``rlft_reward_norm``)
 
-The losses are ``rlft.algos.bradley_terry_loss`` and ``rlft.algos.kwise_ranking_loss`` (ALGORITHMS.md §5).
+The losses are ``rlft.algos.bradley_terry_loss`` and ``rlft.algos.kwise_ranking_loss``
+(docs/algorithms.md §Reward-model losses).
 InstructGPT's rule (arXiv 2203.02155) that a prompt's K responses are scored once and its pairs averaged
 as one batch element is the ``kwise`` path; its centring term is generalised per pair, so K = 2 with
 either loss is the same computation. Data order, checkpoints and exact resume follow ``sft.py``.
@@ -36,7 +37,7 @@ from rlft.data import (
     load_records,
     set_chat_template_kwargs,
 )
-from rlft.data.tasks import parse_task_source
+from rlft.data.tasks import parse_task_source, task_of
 from rlft.models import (
     load_reward_model,
     load_tokenizer,
@@ -60,7 +61,6 @@ from .rm_data import RankGroup, collate_groups, encode_groups, group_rewards
 from .rm_eval import evaluate_rm, reward_stats
 from .rm_loss import element_count, pair_stats, rm_loss
 from .run_control import RunControl, owns_run
-from .sft import task_of
 
 __all__ = ["RMResult", "train_rm"]
 

@@ -36,11 +36,10 @@ from rlft.data import (
     Example,
     collate_sft,
     encode_sft,
-    get_task,
     load_records,
     set_chat_template_kwargs,
 )
-from rlft.data.tasks import parse_task_source
+from rlft.data.tasks import task_of
 from rlft.models import (
     SamplingParams,
     load_causal_lm,
@@ -224,16 +223,6 @@ def generation_metrics(
 
 
 # --- data -------------------------------------------------------------------------------------------------
-
-
-def task_of(source: str) -> Any:
-    """The task object of a ``task:`` source (its own options only), else None."""
-    if not source.startswith("task:"):
-        return None
-    name, options = parse_task_source(source)
-    task = get_task(name)  # defaults, to learn the option names
-    fields = getattr(type(task), "__dataclass_fields__", {})
-    return get_task(name, **{k: v for k, v in options.items() if k in fields})
 
 
 def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:

@@ -5,7 +5,7 @@
 from .arithmetic import ArithmeticTask, accuracy, exact_match_reward, leading_integer
 from .base import Task, split_of
 from .preference import PreferenceTask, policy_gold_stats
-from .registry import TASKS, get_task, load_task_records, parse_task_source, task_records
+from .registry import TASKS, get_task, load_task_records, parse_task_source, task_of, task_records
 
 __all__ = [
     "TASKS",
@@ -20,5 +20,6 @@ __all__ = [
     "parse_task_source",
     "policy_gold_stats",
     "split_of",
+    "task_of",
     "task_records",
 ]

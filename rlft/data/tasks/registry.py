@@ -76,6 +76,16 @@ def parse_task_source(source: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+def task_of(source: str) -> Any:
+    """The task object of a ``task:`` source (its own options only), else None."""
+    if not source.startswith("task:"):
+        return None
+    name, options = parse_task_source(source)
+    task = get_task(name)  # defaults, to learn the option names
+    fields = getattr(type(task), "__dataclass_fields__", {})
+    return get_task(name, **{k: v for k, v in options.items() if k in fields})
+
+
 def task_records(
     task: Any, fmt: str, n: int, seed: int = 0, split: str = "train", **method_options: Any
 ) -> list[Record]:
