@@ -156,7 +156,7 @@ def worker_rlft(args: argparse.Namespace) -> dict:
             bf16=dtype == "bf16",
             torch_threads=THREADS,
             win_rate=False,
-            share_prompt=not args.no_share_prompt,
+            share_prompts=not args.no_share_prompt,
         )
         run = RunDir.create(root / "run")
         result = train_dpo(cfg, run, show_progress=False, log=lambda _: None)

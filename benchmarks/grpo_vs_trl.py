@@ -181,7 +181,7 @@ def rlft_worker(spec: dict) -> dict:
         max_steps=spec["steps"],
         max_minutes=spec.get("max_minutes", 0.0),
         temperature=spec.get("temperature", 1.0),
-        bf16_autocast=spec["bf16"],
+        bf16=spec["bf16"],
         seed=spec["seed"],
         torch_threads=spec["threads"],
     )

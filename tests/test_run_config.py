@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -166,6 +166,60 @@ def test_unknown_key_without_match_lists_level():
         "command line: unknown config key 'ppo.zzzzzz' (valid keys under 'ppo': lr, clip, epochs)"
     )
     assert "valid keys at the top level: seed, name, mode" in error(Cfg, overrides=["--qqqqqq", "1"])
+
+
+@dataclass
+class RenamedSection:
+    RENAMED: ClassVar[dict[str, str]] = {"epoch": "epochs"}
+    epochs: int = 4
+
+
+@dataclass
+class Renamed:
+    RENAMED: ClassVar[dict[str, str]] = {"bf16_autocast": "bf16", "sec": "section"}
+    bf16: bool = False
+    section: RenamedSection = field(default_factory=RenamedSection)
+
+
+def test_renamed_key_names_the_new_key(tmp_path):
+    path = write(tmp_path, "bf16_autocast: true\n")
+    assert error(Renamed, path) == f"{path}: config key 'bf16_autocast' was renamed to 'bf16'"
+    assert error(Renamed, overrides=["--bf16_autocast"]) == (
+        "command line: config key 'bf16_autocast' was renamed to 'bf16'"
+    )
+    assert error(Renamed, base={"bf16_autocast": True}) == (
+        "preset: config key 'bf16_autocast' was renamed to 'bf16'"
+    )
+    # inside a section, by a dotted override or nested mapping, and a renamed section itself
+    assert error(Renamed, overrides=["--section.epoch", "2"]) == (
+        "command line: config key 'section.epoch' was renamed to 'section.epochs'"
+    )
+    path = write(tmp_path, "section:\n  epoch: 2\n")
+    assert error(Renamed, path) == f"{path}: config key 'section.epoch' was renamed to 'section.epochs'"
+    assert error(Renamed, overrides=["--sec.epochs", "2"]) == (
+        "command line: config key 'sec' was renamed to 'section'"
+    )
+    # the new names load, and RENAMED is no config key of its own
+    cfg = load_config(Renamed, overrides=["--bf16", "--section.epochs", "2"])
+    assert (cfg.bf16, cfg.section.epochs) == (True, 2)
+    assert "RENAMED" not in config_to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "old", "new"),
+    [
+        ("rlft.train.rl_config", "RLConfig", "bf16_autocast", "bf16"),
+        ("rlft.train.dpo_config", "DPOConfig", "share_prompt", "share_prompts"),
+    ],
+)
+def test_trainer_configs_refuse_their_old_key_names(tmp_path, module, name, old, new):
+    """A saved run config (config.yaml) of an older version, as ``--resume`` reads it, names the new key."""
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    path = write(tmp_path, f"model: m\ndata: task:arithmetic\n{old}: false\n")
+    assert error(cls, path) == f"{path}: config key '{old}' was renamed to '{new}'"
+    assert getattr(load_config(cls, overrides={"model": "m", "data": "d", new: False}), new) is False
 
 
 def test_wrong_type_messages(tmp_path):

@@ -388,7 +388,7 @@ def test_shared_prompt_rows_give_the_same_metrics(tiny_model, data_files, tmp_pa
         data = load_offline(data_files[fmt], fmt, tokenizer, length_limits(cfg))
         reference = Reference(load_causal_lm(tiny_model), 0, cfg)
         shared = evaluate_offline(model, data, 0, cfg, reference)
-        plain_cfg = dataclasses.replace(cfg, share_prompt=False)
+        plain_cfg = dataclasses.replace(cfg, share_prompts=False)
         plain = evaluate_offline(model, data, 0, plain_cfg, Reference(reference.model, 0, plain_cfg))
         assert shared.keys() == plain.keys()
         for key, value in shared.items():

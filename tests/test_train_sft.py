@@ -13,8 +13,8 @@ from rlft.data import IGNORE_INDEX, DataError, encode_sft, get_task, load_record
 from rlft.models import build_tiny_model, load_causal_lm, load_tokenizer
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import SFTConfig, latest_checkpoint, token_loss_sum, train_sft, warmup_cosine
-from rlft.train.epochs import length_limits
-from rlft.train.sft import epoch_order, step_batches
+from rlft.train.epochs import epoch_order, length_limits
+from rlft.train.sft import step_batches
 
 DATA = "task:arithmetic?max_operand=9&n=40"
 

@@ -4,6 +4,7 @@ fast batched sampling with a KV cache (behind the small :class:`Sampler` interfa
 from .decoders import HFDecoder
 from .errors import CustomCodeError, ModelError, NonFiniteWeightsError
 from .fast_llama import FastLlamaDecoder, fast_path_blocker
+from .forward_path import ForwardPlan, decoder_choice, forward_plan, plan_for, record_forward
 from .hf import (
     ensure_padding,
     load_causal_lm,
@@ -49,6 +50,7 @@ __all__ = [
     "TINY_SIZES",
     "CustomCodeError",
     "FastLlamaDecoder",
+    "ForwardPlan",
     "GrowableLayer",
     "HFDecoder",
     "HFSampler",
@@ -61,11 +63,13 @@ __all__ = [
     "TinySize",
     "apply_lm_head",
     "build_tiny_model",
+    "decoder_choice",
     "default_corpus",
     "encode_prompts",
     "ensure_padding",
     "fast_path_blocker",
     "filter_logits",
+    "forward_plan",
     "init_tiny_model",
     "load_causal_lm",
     "load_reward_model",
@@ -74,7 +78,9 @@ __all__ = [
     "make_decoder",
     "parse_dtype",
     "pick_tokens",
+    "plan_for",
     "position_ids_from_mask",
+    "record_forward",
     "response_logprobs",
     "reward_model_from_causal_lm",
     "sample",

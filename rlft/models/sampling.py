@@ -22,11 +22,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .decoders import HFDecoder
 from .errors import ModelError
-from .fast_llama import FastLlamaDecoder, fast_path_blocker
+from .fast_llama import FastLlamaDecoder
+from .forward_path import decoder_choice
 from .stopping import StopStrings, truncate_at_stop
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
-DECODERS = ("auto", "fast", "hf")
 COMPACT_AT = 0.25  # drop finished rows once ≥ 25% of the batch is done (measured: benchmarks/sampling_*.py)
 
 
@@ -261,17 +261,11 @@ def check_context(model: PreTrainedModel, prompt_tokens: int, max_new_tokens: in
 
 
 def make_decoder(model: PreTrainedModel, params: SamplingParams, decoder: str = "auto") -> HFDecoder:
-    """The decoder for ``model``: the Llama fast path where it applies ("auto"), or as asked."""
-    if decoder not in DECODERS:
-        raise ModelError(f"unknown decoder {decoder!r} (expected one of {', '.join(DECODERS)})")
-    if decoder == "hf":
-        return HFDecoder(model, params.max_new_tokens)
-    blocker = fast_path_blocker(model)
-    if blocker is None:
-        weight_dtype = torch.bfloat16 if params.bf16_autocast else next(model.parameters()).dtype
-        return FastLlamaDecoder(model, params.max_new_tokens, weight_dtype)
-    if decoder == "fast":
-        raise ModelError(f"decoder='fast' is not available for this model: {blocker}")
+    """The decoder for ``model``: the Llama fast path where it applies ("auto"), or as asked — the choice
+    of :func:`~rlft.models.forward_path.decoder_choice`, which also describes it for a run's forward.txt."""
+    choice = decoder_choice(model, decoder, params.bf16_autocast)
+    if choice.kind == "fast":
+        return FastLlamaDecoder(model, params.max_new_tokens, choice.weight_dtype)
     return HFDecoder(model, params.max_new_tokens)
 
 

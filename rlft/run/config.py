@@ -2,6 +2,11 @@
 
 Every source is checked against the dataclass annotations as it is applied, so an error names the source
 (file path, ``preset`` or ``command line``), the dotted key, the bad value and what was expected.
+
+A config class may list keys that have a new name in a class attribute
+``RENAMED: ClassVar[dict[str, str]] = {"old": "new"}``; an old key in any source (a YAML file, a saved
+run config, the command line) is then refused with one line naming the new key, rather than the generic
+"unknown config key".
 """
 
 from __future__ import annotations
@@ -134,6 +139,9 @@ def _apply(
         name, _, rest = raw_key.partition(".")
         key = prefix + raw_key
         if name not in hints:
+            renamed = getattr(cls, "RENAMED", {}).get(name)
+            if renamed is not None:
+                raise ConfigError(f"{source}: config key '{prefix}{name}' was renamed to '{prefix}{renamed}'")
             raise ConfigError(_unknown_key_message(cls, key, prefix, source))
         hint = hints[name]
         sub = dataclass_of(hint)

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from rlft.data import DataError, set_chat_template_kwargs
+from rlft.data import set_chat_template_kwargs
 from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic, training_mode
-from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
+from rlft.models.forward_path import plan_for, record_forward
+from rlft.run import RunDir, seed_everything
 
 from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, save_checkpoint
@@ -43,15 +44,14 @@ from .dpo_data import load_offline
 from .dpo_eval import WinRate, evaluate_offline
 from .dpo_loss import summarize
 from .dpo_scoring import Reference, kto_baseline, micro_batch_loss
+from .epoch_loop import Position, StepResult, planned_steps, train_epochs
 from .epochs import (
-    end_of_step,
-    epoch_order,
     model_length_limits,
     position_state,
     start_training,
 )
 from .ref_cache import model_fingerprint
-from .run_control import RunControl, owns_run
+from .run_control import owns_run
 
 __all__ = ["DPOResult", "train_dpo"]
 
@@ -110,14 +110,7 @@ def train_dpo(
             eval_source, kind, tokenizer, model_length_limits(cfg, tokenizer), split="eval", limit=cfg.eval_samples
         )
         say(f"eval data {eval_source}: {eval_data.report}")
-    global_batch = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = len(train) // global_batch  # the ragged tail of each epoch is dropped
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"{cfg.data}: {len(train)} training examples, fewer than one step's batch_size × grad_accum "
-            f"= {global_batch}"
-        )
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    total_steps = planned_steps(cfg, len(train), "examples")
 
     # The reference: scores every sequence once (cached) or stays loaded to score each batch.
     task = task_of(eval_source) if eval_source else None
@@ -140,14 +133,14 @@ def train_dpo(
 
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
+    say(record_forward(run, plan_for("dpo", model, cfg, reference=reference, sampling=win_rate is not None)))
     stop_at_end_of_turn(model, tokenizer)
     training_mode(model, cfg.keep_dropout)
-    optimizer, scheduler, params, step, epoch, batch_index = start_training(
-        model, cfg, total_steps, checkpoint, run, say
-    )
+    optimizer, scheduler, params, *position = start_training(model, cfg, total_steps, checkpoint, run, say)
+    pos = Position(*position)
 
     def save(at_step: int) -> None:
-        state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
+        state = position_state(at_step, pos.epoch, pos.batch_index, cfg.seed, optimizer, scheduler)
         save_checkpoint(run, at_step, model, tokenizer, state)
 
     def evaluate() -> dict[str, float]:
@@ -158,76 +151,41 @@ def train_dpo(
             out |= win_rate(model)
         return out
 
-    metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
-    control = RunControl(run, "dpo", cfg.max_consecutive_skips, say)
-    initial_eval: dict[str, float] = {}
-    if step == 0:
-        initial_eval = evaluate()
-        if initial_eval:
-            metrics.log(0, initial_eval)
-    final_eval = dict(initial_eval)
-    order = epoch_order(len(train), cfg.seed, epoch)
+    def train_step(chunk: list[int]) -> StepResult:
+        micro = [chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size] for m in range(cfg.grad_accum)]
+        z0 = None
+        if kind == "unpaired":  # KTO's baseline over the whole step, before any gradient
+            z0 = kto_baseline(model, train, chunk, pad_id, cfg, reference)
+        losses, step_metrics = [], []
+        for examples in micro:
+            loss, mets = micro_batch_loss(model, train, examples, pad_id, cfg, reference, z0)
+            # Σ per-example losses / examples in the whole step: accumulation does not change the update
+            (loss.sum() / len(chunk)).backward()
+            losses.append(loss.detach())
+            step_metrics.append(mets)
+        summary = summarize(losses, step_metrics)
+        if z0 is not None:
+            summary["kl"] = float(z0)
+        shown = {"loss": summary["loss"]}
+        if "rewards/accuracies" in summary:
+            shown["acc"] = summary["rewards/accuracies"]
+        return StepResult(summary["loss"], summary, shown)
+
     start = time.monotonic()
-    summary: dict[str, float] = {"loss": math.nan}
-    progress = Progress(total_steps, desc=f"dpo/{cfg.loss}", unit="step", enabled=show_progress)
-    progress.update(step)
-    steps_run = 0
-    with control:
-        try:
-            while step < total_steps:
-                if batch_index == steps_per_epoch:  # next epoch: a new permutation
-                    epoch, batch_index = epoch + 1, 0
-                    order = epoch_order(len(train), cfg.seed, epoch)
-                t0 = time.perf_counter()
-                chunk = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
-                micro = [chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size] for m in range(cfg.grad_accum)]
-                z0 = None
-                if kind == "unpaired":  # KTO's baseline over the whole step, before any gradient
-                    z0 = kto_baseline(model, train, chunk, pad_id, cfg, reference)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.zero_grad(set_to_none=True)
-                losses, step_metrics = [], []
-                for examples in micro:
-                    loss, mets = micro_batch_loss(model, train, examples, pad_id, cfg, reference, z0)
-                    # Σ per-example losses / examples in the whole step: accumulation does not change the update
-                    (loss.sum() / len(chunk)).backward()
-                    losses.append(loss.detach())
-                    step_metrics.append(mets)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                summary = summarize(losses, step_metrics)
-                control.step_optimizer(optimizer, step + 1, loss=summary["loss"], grad_norm=grad_norm)
-                scheduler.step()
-                step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
-                if z0 is not None:
-                    summary["kl"] = float(z0)
-                elapsed = time.perf_counter() - t0
-                if step % cfg.log_every == 0 or step == total_steps:
-                    extra = {
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "step_seconds": elapsed,
-                    "skipped_steps": control.skipped,
-                }
-                    metrics.log(step, {**summary, **extra, "epoch": epoch + batch_index / steps_per_epoch})
-                shown = {"loss": summary["loss"]}
-                if "rewards/accuracies" in summary:
-                    shown["acc"] = summary["rewards/accuracies"]
-                progress.update(1, **shown)
-                final_eval, stop = end_of_step(
-                    cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval, control
-                )
-                if stop:
-                    break
-        finally:
-            progress.close()
-            metrics.close()
+    outcome = train_epochs(
+        run, "dpo", cfg, pos, checkpoint is not None, len(train), total_steps, train_step,
+        optimizer=optimizer, scheduler=scheduler, params=params, evaluate=evaluate, save=save, say=say,
+        desc=f"dpo/{cfg.loss}", show_progress=show_progress, stop_after=stop_after,
+    )  # fmt: skip
+    initial_eval, final_eval = outcome.initial_eval, outcome.final_eval
+    step, train_loss = pos.step, outcome.last.loss if outcome.last else math.nan
     model_dir = run.root / "model"
     if step == total_steps:
         save_pretrained_atomic(model.eval(), tokenizer, model_dir)
     return DPOResult(
         steps=step,
         seconds=time.monotonic() - start,
-        train_loss=summary["loss"],
+        train_loss=train_loss,
         initial_eval=initial_eval,
         final_eval=final_eval,
         model_dir=model_dir,

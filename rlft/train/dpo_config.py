@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rlft.algos import PREFERENCE_LOSSES
 from rlft.data.lengths import OVERFLOW_MODES
@@ -58,6 +58,9 @@ class DPOConfig:
     ``eval_every`` / ``save_every`` of 0 mean "only at the end".
     """
 
+    # Keys with a new name (the same name for the same concept in every trainer config).
+    RENAMED: ClassVar[dict[str, str]] = {"share_prompt": "share_prompts"}
+
     model: str = ""  # the policy to start from (usually an SFT model directory)
     ref_model: str | None = None  # null: the starting policy (``model``) is the reference
     data: str = ""  # a preference/unpaired/ranked file or dataset, or e.g. "task:preference?n=2000"
@@ -89,7 +92,7 @@ class DPOConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     bf16: bool = False  # bfloat16 matmuls (float32 weights, norms and losses): autocast's trade-off
     forward: str = "auto"  # auto | fast | hf: the fused Llama forward when possible, or the model's own
-    share_prompt: bool = True  # fused forward: one row per example, its prompt computed once
+    share_prompts: bool = True  # fused forward: one row per example, its prompt computed once
     eval_every: int = 0
     save_every: int = 0
     log_every: int = 1

@@ -43,7 +43,13 @@ def score_sequences(
         (data.sequences[rows[ps[0]]][0], [data.sequences[rows[p]][1] for p in ps]) for ps in groups.values()
     ]
     sums, counts = grouped_logprob_sums(
-        model, batch, pad_id, bf16=cfg.bf16, forward=cfg.forward, share_prompt=cfg.share_prompt, frozen=frozen
+        model,
+        batch,
+        pad_id,
+        bf16=cfg.bf16,
+        forward=cfg.forward,
+        share_prompt=cfg.share_prompts,
+        frozen=frozen,
     )
     order = torch.tensor([p for ps in groups.values() for p in ps])
     inverse = torch.empty_like(order)

@@ -42,6 +42,7 @@ from rlft.algos import AdaptiveKLController, FixedKLController, masked_mean
 from rlft.data import DataError, LengthLimits, encode_prompts, load_records, set_chat_template_kwargs
 from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import HFSampler, SamplingParams, load_tokenizer
+from rlft.models.forward_path import plan_for, record_forward
 from rlft.run import (
     MetricsWriter,
     Progress,
@@ -137,6 +138,7 @@ def train_rl(
         if critic is not None:
             say(f"critic: {critic.source}")
         reference = Reference(cfg, model) if cfg.kl.active else None
+        say(record_forward(run, plan_for("rl", model, cfg, reference=reference)))
         ptx = PtxData(cfg, tokenizer) if cfg.ptx_coef > 0 else None
         if cfg.onednn_linear:  # float32 matmuls of the training and reference passes on oneDNN (rl_linear.py)
             use_onednn_linears(model)
@@ -203,7 +205,7 @@ def train_rl(
             top_p=cfg.top_p,
             n=cfg.num_generations,
             stop_strings=tuple(cfg.stop_strings),
-            bf16_autocast=cfg.bf16_autocast,
+            bf16_autocast=cfg.bf16,
         )
         reuse_old = (
             cfg.ppo_epochs == 1 and cfg.num_minibatches == 1
@@ -267,7 +269,7 @@ def train_rl(
                 if not reuse_old:
                     batch.old_logp = (
                         old_logprobs(model, batch, losses, cfg.micro_batch_size)
-                        if cfg.recompute_old_logp or cfg.bf16_autocast  # bf16 kernels differ in rounding
+                        if cfg.recompute_old_logp or cfg.bf16  # bf16 kernels differ in rounding
                         else batch.sampler_logp
                     )
                 if reference is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlft.models.fast_train import FORWARDS
@@ -118,6 +118,9 @@ class RLConfig:
     changes memory use, not the update. ``max_steps`` counts rollout steps.
     """
 
+    # Keys with a new name (the same name for the same concept in every trainer config).
+    RENAMED: ClassVar[dict[str, str]] = {"bf16_autocast": "bf16"}
+
     # --- model and data ---
     model: str = ""  # a Hugging Face model directory
     ref_model: str | None = None  # null: the starting policy (under LoRA: the base with adapters disabled)
@@ -187,8 +190,8 @@ class RLConfig:
     micro_batch_size: int | None = None  # rows per forward/backward; null: the whole mini-batch
     max_grad_norm: float = 1.0  # 0 disables clipping
     recompute_old_logp: bool = False  # false: π_old = the sampler's log-probs (same policy, same τ; float32
-    # only — under bf16_autocast they are always recomputed, since the two bf16 paths round differently)
-    bf16_autocast: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
+    # only — under bf16 they are always recomputed, since the two bf16 paths round differently)
+    bf16: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
     onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
     share_prompts: bool = True  # run each group's prompt once in the training/reference passes
     forward: str = (

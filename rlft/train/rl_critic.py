@@ -56,7 +56,7 @@ class Critic:
         self.max_grad_norm = cfg.max_grad_norm if c.max_grad_norm is None else c.max_grad_norm
         self.share_prompts = cfg.share_prompts
         self.forward = cfg.forward
-        self.bf16 = cfg.bf16_autocast
+        self.bf16 = cfg.bf16
         self.model: nn.Module | None = None
         if self.shared:
             width = policy.config.get_text_config().hidden_size

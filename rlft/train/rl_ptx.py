@@ -42,7 +42,7 @@ class PtxData:
         self.coef = cfg.ptx_coef
         self.batch_size = cfg.ptx_batch_size
         self.pad_id = int(tokenizer.pad_token_id)
-        self.bf16 = cfg.bf16_autocast
+        self.bf16 = cfg.bf16
         self.stream = PromptStream(len(self.examples), ptx_stream_seed(cfg.seed))
 
     def next_batch(self) -> dict[str, Any]:

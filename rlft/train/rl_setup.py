@@ -206,7 +206,7 @@ class Reference:
         if cfg.lora is None or cfg.ref_model is not None:
             self.model = load_causal_lm(cfg.ref_model or cfg.model)
             self.model.requires_grad_(False)
-            self.frozen = packed_reference(self.model, cfg.forward, cfg.bf16_autocast)
+            self.frozen = packed_reference(self.model, cfg.forward, cfg.bf16)
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:

@@ -111,7 +111,7 @@ def loss_settings(cfg: Any) -> LossSettings:
         kl_estimator=cfg.kl.estimator,
         entropy_coef=cfg.entropy_coef,
         temperature=cfg.temperature,
-        bf16_autocast=cfg.bf16_autocast,
+        bf16_autocast=cfg.bf16,
         share_prompts=cfg.share_prompts,
         forward=cfg.forward,
     )

@@ -45,13 +45,13 @@ from rlft.models import (
     save_reward_model,
     training_mode,
 )
+from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.scalar_head import set_pad_token_id
-from rlft.run import MetricsWriter, Progress, RunDir, seed_everything
+from rlft.run import RunDir, seed_everything
 
 from .checkpoint import latest_checkpoint, save_checkpoint
+from .epoch_loop import Position, StepResult, planned_steps, train_epochs
 from .epochs import (
-    end_of_step,
-    epoch_order,
     model_length_limits,
     position_state,
     start_training,
@@ -60,7 +60,7 @@ from .rm_config import RMConfig
 from .rm_data import RankGroup, collate_groups, encode_groups, group_rewards
 from .rm_eval import evaluate_rm, reward_stats
 from .rm_loss import element_count, pair_stats, rm_loss
-from .run_control import RunControl, owns_run
+from .run_control import owns_run
 
 __all__ = ["RMResult", "train_rm"]
 
@@ -175,23 +175,17 @@ def train_rm(
     eval_groups, gold = _load_eval(cfg, tokenizer)
     if eval_groups:
         say(f"eval data: {len(eval_groups)} held-out records" + (" with gold scores" if gold else ""))
-    global_batch = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = len(train) // global_batch
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"{cfg.data}: {len(train)} training records, fewer than one step's batch_size × grad_accum = {global_batch}"
-        )
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    total_steps = planned_steps(cfg, len(train), "records")
 
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg, pad_id)
+    say(record_forward(run, plan_for("rm", model, cfg)))
     training_mode(model, cfg.keep_dropout)
-    optimizer, scheduler, params, step, epoch, batch_index = start_training(
-        model, cfg, total_steps, checkpoint, run, say
-    )
+    optimizer, scheduler, params, *position = start_training(model, cfg, total_steps, checkpoint, run, say)
+    pos = Position(*position)
 
     def save(at_step: int) -> None:
-        state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
+        state = position_state(at_step, pos.epoch, pos.batch_index, cfg.seed, optimizer, scheduler)
         save_checkpoint(run, at_step, model, tokenizer, state)
 
     def evaluate() -> dict[str, float]:
@@ -199,85 +193,34 @@ def train_rm(
             return {}
         return evaluate_rm(model, eval_groups, pad_id, loss_name, max(cfg.batch_size, 64), gold)
 
-    metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
-    control = RunControl(run, "rm", cfg.max_consecutive_skips, say)
-    initial_eval: dict[str, float] = {}
-    if step == 0 and eval_groups:
-        initial_eval = evaluate()
-        metrics.log(0, initial_eval)
-    final_eval = dict(initial_eval)
-    order = epoch_order(len(train), cfg.seed, epoch)
+    def train_step(chunk: list[int]) -> StepResult:
+        micro = [
+            [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]] for m in range(cfg.grad_accum)
+        ]
+        # Normalise by the elements of the WHOLE step (all micro-batches): Σ element losses / N.
+        n_elements = sum(element_count(groups, loss_name) for groups in micro)
+        loss_sum, correct, gap, n_pairs, n_seqs = 0.0, 0.0, 0.0, 0, 0
+        for groups in micro:
+            batch = collate_groups(groups, pad_id)
+            rewards = group_rewards(model, batch)
+            margins = batch["margin"] if use_margin else None
+            losses = rm_loss(rewards, batch["ranks"], batch["valid"], loss_name, margins, cfg.center_coef)
+            (losses.sum() / n_elements).backward()
+            loss_sum += float(losses.detach().sum())
+            c, g, n = pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
+            correct, gap, n_pairs, n_seqs = correct + c, gap + g, n_pairs + n, n_seqs + len(batch["input_ids"])
+        loss_value, accuracy = loss_sum / n_elements, correct / max(n_pairs, 1)
+        row = {"loss": loss_value, "accuracy": accuracy, "reward_gap": gap / max(n_pairs, 1)}
+        return StepResult(loss_value, row, {"loss": loss_value, "acc": accuracy}, counted=("seqs_per_s", n_seqs))
+
     start = time.monotonic()
-    loss_value = math.nan
-    progress = Progress(total_steps, desc="rm", unit="step", enabled=show_progress)
-    progress.update(step)
-    steps_run = 0
-    with control:
-        try:
-            while step < total_steps:
-                if batch_index == steps_per_epoch:  # next epoch: a new permutation
-                    epoch, batch_index = epoch + 1, 0
-                    order = epoch_order(len(train), cfg.seed, epoch)
-                t0 = time.perf_counter()
-                chunk = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
-                micro = [
-                    [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]]
-                    for m in range(cfg.grad_accum)
-                ]
-                # Normalise by the elements of the WHOLE step (all micro-batches): Σ element losses / N.
-                n_elements = sum(element_count(groups, loss_name) for groups in micro)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum, correct, gap, n_pairs, n_seqs = 0.0, 0.0, 0.0, 0, 0
-                for groups in micro:
-                    batch = collate_groups(groups, pad_id)
-                    rewards = group_rewards(model, batch)
-                    losses = rm_loss(
-                        rewards,
-                        batch["ranks"],
-                        batch["valid"],
-                        loss_name,
-                        batch["margin"] if use_margin else None,
-                        cfg.center_coef,
-                    )
-                    (losses.sum() / n_elements).backward()
-                    loss_sum += float(losses.detach().sum())
-                    c, g, n = pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
-                    correct, gap, n_pairs, n_seqs = (
-                        correct + c,
-                        gap + g,
-                        n_pairs + n,
-                        n_seqs + len(batch["input_ids"]),
-                    )
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                loss_value = loss_sum / n_elements
-                control.step_optimizer(optimizer, step + 1, loss=loss_value, grad_norm=grad_norm)
-                scheduler.step()
-                step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
-                elapsed = time.perf_counter() - t0
-                if step % cfg.log_every == 0 or step == total_steps:
-                    metrics.log(
-                        step,
-                        {
-                            "loss": loss_value,
-                            "accuracy": correct / max(n_pairs, 1),
-                            "reward_gap": gap / max(n_pairs, 1),
-                            "lr": lr,
-                            "grad_norm": float(grad_norm),
-                            "seqs_per_s": n_seqs / max(elapsed, 1e-9),
-                            "epoch": epoch + batch_index / steps_per_epoch,
-                            "skipped_steps": control.skipped,
-                        },
-                    )
-                progress.update(1, loss=loss_value, acc=correct / max(n_pairs, 1))
-                final_eval, stop = end_of_step(
-                    cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval, control
-                )
-                if stop:
-                    break
-        finally:
-            progress.close()
-            metrics.close()
+    outcome = train_epochs(
+        run, "rm", cfg, pos, checkpoint is not None, len(train), total_steps, train_step,
+        optimizer=optimizer, scheduler=scheduler, params=params, evaluate=evaluate, save=save, say=say,
+        desc="rm", show_progress=show_progress, stop_after=stop_after,
+    )  # fmt: skip
+    initial_eval, final_eval = outcome.initial_eval, outcome.final_eval
+    step, loss_value = pos.step, outcome.last.loss if outcome.last else math.nan
     model_dir = run.root / "model"
     norm: dict[str, float] = {}
     if step == total_steps:

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from rlft.data import (
     IGNORE_INDEX,
-    DataError,
     Example,
     collate_sft,
     encode_sft,
@@ -48,25 +47,23 @@ from rlft.models import (
     save_pretrained_atomic,
     training_mode,
 )
+from rlft.models.forward_path import plan_for, record_forward
 from rlft.run import (
     ConfigError,
-    MetricsWriter,
-    Progress,
     RunDir,
     seed_everything,
 )
 
 from .chat_stops import stop_at_end_of_turn
 from .checkpoint import latest_checkpoint, save_checkpoint
+from .epoch_loop import Position, StepResult, planned_steps, train_epochs
 from .epochs import (
-    end_of_step,
-    epoch_order,
     model_length_limits,
     position_state,
     shuffle_seed,
     start_training,
 )
-from .run_control import RunControl, owns_run
+from .run_control import owns_run
 from .sft_config import SFTConfig
 
 __all__ = [
@@ -248,7 +245,13 @@ def step_batches(
 ) -> list[dict[str, Any]]:
     """The ``grad_accum`` collated micro-batches of optimiser step ``batch_index`` of an epoch."""
     size = cfg.batch_size * cfg.grad_accum
-    chunk = order[batch_index * size : (batch_index + 1) * size].tolist()
+    return collate_step(examples, order[batch_index * size : (batch_index + 1) * size].tolist(), cfg, pad_id)
+
+
+def collate_step(
+    examples: Sequence[Example], chunk: list[int], cfg: SFTConfig, pad_id: int
+) -> list[dict[str, Any]]:
+    """The ``grad_accum`` collated micro-batches of one optimiser step's examples ``chunk``."""
     return [
         collate_sft(
             [examples[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]],
@@ -293,28 +296,21 @@ def train_sft(
     eval_set = load_eval_set(cfg, tokenizer)
     if eval_set is not None:
         say(f"eval data: {len(eval_set.examples)} examples, {len(eval_set.prompts)} generation prompts")
-    global_batch = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = len(train) // global_batch  # the ragged tail of each epoch is dropped
-    if steps_per_epoch == 0:
-        raise DataError(
-            f"{cfg.data}: {len(train)} training examples, fewer than one step's batch_size × grad_accum "
-            f"= {global_batch}"
-        )
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    total_steps = planned_steps(cfg, len(train), "examples")
 
     checkpoint = latest_checkpoint(run) if resume else None
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     if cfg.pack:  # refuse before any step rather than at the first packed batch
         check_packing(model)
+    say(record_forward(run, plan_for("sft", model, cfg)))
     stop_at_end_of_turn(model, tokenizer)
     training_mode(model, cfg.keep_dropout)
 
-    optimizer, scheduler, params, step, epoch, batch_index = start_training(
-        model, cfg, total_steps, checkpoint, run, say
-    )
+    optimizer, scheduler, params, *position = start_training(model, cfg, total_steps, checkpoint, run, say)
+    pos = Position(*position)
 
     def save(at_step: int) -> None:
-        state = position_state(at_step, epoch, batch_index, cfg.seed, optimizer, scheduler)
+        state = position_state(at_step, pos.epoch, pos.batch_index, cfg.seed, optimizer, scheduler)
         save_checkpoint(run, at_step, model, tokenizer, state)
 
     def evaluate() -> dict[str, float]:
@@ -325,65 +321,28 @@ def train_sft(
             out |= generation_metrics(model, tokenizer, eval_set, cfg.eval_max_new_tokens, seed=cfg.seed)
         return out
 
-    metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
-    control = RunControl(run, "sft", cfg.max_consecutive_skips, say)
-    initial_eval: dict[str, float] = {}
-    if step == 0 and eval_set is not None:
-        initial_eval = evaluate()
-        metrics.log(0, initial_eval)
-    final_eval: dict[str, float] = dict(initial_eval)
-    order = epoch_order(len(train), cfg.seed, epoch)
+    def train_step(chunk: list[int]) -> StepResult:
+        batches = collate_step(train, chunk, cfg, pad_id)
+        # Normalise by the loss tokens of the WHOLE step (all micro-batches): Σ token losses / N.
+        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        loss_sum = 0.0
+        for batch in batches:
+            loss, _ = token_loss_sum(model, batch)
+            (loss / max(n_tokens, 1)).backward()
+            loss_sum += float(loss.detach())
+        loss_value = loss_sum / max(n_tokens, 1)
+        seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
+        shown = {"loss": loss_value, "lr": scheduler.get_last_lr()[0]}
+        return StepResult(loss_value, {"loss": loss_value}, shown, counted=("tokens_per_s", seen))
+
     start = time.monotonic()
-    loss_value = float("nan")
-    progress = Progress(total_steps, desc="sft", unit="step", enabled=show_progress)
-    progress.update(step)
-    steps_run = 0
-    with control:
-        try:
-            while step < total_steps:
-                if batch_index == steps_per_epoch:  # next epoch: a new permutation
-                    epoch, batch_index = epoch + 1, 0
-                    order = epoch_order(len(train), cfg.seed, epoch)
-                t0 = time.perf_counter()
-                batches = step_batches(train, order, batch_index, cfg, pad_id)
-                # Normalise by the loss tokens of the WHOLE step (all micro-batches): Σ token losses / N.
-                n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for batch in batches:
-                    loss, _ = token_loss_sum(model, batch)
-                    (loss / max(n_tokens, 1)).backward()
-                    loss_sum += float(loss.detach())
-                # Clip the norm of the full gradient (inf: measure only) to tame early spikes.
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                loss_value = loss_sum / max(n_tokens, 1)
-                control.step_optimizer(optimizer, step + 1, loss=loss_value, grad_norm=grad_norm)
-                scheduler.step()
-                step, batch_index, steps_run = step + 1, batch_index + 1, steps_run + 1
-                seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
-                elapsed = time.perf_counter() - t0
-                if step % cfg.log_every == 0 or step == total_steps:
-                    metrics.log(
-                        step,
-                        {
-                            "loss": loss_value,
-                            "lr": lr,
-                            "grad_norm": float(grad_norm),
-                            "tokens_per_s": seen / max(elapsed, 1e-9),
-                            "epoch": epoch + batch_index / steps_per_epoch,
-                            "skipped_steps": control.skipped,
-                        },
-                    )
-                progress.update(1, loss=loss_value, lr=lr)
-                final_eval, stop = end_of_step(
-                    cfg, step, total_steps, steps_run, stop_after, evaluate, save, metrics, final_eval, control
-                )
-                if stop:
-                    break
-        finally:
-            progress.close()
-            metrics.close()
+    outcome = train_epochs(
+        run, "sft", cfg, pos, checkpoint is not None, len(train), total_steps, train_step,
+        optimizer=optimizer, scheduler=scheduler, params=params, evaluate=evaluate, save=save, say=say,
+        desc="sft", show_progress=show_progress, stop_after=stop_after,
+    )  # fmt: skip
+    initial_eval, final_eval = outcome.initial_eval, outcome.final_eval
+    step, loss_value = pos.step, outcome.last.loss if outcome.last else float("nan")
     model_dir = run.root / "model"
     if step == total_steps:
         save_pretrained_atomic(model.eval(), tokenizer, model_dir)
