@@ -321,9 +321,10 @@ def test_resume_is_bitwise_identical(tiny_model, data_files, tmp_path) -> None:
     assert [r["step"] for r in read_metrics(run.metrics_path) if "loss" in r] == [1, 2, 3, 4, 5]
 
 
-def test_training_kernels_load_when_first_needed_in_the_step_0_eval(tiny_model, data_files, tmp_path) -> None:
-    """The first fused forward of a run with eval data comes from the evaluation, under no_grad: the
-    kernels' load-time check must pass there too, or a resumed run (no step-0 eval) would differ."""
+def test_training_kernels_are_used_by_a_run_with_eval_data(tiny_model, data_files, tmp_path) -> None:
+    """A run with eval data evaluates under no_grad before its first step; the kernels' load-time check
+    must not depend on that (tests/test_models_kernels.py checks a first load under no_grad directly),
+    or a resumed run (no step-0 eval) would train on another path than an uninterrupted one."""
     if K._compiler() is None:
         pytest.skip("no C compiler: rlft runs on its torch fallback here")
     T.train_kernels.cache_clear()
