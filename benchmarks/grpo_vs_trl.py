@@ -376,7 +376,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
     from rlft.models import HFSampler, load_causal_lm, load_tokenizer
     from rlft.rewards import build_rewards
     from rlft.train import RLConfig
-    from rlft.train.rl_eval import evaluate_policy, load_eval_set
+    from rlft.train.online.evaluation import evaluate_policy, load_eval_set
 
     sft = Path(args.sft) if args.sft else None
     if sft is None:

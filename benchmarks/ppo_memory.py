@@ -72,7 +72,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     batch = args.prompts * args.generations
     t0 = time.perf_counter()
     if mode == "sft":
-        from rlft.train.sft import token_loss_sum
+        from rlft.train.sft.trainer import token_loss_sum
 
         model = load_causal_lm(paths["actor"])
         tokenizer = load_tokenizer(paths["actor"])
@@ -93,7 +93,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     else:
         from rlft.run import RunDir
         from rlft.train import RLConfig, train_rl
-        from rlft.train.rl_config import CriticConfig, LoRAConfig
+        from rlft.train.online.config import CriticConfig, LoRAConfig
 
         lora = mode == "ppo-lora-shared"
         cfg = RLConfig(

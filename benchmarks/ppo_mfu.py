@@ -57,7 +57,7 @@ def main() -> None:
     from rlft.models import load_causal_lm
     from rlft.run import RunDir
     from rlft.train import RLConfig, train_rl
-    from rlft.train.rl_config import CriticConfig
+    from rlft.train.online.config import CriticConfig
 
     work = Path(args.out or tempfile.mkdtemp(prefix="ppo-mfu-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ def main() -> None:
     from rlft.commands.demo import ppo_demo_config, preference_sft, rm_demo_stage
     from rlft.run import RunDir, save_config
     from rlft.train import KLConfig, train_rl
-    from rlft.train.rl_config import CriticConfig
+    from rlft.train.online.config import CriticConfig
 
     work = Path(args.work)
     sft = work / "preference" / "sft" / "model"

@@ -326,7 +326,7 @@ def test_generate_string_and_chat_prompts_stop_at_end_of_turn(zoo, data, arch, c
     family = FAMILIES[arch]
     if family.end_of_turn is not None:
         from rlft.models import SamplingParams, sample
-        from rlft.train.chat_stops import stop_at_end_of_turn
+        from rlft.train.common.chat_stops import stop_at_end_of_turn
 
         lm, tokenizer = load_causal_lm(model), load_tokenizer(model)
         end = tokenizer.convert_tokens_to_ids(family.end_of_turn)
@@ -363,7 +363,7 @@ def test_cache_is_passed_without_deprecated_arguments(zoo, arch) -> None:
 
     from rlft.models import SamplingParams, sample
     from rlft.train import RolloutBatch
-    from rlft.train.rl_logprobs import response_states
+    from rlft.train.online.logprobs import response_states
 
     model, tokenizer = load_causal_lm(str(zoo[arch])), load_tokenizer(str(zoo[arch]))
     with warnings.catch_warnings():

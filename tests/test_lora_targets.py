@@ -16,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 from rlft.models import load_causal_lm
 from rlft.run import ConfigError, load_config
 from rlft.train import LoRAConfig, RLConfig
-from rlft.train.rl_setup import load_policy
+from rlft.train.online.setup import load_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

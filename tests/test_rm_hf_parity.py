@@ -23,7 +23,7 @@ from rlft.models.logprobs import position_ids_from_mask
 from rlft.rewards import score_texts
 from rlft.run import RunDir
 from rlft.train import RMConfig, train_rm
-from rlft.train.rm_data import encode_groups
+from rlft.train.reward.data import encode_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -208,8 +208,8 @@ def test_renamed_key_names_the_new_key(tmp_path):
 @pytest.mark.parametrize(
     ("module", "name", "old", "new"),
     [
-        ("rlft.train.rl_config", "RLConfig", "bf16_autocast", "bf16"),
-        ("rlft.train.dpo_config", "DPOConfig", "share_prompt", "share_prompts"),
+        ("rlft.train.online.config", "RLConfig", "bf16_autocast", "bf16"),
+        ("rlft.train.preference.config", "DPOConfig", "share_prompt", "share_prompts"),
     ],
 )
 def test_trainer_configs_refuse_their_old_key_names(tmp_path, module, name, old, new):

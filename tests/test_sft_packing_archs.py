@@ -19,7 +19,7 @@ from rlft.data import IGNORE_INDEX, Example
 from rlft.models import save_pretrained_atomic, training_mode
 from rlft.run import ConfigError
 from rlft.train import SFTConfig
-from rlft.train.sft import packing_blocker, step_batches, token_loss_sum
+from rlft.train.sft.trainer import packing_blocker, step_batches, token_loss_sum
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

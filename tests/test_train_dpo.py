@@ -20,11 +20,11 @@ from rlft.models import kernels as K
 from rlft.models.kernels import training as T
 from rlft.run import ConfigError, RunDir, load_config, read_metrics
 from rlft.train import DPOConfig, latest_checkpoint, offline_loss, train_dpo
-from rlft.train.dpo_data import OfflineData, load_offline
-from rlft.train.dpo_eval import evaluate_offline
-from rlft.train.dpo_scoring import Reference, micro_batch_loss
-from rlft.train.epochs import length_limits
-from rlft.train.ref_cache import model_fingerprint, reference_logprob_sums
+from rlft.train.common.epochs import length_limits
+from rlft.train.preference.data import OfflineData, load_offline
+from rlft.train.preference.evaluation import evaluate_offline
+from rlft.train.preference.ref_cache import model_fingerprint, reference_logprob_sums
+from rlft.train.preference.scoring import Reference, micro_batch_loss
 
 QUIET = {"show_progress": False, "log": lambda _: None}
 
@@ -146,7 +146,7 @@ def test_rrhf_worked_example() -> None:
 
 def test_micro_batch_path_feeds_the_registry_loss(tiny_model, data_files, monkeypatch) -> None:
     """The whole micro-batch path (row layout, reference lookup, ranked reshaping) with scores we control."""
-    import rlft.train.dpo_scoring as dpo_scoring
+    import rlft.train.preference.scoring as dpo_scoring
 
     tokenizer = load_tokenizer(tiny_model)
     cfg = DPOConfig(model=tiny_model, data="d", beta=0.1)
@@ -422,7 +422,7 @@ def test_demo_stage_reports_the_gold_win_rate(tiny_model, tmp_path, capsys) -> N
 
 
 def test_on_the_fly_reference_packs_its_weights_once_and_scores_the_same(tiny_model, data_files) -> None:
-    from rlft.train.dpo_scoring import Reference, score_sequences
+    from rlft.train.preference.scoring import Reference, score_sequences
 
     model = load_causal_lm(tiny_model)
     tokenizer = load_tokenizer(tiny_model)

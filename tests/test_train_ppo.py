@@ -32,12 +32,12 @@ from rlft.models import (
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
-from rlft.train.rl_advantages import AdvantageState, advantage_step
-from rlft.train.rl_config import CriticConfig
-from rlft.train.rl_critic import Critic
-from rlft.train.rl_ptx import PtxData
-from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_update
-from rlft.train.sft import token_loss_sum
+from rlft.train.online.advantages import AdvantageState, advantage_step
+from rlft.train.online.config import CriticConfig
+from rlft.train.online.critic import Critic
+from rlft.train.online.ptx import PtxData
+from rlft.train.online.update import loss_settings, micro_batch_loss, policy_update
+from rlft.train.sft.trainer import token_loss_sum
 
 DATA = "task:preference?n=64"
 QUIET = {"show_progress": False, "log": lambda _: None}
@@ -252,7 +252,7 @@ def test_short_ppo_run_trains_actor_and_critic_and_leaves_reward_and_reference_a
 
 
 def test_shared_backbone_with_lora_trains_the_head_and_adapters(models, tmp_path) -> None:
-    from rlft.train.rl_config import LoRAConfig
+    from rlft.train.online.config import LoRAConfig
 
     cfg = ppo_cfg(
         models,
@@ -382,7 +382,7 @@ def test_config_errors_and_yaml(models, tmp_path) -> None:
     cfg = load_config(RLConfig, path, overrides=["--critic.vf_coef", "0.2"])
     assert cfg.critic == CriticConfig(shared_backbone=True, lr=0.001, vf_coef=0.2)
     assert cfg.resolved().whiten_advantages is True
-    from rlft.train.rl_setup import reward_specs
+    from rlft.train.online.setup import reward_specs
 
     specs = reward_specs(cfg)
     assert {"reward_model": "rm", "normalize": True} in specs

@@ -54,16 +54,21 @@ from rlft.run.seeding import (
     win_rate_seed,
 )
 from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
-from rlft.train.rl_advantages import (
+from rlft.train.online.advantages import (
     AdvantageState,
     check_advantage,
     estimate_advantages,
     estimator_args,
     needs_critic,
 )
-from rlft.train.rl_presets import PRESETS
-from rlft.train.rl_rollout import DynamicSamplingError, PromptStream, collect_rollout, zero_variance_groups
-from rlft.train.rl_update import loss_settings, micro_batch_loss, policy_loss_args, policy_update
+from rlft.train.online.presets import PRESETS
+from rlft.train.online.rollout import (
+    DynamicSamplingError,
+    PromptStream,
+    collect_rollout,
+    zero_variance_groups,
+)
+from rlft.train.online.update import loss_settings, micro_batch_loss, policy_loss_args, policy_update
 
 QUIET = {"show_progress": False, "log": lambda _: None}
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from rl_cases import fixed_batch, micro_rl_model, small_cfg, write_reward_file
 
-from rlft.train.rl_update import loss_settings
+from rlft.train.online.update import loss_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,8 +26,8 @@ def reward_file(tmp_path_factory) -> str:
 
 
 def test_onednn_linears_compute_the_same_logprobs_and_gradients(tiny_model) -> None:
-    from rlft.train.rl_linear import use_onednn_linears
-    from rlft.train.rl_logprobs import batch_logprobs
+    from rlft.train.online.linear import use_onednn_linears
+    from rlft.train.online.logprobs import batch_logprobs
 
     batch, model = fixed_batch(tiny_model)
     fast, frozen = copy.deepcopy(model), copy.deepcopy(model)
@@ -48,7 +48,7 @@ def test_onednn_linears_compute_the_same_logprobs_and_gradients(tiny_model) -> N
 
 
 def test_shared_prompt_and_fused_passes_give_the_same_logprobs_and_gradients(tiny_model) -> None:
-    from rlft.train.rl_logprobs import batch_logprobs
+    from rlft.train.online.logprobs import batch_logprobs
 
     batch, model = fixed_batch(tiny_model)
     batch = batch.select([3, 0, 5, 1, 4, 2])  # groups interleaved, prompts of different lengths
@@ -66,7 +66,7 @@ def test_shared_prompt_and_fused_passes_give_the_same_logprobs_and_gradients(tin
 
 
 def test_fused_forward_under_bf16_autocast_stays_close_to_float32(tiny_model) -> None:
-    from rlft.train.rl_logprobs import batch_logprobs
+    from rlft.train.online.logprobs import batch_logprobs
 
     batch, model = fixed_batch(tiny_model)
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_forward_fast_names_what_blocks_it(tiny_model) -> None:
     from peft import LoraConfig, get_peft_model
 
     from rlft.models import ModelError
-    from rlft.train.rl_logprobs import batch_logprobs
+    from rlft.train.online.logprobs import batch_logprobs
 
     batch, model = fixed_batch(tiny_model)
     lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
@@ -91,8 +91,8 @@ def test_forward_fast_names_what_blocks_it(tiny_model) -> None:
 def test_reference_packs_its_fused_weights_once_and_computes_the_same_logprobs(
     tiny_model, reward_file
 ) -> None:
-    from rlft.train.rl_logprobs import batch_logprobs
-    from rlft.train.rl_setup import Reference
+    from rlft.train.online.logprobs import batch_logprobs
+    from rlft.train.online.setup import Reference
 
     batch, policy = fixed_batch(tiny_model)
     cfg = small_cfg(tiny_model, reward_file).resolved()

@@ -23,7 +23,7 @@ from rlft.models import (
 )
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import RMConfig, latest_checkpoint, rm_loss, train_rm
-from rlft.train.rm_data import collate_groups, encode_groups, group_rewards
+from rlft.train.reward.data import collate_groups, encode_groups, group_rewards
 
 DATA = "task:preference?n=96&label_noise=0"
 

@@ -13,8 +13,8 @@ from rlft.data import IGNORE_INDEX, DataError, encode_sft, get_task, load_record
 from rlft.models import build_tiny_model, load_causal_lm, load_tokenizer
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import SFTConfig, latest_checkpoint, token_loss_sum, train_sft, warmup_cosine
-from rlft.train.epochs import epoch_order, length_limits
-from rlft.train.sft import step_batches
+from rlft.train.common.epochs import epoch_order, length_limits
+from rlft.train.sft.trainer import step_batches
 
 DATA = "task:arithmetic?max_operand=9&n=40"
 
@@ -132,7 +132,7 @@ def test_resume_is_bitwise_identical(tiny_model, tmp_path) -> None:
 
 def test_resume_with_an_optimizer_state_that_does_not_fit_fails_clearly(tiny_model, tmp_path) -> None:
     from rlft.run import CheckpointError
-    from rlft.train.checkpoint import TRAINER_STATE
+    from rlft.train.common.checkpoint import TRAINER_STATE
 
     cfg = small_cfg(tiny_model, max_steps=4, save_every=2)
     run = RunDir.create(tmp_path / "cut")
@@ -156,7 +156,7 @@ def test_bad_config_and_missing_data(tiny_model, tmp_path) -> None:
 
 
 def test_adamw_is_fused_and_steps_like_the_reference_implementation() -> None:
-    from rlft.train.epochs import adamw
+    from rlft.train.common.epochs import adamw
 
     def model_and_grads() -> torch.nn.Module:
         torch.manual_seed(0)

@@ -89,7 +89,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.data import encode_prompts, load_records, set_chat_template_kwargs
     from rlft.data.tasks import task_of
     from rlft.models import SamplingParams, load_causal_lm, load_tokenizer, sample
-    from rlft.train.chat_stops import stop_at_end_of_turn
+    from rlft.train.common.chat_stops import stop_at_end_of_turn
 
     _no_extra(extra)
     if (args.prompts is None) == (args.task is None):

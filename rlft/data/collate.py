@@ -9,7 +9,7 @@ example's first token is IGNORE_INDEX, so the last token of one example is never
 first token of the next.
 
 A Hugging Face model must be given the packed row as ``input_ids`` + ``position_ids`` with NO attention
-mask and ``use_cache=False`` (what :func:`rlft.train.sft.token_loss_sum` does): transformers 5 then finds
+mask and ``use_cache=False`` (what :func:`rlft.train.sft.trainer.token_loss_sum` does): transformers 5 then finds
 the example boundaries where the positions restart (``masking_utils.find_packed_sequence_indices``) and
 builds each layer's mask itself — causal or sliding-window, in the form its attention implementation
 wants — exactly as for the examples unpacked. The ``(rows, 1, L, L)`` boolean ``attention_mask`` and

@@ -4,7 +4,7 @@ and said in one line.
 A model can run through four different bodies: the fused Llama decoder (:mod:`rlft.models.fast_llama`,
 with or without the C kernels of :mod:`rlft.models.kernels`), the fused differentiable Llama body
 (:mod:`rlft.models.fast_train`, or its packed frozen twin :mod:`rlft.models.frozen_forward` for a
-reference), the Hugging Face body with its ``nn.Linear`` layers on oneDNN (``rlft.train.rl_linear``), or
+reference), the Hugging Face body with its ``nn.Linear`` layers on oneDNN (``rlft.train.online.linear``), or
 the plain Hugging Face body. Which one is taken depends on the architecture (the strict checks
 :func:`~rlft.models.fast_llama.fast_path_blocker` and :func:`~rlft.models.fast_train.fast_train_blocker`),
 on options (``decoder``, ``forward``, ``bf16``, ``onednn_linear``, ``share_prompts``), on LoRA wrapping

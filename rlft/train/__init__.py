@@ -1,19 +1,20 @@
 """Trainers. Each is one readable loop over the layers below (data, models, algos, run)."""
 
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from .dpo import DPOResult, train_dpo
-from .dpo_config import DPOConfig
-from .dpo_loss import offline_loss
-from .ref_cache import reference_logprob_sums
-from .rl import RLResult, train_rl
-from .rl_config import CriticConfig, KLConfig, LoRAConfig, RLConfig
-from .rm import RMResult, train_rm
-from .rm_config import RMConfig
-from .rm_eval import evaluate_rm
-from .rm_loss import rm_loss
-from .rollout_batch import RolloutBatch
-from .schedule import warmup_cosine, warmup_cosine_scheduler
-from .sft import (
+from rlft.train.common.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rlft.train.common.schedule import warmup_cosine, warmup_cosine_scheduler
+from rlft.train.online.config import CriticConfig, KLConfig, LoRAConfig, RLConfig
+from rlft.train.online.loop import RLResult, train_rl
+from rlft.train.online.rollout_batch import RolloutBatch
+from rlft.train.preference.config import DPOConfig
+from rlft.train.preference.loss import offline_loss
+from rlft.train.preference.ref_cache import reference_logprob_sums
+from rlft.train.preference.trainer import DPOResult, train_dpo
+from rlft.train.reward.config import RMConfig
+from rlft.train.reward.evaluation import evaluate_rm
+from rlft.train.reward.loss import rm_loss
+from rlft.train.reward.trainer import RMResult, train_rm
+from rlft.train.sft.config import SFTConfig
+from rlft.train.sft.trainer import (
     EvalSet,
     SFTResult,
     evaluate_sft,
@@ -22,7 +23,6 @@ from .sft import (
     token_loss_sum,
     train_sft,
 )
-from .sft_config import SFTConfig
 
 __all__ = [
     "CriticConfig",

@@ -31,7 +31,7 @@ from rlft.data import (
 from rlft.data.lengths import prompt_budget
 from rlft.run import ConfigError
 from rlft.train import SFTConfig
-from rlft.train.epochs import length_limits
+from rlft.train.common.epochs import length_limits
 
 CONTEXT = 64  # the model context the trainers cap the total length to
 LIMITS = LengthLimits(max_total_tokens=CONTEXT)

@@ -22,7 +22,7 @@ import rlft.cli
 from rlft.models import CustomCodeError, ModelError, load_causal_lm, load_reward_model, load_tokenizer
 from rlft.models import kernels as K
 from rlft.models.hf import load_error
-from rlft.train.ref_cache import reference_logprob_sums
+from rlft.train.preference.ref_cache import reference_logprob_sums
 
 BOGUS_LIBRARY = b"\x7fELF but not a shared library: loading this must never be attempted\n"
 

@@ -14,9 +14,8 @@ import torch
 
 from rlft.data import DataError, pad_sequences
 from rlft.models import sequence_scores
-
-from .rm_data import RankGroup, collate_groups, group_rewards
-from .rm_loss import pair_stats, rm_loss
+from rlft.train.reward.data import RankGroup, collate_groups, group_rewards
+from rlft.train.reward.loss import pair_stats, rm_loss
 
 __all__ = ["evaluate_rm", "reward_stats"]
 

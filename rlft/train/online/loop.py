@@ -52,21 +52,25 @@ from rlft.run import (
     seed_everything,
 )
 from rlft.run.seeding import minibatch_seed, rollout_seed
-
-from .chat_stops import stop_at_end_of_turn
-from .checkpoint import latest_checkpoint, load_trainer_state, restore_optimizer, save_checkpoint
-from .epochs import adamw
-from .rl_advantages import AdvantageState, advantage_step, check_advantage, needs_critic
-from .rl_config import RLConfig
-from .rl_critic import Critic
-from .rl_eval import RLEvalSet, evaluate_policy, load_eval_set
-from .rl_linear import use_onednn_linears
-from .rl_ptx import PtxData
-from .rl_rollout import PromptStream, collect_rollout
-from .rl_setup import Reference, describe_algorithm, load_policy, reward_specs, save_final
-from .rl_update import loss_settings, old_logprobs, policy_update
-from .run_control import RunControl, owns_run
-from .schedule import warmup_cosine_scheduler
+from rlft.train.common.chat_stops import stop_at_end_of_turn
+from rlft.train.common.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    restore_optimizer,
+    save_checkpoint,
+)
+from rlft.train.common.epochs import adamw
+from rlft.train.common.run_control import RunControl, owns_run
+from rlft.train.common.schedule import warmup_cosine_scheduler
+from rlft.train.online.advantages import AdvantageState, advantage_step, check_advantage, needs_critic
+from rlft.train.online.config import RLConfig
+from rlft.train.online.critic import Critic
+from rlft.train.online.evaluation import RLEvalSet, evaluate_policy, load_eval_set
+from rlft.train.online.linear import use_onednn_linears
+from rlft.train.online.ptx import PtxData
+from rlft.train.online.rollout import PromptStream, collect_rollout
+from rlft.train.online.setup import Reference, describe_algorithm, load_policy, reward_specs, save_final
+from rlft.train.online.update import loss_settings, old_logprobs, policy_update
 
 __all__ = ["RLResult", "train_rl"]
 

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from rlft.algos import bradley_terry_loss, kwise_ranking_loss
-
-from .rm_data import RankGroup
+from rlft.train.reward.data import RankGroup
 
 __all__ = ["element_count", "pair_mask", "pair_stats", "rm_loss"]
 

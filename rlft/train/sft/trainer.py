@@ -53,18 +53,17 @@ from rlft.run import (
     RunDir,
     seed_everything,
 )
-
-from .chat_stops import stop_at_end_of_turn
-from .checkpoint import latest_checkpoint, save_checkpoint
-from .epoch_loop import Position, StepResult, planned_steps, train_epochs
-from .epochs import (
+from rlft.train.common.chat_stops import stop_at_end_of_turn
+from rlft.train.common.checkpoint import latest_checkpoint, save_checkpoint
+from rlft.train.common.epoch_loop import Position, StepResult, planned_steps, train_epochs
+from rlft.train.common.epochs import (
     model_length_limits,
     position_state,
     shuffle_seed,
     start_training,
 )
-from .run_control import owns_run
-from .sft_config import SFTConfig
+from rlft.train.common.run_control import owns_run
+from rlft.train.sft.config import SFTConfig
 
 __all__ = [
     "EvalSet",

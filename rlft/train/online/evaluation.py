@@ -13,8 +13,7 @@ from rlft.data import LengthLimits, PromptExample, encode_prompts, load_records
 from rlft.data.lengths import context_length, prompt_budget
 from rlft.data.tasks import task_of
 from rlft.models import Sampler, SamplingParams
-
-from .rl_rollout import score_rows
+from rlft.train.online.rollout import score_rows
 
 __all__ = ["RLEvalSet", "evaluate_policy", "load_eval_set"]
 

@@ -36,22 +36,21 @@ from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic, training_mode
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.run import RunDir, seed_everything
-
-from .chat_stops import stop_at_end_of_turn
-from .checkpoint import latest_checkpoint, save_checkpoint
-from .dpo_config import DPOConfig
-from .dpo_data import load_offline
-from .dpo_eval import WinRate, evaluate_offline
-from .dpo_loss import summarize
-from .dpo_scoring import Reference, kto_baseline, micro_batch_loss
-from .epoch_loop import Position, StepResult, planned_steps, train_epochs
-from .epochs import (
+from rlft.train.common.chat_stops import stop_at_end_of_turn
+from rlft.train.common.checkpoint import latest_checkpoint, save_checkpoint
+from rlft.train.common.epoch_loop import Position, StepResult, planned_steps, train_epochs
+from rlft.train.common.epochs import (
     model_length_limits,
     position_state,
     start_training,
 )
-from .ref_cache import model_fingerprint
-from .run_control import owns_run
+from rlft.train.common.run_control import owns_run
+from rlft.train.preference.config import DPOConfig
+from rlft.train.preference.data import load_offline
+from rlft.train.preference.evaluation import WinRate, evaluate_offline
+from rlft.train.preference.loss import summarize
+from rlft.train.preference.ref_cache import model_fingerprint
+from rlft.train.preference.scoring import Reference, kto_baseline, micro_batch_loss
 
 __all__ = ["DPOResult", "train_dpo"]
 

@@ -13,10 +13,9 @@ import torch
 from rlft.data import DataError, LengthLimits, context_length
 from rlft.run import RunDir, capture_rng_state, restore_rng_state
 from rlft.run.seeding import epoch_seed
-
-from .checkpoint import load_trainer_state, restore_optimizer
-from .run_control import RunControl
-from .schedule import warmup_cosine_scheduler
+from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer
+from rlft.train.common.run_control import RunControl
+from rlft.train.common.schedule import warmup_cosine_scheduler
 
 __all__ = [
     "adamw",

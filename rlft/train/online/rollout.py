@@ -21,8 +21,7 @@ from torch import Tensor
 from rlft.data import PromptExample
 from rlft.models import Sampler, SamplingParams
 from rlft.run.seeding import epoch_seed
-
-from .rollout_batch import RolloutBatch
+from rlft.train.online.rollout_batch import RolloutBatch
 
 __all__ = ["DynamicSamplingError", "PromptStream", "RolloutStats", "collect_rollout", "zero_variance_groups"]
 

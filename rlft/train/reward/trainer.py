@@ -48,19 +48,18 @@ from rlft.models import (
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.scalar_head import set_pad_token_id
 from rlft.run import RunDir, seed_everything
-
-from .checkpoint import latest_checkpoint, save_checkpoint
-from .epoch_loop import Position, StepResult, planned_steps, train_epochs
-from .epochs import (
+from rlft.train.common.checkpoint import latest_checkpoint, save_checkpoint
+from rlft.train.common.epoch_loop import Position, StepResult, planned_steps, train_epochs
+from rlft.train.common.epochs import (
     model_length_limits,
     position_state,
     start_training,
 )
-from .rm_config import RMConfig
-from .rm_data import RankGroup, collate_groups, encode_groups, group_rewards
-from .rm_eval import evaluate_rm, reward_stats
-from .rm_loss import element_count, pair_stats, rm_loss
-from .run_control import owns_run
+from rlft.train.common.run_control import owns_run
+from rlft.train.reward.config import RMConfig
+from rlft.train.reward.data import RankGroup, collate_groups, encode_groups, group_rewards
+from rlft.train.reward.evaluation import evaluate_rm, reward_stats
+from rlft.train.reward.loss import element_count, pair_stats, rm_loss
 
 __all__ = ["RMResult", "train_rm"]
 

@@ -28,8 +28,7 @@ from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, use_fused_f
 from rlft.models.frozen_forward import FrozenForward
 from rlft.models.kv_cache import cache_argument
 from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from_mask
-
-from .rollout_batch import RolloutBatch
+from rlft.train.online.rollout_batch import RolloutBatch
 
 __all__ = ["autocast_context", "batch_logprobs", "logprobs_from_states", "response_states"]
 

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from rlft.algos import PREFERENCE_LOSSES
-
-from .dpo_config import DPOConfig
+from rlft.train.preference.config import DPOConfig
 
 __all__ = ["offline_loss", "summarize"]
 

@@ -14,8 +14,7 @@ from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlft.models.fast_train import FORWARDS
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common
-
-from .rl_presets import FALLBACKS, PRESETS
+from rlft.train.online.presets import FALLBACKS, PRESETS
 
 __all__ = ["CriticConfig", "KLConfig", "LoRAConfig", "RLConfig"]
 

@@ -11,11 +11,10 @@ import torch
 
 from rlft.models import SamplingParams, sample
 from rlft.run.seeding import win_rate_seed
-
-from .dpo_config import DPOConfig
-from .dpo_data import OfflineData
-from .dpo_loss import summarize
-from .dpo_scoring import Reference, kto_baseline, micro_batch_loss
+from rlft.train.preference.config import DPOConfig
+from rlft.train.preference.data import OfflineData
+from rlft.train.preference.loss import summarize
+from rlft.train.preference.scoring import Reference, kto_baseline, micro_batch_loss
 
 __all__ = ["WinRate", "evaluate_offline"]
 

@@ -22,9 +22,8 @@ import torch
 
 from rlft.data import DataError
 from rlft.run import MetricsWriter, Progress, RunDir
-
-from .epochs import end_of_step, epoch_order
-from .run_control import RunControl
+from rlft.train.common.epochs import end_of_step, epoch_order
+from rlft.train.common.run_control import RunControl
 
 __all__ = ["EpochsOutcome", "Position", "StepResult", "planned_steps", "train_epochs"]
 

@@ -19,10 +19,9 @@ from torch import Tensor
 from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
 from rlft.data.lengths import cap_length, context_length
 from rlft.run.seeding import ptx_stream_seed
-
-from .rl_logprobs import autocast_context
-from .rl_rollout import PromptStream
-from .sft import token_loss_sum
+from rlft.train.online.logprobs import autocast_context
+from rlft.train.online.rollout import PromptStream
+from rlft.train.sft.trainer import token_loss_sum
 
 __all__ = ["PtxData"]
 

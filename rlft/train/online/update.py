@@ -27,9 +27,8 @@ from torch import Tensor
 
 from rlft.algos import POLICY_LOSSES, aggregate, global_normalizer, kl_estimate
 from rlft.run import ConfigError
-
-from .rl_logprobs import autocast_context, batch_logprobs, logprobs_from_states, response_states
-from .rollout_batch import RolloutBatch
+from rlft.train.online.logprobs import autocast_context, batch_logprobs, logprobs_from_states, response_states
+from rlft.train.online.rollout_batch import RolloutBatch
 
 __all__ = [
     "POLICY_LOSS_ARGS",
@@ -70,7 +69,7 @@ def policy_loss_args(cfg: Any) -> dict[str, Any]:
     except KeyError:
         raise ConfigError(
             f"policy loss {cfg.policy_loss!r} is registered in rlft.algos.POLICY_LOSSES but has no line in "
-            "rlft.train.rl_update.POLICY_LOSS_ARGS saying which config values it gets"
+            "rlft.train.online.update.POLICY_LOSS_ARGS saying which config values it gets"
         ) from None
     return args(cfg)
 
@@ -256,7 +255,7 @@ def policy_update(
     Rows without loss tokens (masked truncations, invalid rewards) are left out. Returns mean diagnostics.
 
     ``apply_step(optimizer, loss=…, grad_norm=…)`` takes each optimiser step (the trainer's non-finite
-    policy, :meth:`rlft.train.run_control.RunControl.step_optimizer`: a NaN/inf loss or gradient skips
+    policy, :meth:`rlft.train.common.run_control.RunControl.step_optimizer`: a NaN/inf loss or gradient skips
     it); by default ``optimizer.step()``.
 
     ``critic`` (``rl_critic.Critic``): its value loss on the same mini-batches, token-mean, with its own

@@ -41,8 +41,7 @@ from rlft.algos import (
     shaped_token_rewards,
 )
 from rlft.run import ConfigError
-
-from .rollout_batch import RolloutBatch
+from rlft.train.online.rollout_batch import RolloutBatch
 
 __all__ = [
     "ESTIMATOR_ARGS",
@@ -99,7 +98,7 @@ def estimator_args(name: str) -> tuple[str, ...]:
     except KeyError:
         raise ConfigError(
             f"advantage estimator {name!r} is registered in rlft.algos.ADVANTAGES but has no line in "
-            "rlft.train.rl_advantages.ESTIMATOR_ARGS saying which inputs it gets"
+            "rlft.train.online.advantages.ESTIMATOR_ARGS saying which inputs it gets"
         ) from None
 
 

@@ -18,13 +18,12 @@ from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, save_pretrained_atomic
 from rlft.models.frozen_forward import FrozenForward, packed_reference
 from rlft.run import ConfigError
-
-from .rl_advantages import needs_critic
-from .rl_config import RLConfig
-from .rl_critic import reward_model_dir
-from .rl_logprobs import batch_logprobs
-from .rl_update import LossSettings
-from .rollout_batch import RolloutBatch
+from rlft.train.online.advantages import needs_critic
+from rlft.train.online.config import RLConfig
+from rlft.train.online.critic import reward_model_dir
+from rlft.train.online.logprobs import batch_logprobs
+from rlft.train.online.rollout_batch import RolloutBatch
+from rlft.train.online.update import LossSettings
 
 __all__ = [
     "Reference",

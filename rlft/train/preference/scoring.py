@@ -15,11 +15,10 @@ from torch import Tensor
 from rlft.algos import kto_kl_baseline
 from rlft.models.frozen_forward import FrozenForward, packed_reference
 from rlft.models.sequence_logprobs import grouped_logprob_sums
-
-from .dpo_config import DPOConfig
-from .dpo_data import OfflineData
-from .dpo_loss import offline_loss
-from .ref_cache import reference_logprob_sums
+from rlft.train.preference.config import DPOConfig
+from rlft.train.preference.data import OfflineData
+from rlft.train.preference.loss import offline_loss
+from rlft.train.preference.ref_cache import reference_logprob_sums
 
 __all__ = ["Reference", "kto_baseline", "micro_batch_loss", "score_sequences"]
 

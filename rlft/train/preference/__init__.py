@@ -1,0 +1,2 @@
+"""Offline preference optimisation (DPO family, KTO, RRHF): data, the reference and its cache, losses,
+evaluation, the trainer and its config."""

@@ -1,0 +1,1 @@
+"""The reward-model trainer: data, losses, evaluation, the trainer and its config."""
