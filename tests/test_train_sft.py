@@ -156,7 +156,7 @@ def test_bad_config_and_missing_data(tiny_model, tmp_path) -> None:
 
 
 def test_adamw_is_fused_and_steps_like_the_reference_implementation() -> None:
-    from rlft.train.common.epochs import adamw
+    from rlft.train.common.optimizer import adamw
 
     def model_and_grads() -> torch.nn.Module:
         torch.manual_seed(0)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from rlft.algos import value_loss
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
-from rlft.train.common.epochs import adamw
+from rlft.train.common.optimizer import adamw
 from rlft.train.online.logprobs import autocast_context, response_states
 from rlft.train.online.rollout_batch import RolloutBatch
 

@@ -59,7 +59,7 @@ from rlft.train.common.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from rlft.train.common.epochs import adamw
+from rlft.train.common.optimizer import adamw
 from rlft.train.common.run_control import RunControl, owns_run
 from rlft.train.common.schedule import warmup_cosine_scheduler
 from rlft.train.online.advantages import AdvantageState, advantage_step, check_advantage, needs_critic
@@ -70,7 +70,7 @@ from rlft.train.online.linear import use_onednn_linears
 from rlft.train.online.ptx import PtxData
 from rlft.train.online.rollout import PromptStream, collect_rollout
 from rlft.train.online.setup import Reference, describe_algorithm, load_policy, reward_specs, save_final
-from rlft.train.online.update import loss_settings, old_logprobs, policy_update
+from rlft.train.online.update import loss_settings, old_policy_logprobs, policy_update
 
 __all__ = ["RLResult", "train_rl"]
 
@@ -211,9 +211,6 @@ def train_rl(
             stop_strings=tuple(cfg.stop_strings),
             bf16_autocast=cfg.bf16,
         )
-        reuse_old = (
-            cfg.ppo_epochs == 1 and cfg.num_minibatches == 1
-        )  # the policy does not move before its loss
         metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
         control = RunControl(run, "rl", cfg.max_consecutive_skips, say)
         initial_eval: dict[str, float] = {}
@@ -270,12 +267,7 @@ def train_rl(
                     continue
                 # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
                 t_ref = time.perf_counter()
-                if not reuse_old:
-                    batch.old_logp = (
-                        old_logprobs(model, batch, losses, cfg.micro_batch_size)
-                        if cfg.recompute_old_logp or cfg.bf16  # bf16 kernels differ in rounding
-                        else batch.sampler_logp
-                    )
+                batch.old_logp = old_policy_logprobs(cfg, model, batch, losses)
                 if reference is not None:
                     batch.ref_logp = reference.logprobs(batch, losses, cfg.micro_batch_size)
                 if critic is not None:  # V_old of every response token

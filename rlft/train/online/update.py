@@ -36,6 +36,7 @@ __all__ = [
     "loss_settings",
     "micro_batch_loss",
     "old_logprobs",
+    "old_policy_logprobs",
     "policy_loss_args",
     "policy_update",
 ]
@@ -232,6 +233,21 @@ def old_logprobs(
         )
         out[chunk, : logp.shape[1]] = logp
     return out
+
+
+def old_policy_logprobs(cfg: Any, model: torch.nn.Module, batch: RolloutBatch, s: LossSettings) -> Tensor | None:
+    """π_old of the ratio r = π_θ / π_old, chosen once per step:
+
+    - None — one epoch of one mini-batch: the policy has not moved when its loss is taken, so the loss
+      uses its own log-probs detached (:func:`micro_batch_loss`);
+    - recomputed with the rollout weights (:func:`old_logprobs`) when ``recompute_old_logp`` is set or under
+      bf16, whose sampling and training kernels round differently;
+    - otherwise the sampler's own log-probs, which the fused sampler computes in the same precision."""
+    if cfg.ppo_epochs == 1 and cfg.num_minibatches == 1:
+        return None
+    if cfg.recompute_old_logp or cfg.bf16:
+        return old_logprobs(model, batch, s, cfg.micro_batch_size)
+    return batch.sampler_logp
 
 
 def policy_update(
