@@ -223,6 +223,28 @@ def check_common(
         raise bad("max_consecutive_skips", "an integer >= 1", skips)
 
 
+def check_ranges(
+    cfg: Any,
+    positive: tuple[str, ...] = (),
+    positive_or_null: tuple[str, ...] = (),
+    at_least_zero: tuple[str, ...] = (),
+    numbers_at_least_zero: tuple[str, ...] = (),
+) -> None:
+    """Table-driven range checks of a config's counts and coefficients; the first key out of range is a
+    one-line ConfigError naming it, what was expected and the value."""
+    rules: list[tuple[tuple[str, ...], Any, str]] = [
+        (positive, lambda v: v >= 1, "a positive integer"),
+        (positive_or_null, lambda v: v is None or v >= 1, "a positive integer or null"),
+        (at_least_zero, lambda v: v >= 0, "an integer >= 0"),
+        (numbers_at_least_zero, lambda v: v >= 0, "a number >= 0"),
+    ]
+    for keys, ok, expected in rules:
+        for key in keys:
+            value = _dotted(cfg, key)
+            if not ok(value):
+                raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
 def _dotted(cfg: Any, key: str) -> Any:
     for part in key.split("."):
         cfg = getattr(cfg, part) if cfg is not None else None

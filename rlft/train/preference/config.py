@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rlft.algos import PREFERENCE_LOSSES
-from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common
+from rlft.train.common.validation import check_epoch_config
 
 __all__ = [
     "DEFAULT_BETA",
@@ -144,38 +144,14 @@ class DPOConfig:
                 f"config keys 'ref_model' and 'loss': loss {self.loss} uses no reference model, but ref_model "
                 f"is set to {self.ref_model!r} (remove ref_model, or pick a loss that uses it)"
             )
-        positive = [
-            "eval_samples",
-            "batch_size",
-            "grad_accum",
-            "log_every",
-            "win_rate_samples",
-            "win_rate_max_new_tokens",
-        ]
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise bad(key, "a positive integer")
-        for key in ("max_prompt_tokens", "max_completion_tokens", "max_len", "max_steps", "epochs"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise bad(key, "a positive integer or null")
-        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, "an integer >= 0")
-        if self.overflow not in OVERFLOW_MODES:
-            raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
+        check_epoch_config(
+            self,
+            positive=("win_rate_samples", "win_rate_max_new_tokens"),
+            numbers_at_least_zero=("desirable_weight", "undesirable_weight", "rrhf_weight"),
+        )
         if self.forward not in ("auto", "fast", "hf"):
             raise bad("forward", "one of auto, fast, hf")
-        if self.lr <= 0:
-            raise bad("lr", "a number > 0")
         if self.beta is not None and self.beta <= 0:
             raise bad("beta", "a number > 0 (or null for the loss's default)")
-        for key in ("weight_decay", "max_grad_norm", "desirable_weight", "undesirable_weight", "rrhf_weight"):
-            if getattr(self, key) < 0:
-                raise bad(key, "a number >= 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise bad("label_smoothing", "a number in [0, 0.5)")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise bad("min_lr_ratio", "a number in [0, 1]")
-        if self.max_steps is None and self.epochs is None:
-            raise bad("max_steps", "a step count (or set epochs)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common
+from rlft.train.common.validation import check_epoch_config
 
 __all__ = ["RM_LOSSES", "RMConfig"]
 
@@ -71,24 +71,4 @@ class RMConfig:
             raise bad("loss", f"one of {', '.join(RM_LOSSES)}")
         if self.format not in (None, "preference", "ranked"):
             raise bad("format", "preference, ranked or null")
-        for key in ("eval_samples", "batch_size", "grad_accum", "log_every", "norm_samples"):
-            if getattr(self, key) < 1:
-                raise bad(key, "a positive integer")
-        for key in ("max_prompt_tokens", "max_completion_tokens", "max_len", "max_steps", "epochs"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise bad(key, "a positive integer or null")
-        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, "an integer >= 0")
-        if self.overflow not in OVERFLOW_MODES:
-            raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
-        if self.lr <= 0:
-            raise bad("lr", "a number > 0")
-        for key in ("weight_decay", "max_grad_norm", "center_coef"):
-            if getattr(self, key) < 0:
-                raise bad(key, "a number >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise bad("min_lr_ratio", "a number in [0, 1]")
-        if self.max_steps is None and self.epochs is None:
-            raise bad("max_steps", "a step count (or set epochs)")
+        check_epoch_config(self, positive=("norm_samples",), numbers_at_least_zero=("center_coef",))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common
+from rlft.train.common.validation import check_epoch_config
 
 __all__ = ["SFTConfig"]
 
@@ -66,26 +66,6 @@ class SFTConfig:
         check_common(
             self, generation=("eval_max_new_tokens",), optional_text=("eval_data", "format", "output_dir")
         )
-        positive = ["eval_samples", "batch_size", "grad_accum", "eval_max_new_tokens", "log_every"]
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise bad(key, "a positive integer")
-        for key in ("max_prompt_tokens", "max_completion_tokens", "max_len", "max_steps", "epochs"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise bad(key, "a positive integer or null")
-        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, "an integer >= 0")
-        if self.overflow not in OVERFLOW_MODES:
-            raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
-        if self.lr <= 0:
-            raise bad("lr", "a number > 0")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise bad("weight_decay" if self.weight_decay < 0 else "max_grad_norm", "a number >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise bad("min_lr_ratio", "a number in [0, 1]")
-        if self.max_steps is None and self.epochs is None:
-            raise bad("max_steps", "a step count (or set epochs)")
+        check_epoch_config(self, positive=("eval_max_new_tokens",))
         if self.pack and self.max_len is None:
             raise bad("max_len", "a row length when pack is true")
