@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlft.models.fast_train import FORWARDS
 from rlft.run import ConfigError
-from rlft.run.config_types import check_common
+from rlft.run.config_types import check_common, check_ranges
+from rlft.train.online.advantages import ESTIMATOR_ARGS
 from rlft.train.online.presets import FALLBACKS, PRESETS
 
 __all__ = ["CriticConfig", "KLConfig", "LoRAConfig", "RLConfig"]
@@ -44,6 +45,20 @@ PRESET_KEYS = (
 CRITIC_INITS = ("auto", "reward_model", "actor")
 _KL_DEFAULTS = {"placement": "none", "estimator": "k3", "coef": 0.0}
 
+
+
+# The range checks of RLConfig.validate, one table (rlft.run.config_types.check_ranges).
+RANGES: dict[str, tuple[str, ...]] = {
+    "positive": (
+        "prompts_per_step", "num_generations", "max_new_tokens", "max_steps", "ppo_epochs",
+        "num_minibatches", "eval_samples", "log_every",
+    ),
+    "positive_or_null": ("micro_batch_size", "max_prompt_tokens", "eval_max_new_tokens"),
+    "at_least_zero": ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed", "top_k"),
+    "numbers_at_least_zero": (
+        "weight_decay", "max_grad_norm", "entropy_coef", "clip_low", "clip_high", "dual_clip", "max_minutes",
+    ),
+}  # fmt: skip
 
 @dataclass
 class KLConfig:
@@ -300,25 +315,7 @@ class RLConfig:
             raise bad("scale_rewards", f"one of {', '.join(SCALES)}")
         if cfg.on_invalid_reward not in ON_INVALID:
             raise bad("on_invalid_reward", f"one of {', '.join(ON_INVALID)}")
-        positive = [
-            "prompts_per_step",
-            "num_generations",
-            "max_new_tokens",
-            "max_steps",
-            "ppo_epochs",
-            "num_minibatches",
-            "eval_samples",
-            "log_every",
-        ]
-        for key in positive:
-            if getattr(cfg, key) < 1:
-                raise bad(key, "a positive integer")
-        for key in ("micro_batch_size", "max_prompt_tokens", "eval_max_new_tokens"):
-            if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-                raise bad(key, "a positive integer or null")
-        for key in ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed", "top_k"):
-            if getattr(cfg, key) < 0:
-                raise bad(key, "an integer >= 0")
+        check_ranges(cfg, **RANGES)
         if cfg.score_clip is not None and cfg.score_clip <= 0:
             raise bad("score_clip", "a number > 0 or null")
         if cfg.lr <= 0:
@@ -327,17 +324,6 @@ class RLConfig:
             raise bad("temperature", "a number > 0")
         if not 0 < cfg.top_p <= 1:
             raise bad("top_p", "a number in (0, 1]")
-        for key in (
-            "weight_decay",
-            "max_grad_norm",
-            "entropy_coef",
-            "clip_low",
-            "clip_high",
-            "dual_clip",
-            "max_minutes",
-        ):
-            if getattr(cfg, key) < 0:
-                raise bad(key, "a number >= 0")
         if cfg.dual_clip and cfg.dual_clip <= 1:
             raise bad("dual_clip", "0 (off) or a number > 1")
         if not 0 <= cfg.min_lr_ratio <= 1:
@@ -350,7 +336,7 @@ class RLConfig:
             raise bad("overlong_buffer", "a fraction of max_new_tokens in [0, 1)")
         if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
             raise bad("gamma", "gamma and lam in [0, 1]", (cfg.gamma, cfg.lam))
-        groups_needed = cfg.advantage in ("rloo", "group_norm", "grpo", "reinforce_pp_baseline", "dcpo_sas")
+        groups_needed = "group_ids" in ESTIMATOR_ARGS.get(cfg.advantage, ())
         if groups_needed and cfg.num_generations < 2:
             raise bad(
                 "num_generations", f"at least 2 for the {cfg.advantage!r} advantage (it compares a group)"
