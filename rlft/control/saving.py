@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save
 
 from rlft.run import NonFiniteError, RunDirError, atomic_write_bytes
+from rlft.run.skips import first_nonfinite_tensor
 
 from .config import ControlConfig
 from .normalize import ObsNormalizer
@@ -18,19 +19,23 @@ OBS_PREFIX = "obs_normalizer"
 
 def require_finite(policy: ActorCritic, path: Path) -> None:
     """Refuse to write weights holding NaN or ±inf (a diverged run): they would only poison what loads them."""
-    for name, tensor in policy.state_dict().items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise NonFiniteError(
-                f"{path}: not written: policy parameter {name} holds NaN or infinite values (the run "
-                "diverged; lower lr)"
-            )
+    found = first_nonfinite_tensor(policy.state_dict())
+    if found is not None:
+        raise NonFiniteError(
+            f"{path}: not written: policy parameter {found[0]} holds NaN or infinite values (the run "
+            "diverged; lower lr)"
+        )
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Atomically replace ``path``; a full disk or a missing permission is one line naming the path (the
-    previous file stays intact and the temporary is removed)."""
+def write_file(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    """Atomically replace ``path`` with ``data`` (bytes, or a function writing ``path`` atomically); a full
+    disk or a missing permission is one line naming the path (the previous file stays intact and the
+    temporary is removed)."""
     try:
-        atomic_write_bytes(path, data)
+        if callable(data):
+            data(path)
+        else:
+            atomic_write_bytes(path, data)
     except OSError as err:
         raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
 

@@ -9,7 +9,6 @@ and Ctrl-C finish the current update, write the checkpoint and raise `RunInterru
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from rlft.run import (
     Progress,
     RunDir,
     StopSignals,
+    atomic_torch_save,
     capture_rng_state,
     restore_rng_state,
     seed_everything,
@@ -173,10 +173,8 @@ def train(
             "rng": capture_rng_state(),
             "tally": {**asdict(tally), "elapsed": tally.elapsed + time.perf_counter() - start},
         }
-        buffer = io.BytesIO()  # in memory first: a full disk is then an OSError, not an error inside torch
-        torch.save(state, buffer)
         metrics.flush()  # before the checkpoint: a complete checkpoint always has its TensorBoard events
-        write_file(ckpt_path, buffer.getvalue())
+        write_file(ckpt_path, lambda path: atomic_torch_save(state, path))
 
     progress = Progress(cfg.total_steps, desc=f"{cfg.algo} {cfg.env}", unit="step", enabled=show_progress)
     progress.update(tally.step)

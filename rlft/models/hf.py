@@ -18,6 +18,8 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from rlft.run.skips import first_nonfinite_tensor
+
 from .errors import CustomCodeError, ModelError, NonFiniteWeightsError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -225,16 +227,13 @@ def save_pretrained_atomic(
 def check_finite_weights(model: torch.nn.Module, target: str | Path) -> None:
     """Raise :class:`NonFiniteWeightsError` naming the first floating tensor of ``model``'s state dict
     that holds a NaN or an infinity (and how many), ``target`` being where it was to be saved."""
-    for name, tensor in model.state_dict().items():
-        if not tensor.is_floating_point() or tensor.device.type == "meta":
-            continue
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            bad = tensor.numel() - int(finite.sum())
-            raise NonFiniteWeightsError(
-                f"not saving the model to {target}: {name} holds {bad} non-finite values (NaN or ±inf) "
-                f"of {tensor.numel()}; training diverged (expected finite weights)"
-            )
+    found = first_nonfinite_tensor(model.state_dict())
+    if found is not None:
+        name, bad, total = found
+        raise NonFiniteWeightsError(
+            f"not saving the model to {target}: {name} holds {bad} non-finite values (NaN or ±inf) "
+            f"of {total}; training diverged (expected finite weights)"
+        )
 
 
 def _fsync_tree(root: Path) -> None:

@@ -1,7 +1,7 @@
 """Run infrastructure: typed configs, atomic writes, metrics logging, progress bars, seeding, run
 directories and plots. Importing this package stays cheap: TensorBoard and matplotlib load on first use."""
 
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .atomic import atomic_path, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .config import ConfigError, config_to_dict, load_config, parse_overrides, save_config
 from .lock import RunInUseError, RunLock
 from .metrics import MetricsWriter, read_metrics
@@ -26,6 +26,7 @@ __all__ = [
     "StepSkips",
     "StopSignals",
     "atomic_path",
+    "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def _reserve_temp(target: Path) -> Path:
     """Create an empty, uniquely named temp file beside ``target``.
@@ -45,6 +47,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write: torch.save reports any failure of its
+    writer as a RuntimeError about stream positions, which would hide a full disk."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.file.write(data))
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` whose write failures are the OSError the disk gave (ENOSPC, EROFS…)."""
+    with open(path, "wb") as f:
+        writer = _WriteErrors(f)
+        try:
+            torch.save(obj, writer)  # type: ignore[arg-type]  # a file-like with write/flush is all torch uses
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Atomically replace ``path`` with ``torch.save(obj)``, streamed to disk (a checkpoint's optimiser state
+    can be larger than memory allows twice); a failed write raises the disk's OSError."""
+    with atomic_path(path) as tmp:
+        _torch_save(obj, tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -9,7 +9,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["NonFiniteError", "StepSkips", "first_nonfinite"]
+import torch
+
+__all__ = ["NonFiniteError", "StepSkips", "first_nonfinite", "first_nonfinite_tensor"]
 
 
 class NonFiniteError(ValueError):
@@ -23,6 +25,18 @@ def first_nonfinite(values: Mapping[str, Any]) -> str | None:
             value = value.item()
         if value is None or not math.isfinite(float(value)):
             return name
+    return None
+
+
+def first_nonfinite_tensor(tensors: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """(name, non-finite count, size) of the first floating tensor holding NaN or ±inf, else None: the check
+    before any weights are written."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.device.type == "meta":
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            return name, tensor.numel() - int(finite.sum()), tensor.numel()
     return None
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 
 from rlft.models import save_pretrained_atomic
-from rlft.run import CheckpointError, RunDir, RunDirError, atomic_path
+from rlft.run import CheckpointError, RunDir, RunDirError, atomic_torch_save
 
 __all__ = ["TRAINER_STATE", "latest_checkpoint", "load_trainer_state", "save_checkpoint"]
 
@@ -32,42 +32,11 @@ def save_checkpoint(run: RunDir, step: int, model: Any, tokenizer: Any, state: d
     out = run.checkpoints / f"step-{step}"
     try:
         save_pretrained_atomic(model, tokenizer, out)
-        with atomic_path(out / TRAINER_STATE) as tmp:
-            torch_save(state, tmp)
+        atomic_torch_save(state, out / TRAINER_STATE)
     except (OSError, SafetensorError) as err:
         shutil.rmtree(out, ignore_errors=True)
         raise checkpoint_write_error(run, out, err) from None
     return out
-
-
-class _WriteErrors:
-    """A binary file that remembers the OSError of a failed write: torch.save reports any failure of its
-    writer as a RuntimeError about stream positions, which would hide a full disk."""
-
-    def __init__(self, file: Any) -> None:
-        self.file, self.error = file, None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` whose write failures are the OSError the disk gave (ENOSPC, EROFS…)."""
-    with open(path, "wb") as f:
-        writer = _WriteErrors(f)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
 
 
 def checkpoint_write_error(run: RunDir, path: Path, err: Exception) -> RunDirError:
