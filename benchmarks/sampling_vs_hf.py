@@ -7,7 +7,7 @@ A/B/C… per repeat, medians and the median of per-pair ratios. MFU = 2·N·toke
 tokens = non-pad prompt tokens + generated tokens and N the parameter count; the peak is float32
 2048×2048 ``torch.matmul`` measured in the same run (the MFU denominator of benchmarks/RESULTS.md §How the
 figures are measured). The oneDNN float32
-rate is printed too because the fast decode step uses oneDNN (see rlft/models/onednn.py) and that is
+rate is printed too because the fast decode step uses oneDNN (see rlft/models/fused/onednn.py) and that is
 the honest ceiling for it. Also: the bf16 autocast option's speed and its log-prob error against
 float32 ``token_logprobs``, and whether dropping finished rows (batch compaction) pays off when
 sequences end at different lengths.
@@ -36,7 +36,7 @@ from rlft.models import (
     response_logprobs,
     sample,
 )
-from rlft.models.onednn import onednn_linear_available
+from rlft.models.fused.onednn import onednn_linear_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_busy, matmul_gflops, wait_idle

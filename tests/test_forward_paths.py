@@ -12,16 +12,16 @@ from arch_zoo import FAMILIES, family_model, family_tokenizer
 from micro_models import perturbed_llama
 
 from rlft.models import FastLlamaDecoder, HFDecoder, ModelError, SamplingParams, make_decoder
-from rlft.models.fast_llama import fast_path_blocker
-from rlft.models.fast_train import use_fused_forward
 from rlft.models.forward_path import (
     decoder_choice,
     forward_plan,
     plan_for,
     record_forward,
 )
-from rlft.models.frozen_forward import packed_reference
-from rlft.models.kernels import kernels
+from rlft.models.fused.frozen import packed_reference
+from rlft.models.fused.kernels import kernels
+from rlft.models.fused.llama_decoder import fast_path_blocker
+from rlft.models.fused.llama_forward import use_fused_forward
 from rlft.run import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")

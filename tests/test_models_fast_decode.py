@@ -11,13 +11,13 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 
 from rlft.models import (
     SamplingParams,
-    fast_llama,
     fast_path_blocker,
     response_logprobs,
     sample,
     train_tokenizer,
 )
-from rlft.models.fast_llama import FastLlamaDecoder, rope_pair_order
+from rlft.models.fused import llama_decoder
+from rlft.models.fused.llama_decoder import FastLlamaDecoder, rope_pair_order
 from rlft.models.kv_cache import StaticKVCache
 from rlft.models.sampling import make_decoder
 
@@ -107,10 +107,10 @@ def test_complex_rope_on_pair_ordered_rows_equals_hf_rope():
 @pytest.mark.parametrize("compact_at", [0.0, 1.0])
 @pytest.mark.parametrize("c_kernels", [True, False])
 def test_static_cache_decoder_equals_hf_decoder(models, tokenizer, name, compact_at, c_kernels, monkeypatch):
-    if c_kernels and fast_llama.kernels() is None:
+    if c_kernels and llama_decoder.kernels() is None:
         pytest.skip("C kernels unavailable (no compiler); the torch path is the other case")
     if not c_kernels:  # the torch-ops path of a machine without a C compiler
-        monkeypatch.setattr(fast_llama, "kernels", lambda: None)
+        monkeypatch.setattr(llama_decoder, "kernels", lambda: None)
     model = models[name]
     assert isinstance(make_decoder(model, SamplingParams()), FastLlamaDecoder)
     params = SamplingParams(

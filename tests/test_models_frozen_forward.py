@@ -7,8 +7,8 @@ import pytest
 import torch
 from micro_models import perturbed_llama
 
-from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, fused_hidden_states
-from rlft.models.frozen_forward import FrozenForward
+from rlft.models.fused.frozen import FrozenForward
+from rlft.models.fused.llama_forward import SharedPrompts, fused_hidden_rows, fused_hidden_states
 
 
 def shared_prompts_rows() -> tuple[torch.Tensor, torch.Tensor, SharedPrompts]:

@@ -1,4 +1,4 @@
-"""The C decode kernels (rlft/models/kernels): each against the torch ops it replaces, the build cache,
+"""The C decode kernels (rlft/models/fused/kernels): each against the torch ops it replaces, the build cache,
 and the fallback to torch ops when they cannot be built."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlft.models import kernels as K
-from rlft.models.kernels import training as T
+from rlft.models.fused import kernels as K
+from rlft.models.fused.kernels import training as T
 
 lib = K.kernels()
 needs_lib = pytest.mark.skipif(lib is None, reason=f"C kernels unavailable: {K.unavailable_reason()}")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlft.models.fused.onednn import PackedLinear, onednn_linear_available
 from rlft.models.kv_cache import GrowableLayer
-from rlft.models.onednn import PackedLinear, onednn_linear_available
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64, 300])

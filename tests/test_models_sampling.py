@@ -31,7 +31,7 @@ from rlft.models import (
     train_tokenizer,
 )
 from rlft.models.decoders import HFDecoder
-from rlft.models.fast_llama import FastLlamaDecoder
+from rlft.models.fused.llama_decoder import FastLlamaDecoder
 
 PROMPTS = ["12+34=", "the cat sees", "7+8=", "what is 5 plus 6? the answer is"]
 DECODERS = ["hf", "fast"]

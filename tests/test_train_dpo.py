@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from rlft.cli import main
 from rlft.data import DataError, get_task, load_records, save_records
 from rlft.models import build_tiny_model, load_causal_lm, load_tokenizer
-from rlft.models import kernels as K
-from rlft.models.kernels import training as T
+from rlft.models.fused import kernels as K
+from rlft.models.fused.kernels import training as T
 from rlft.run import ConfigError, RunDir, load_config, read_metrics
 from rlft.train import DPOConfig, latest_checkpoint, offline_loss, train_dpo
 from rlft.train.common.epochs import length_limits

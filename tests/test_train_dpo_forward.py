@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from micro_models import perturbed_llama
 
 from rlft.models import ModelError, token_logprobs
-from rlft.models.fast_train import OneDNNLinear, fast_train_blocker
-from rlft.models.onednn import onednn_linear_available
+from rlft.models.fused.llama_forward import OneDNNLinear, fast_train_blocker
+from rlft.models.fused.onednn import onednn_linear_available
 from rlft.models.sequence_logprobs import grouped_logprob_sums, layout_groups, sequence_logprob_sums
 
 

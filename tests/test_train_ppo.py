@@ -149,7 +149,9 @@ def test_k3_and_adaptive_coefficient_and_gae_on_a_value_baseline() -> None:
     batch.values = torch.tensor([[0.5, 0.6, 0.7]])
     cfg = dataclasses.replace(cfg, whiten_advantages=False)
     advantage_step(cfg, batch, 0.2, AdvantageState())
-    k3 = torch.tensor([[0.106531, 0.0, 0.0]])  # docs/algorithms.md §KL worked example: log ρ = −0.5 ⇒ k3 = 0.106531
+    k3 = torch.tensor(
+        [[0.106531, 0.0, 0.0]]
+    )  # docs/algorithms.md §KL worked example: log ρ = −0.5 ⇒ k3 = 0.106531
     rewards = shaped_token_rewards(torch.tensor([1.0]), torch.ones(1, 3), k3, 0.2)
     expected, returns = gae(rewards, batch.values, 1.0, 0.95, torch.ones(1, 3))
     torch.testing.assert_close(batch.advantages, expected, rtol=1e-5, atol=1e-6)

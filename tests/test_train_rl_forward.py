@@ -26,7 +26,7 @@ def reward_file(tmp_path_factory) -> str:
 
 
 def test_onednn_linears_compute_the_same_logprobs_and_gradients(tiny_model) -> None:
-    from rlft.train.online.linear import use_onednn_linears
+    from rlft.models.fused.onednn_linears import use_onednn_linears
     from rlft.train.online.logprobs import batch_logprobs
 
     batch, model = fixed_batch(tiny_model)

@@ -3,8 +3,8 @@ fast batched sampling with a KV cache (behind the small :class:`Sampler` interfa
 
 from .decoders import HFDecoder
 from .errors import CustomCodeError, ModelError, NonFiniteWeightsError
-from .fast_llama import FastLlamaDecoder, fast_path_blocker
 from .forward_path import ForwardPlan, decoder_choice, forward_plan, plan_for, record_forward
+from .fused.llama_decoder import FastLlamaDecoder, fast_path_blocker
 from .hf import (
     ensure_padding,
     load_causal_lm,

@@ -5,7 +5,7 @@ real (left padding is not), and each row's next position id. The sampling loop o
 ``prefill`` once, then ``step`` per token and ``select`` to drop finished rows; it never sees the model.
 
 :class:`HFDecoder` runs the model's own transformer body, so it works for every architecture
-transformers supports; :mod:`rlft.models.fast_llama` replaces its ``step`` for Llama-family models.
+transformers supports; :mod:`rlft.models.fused.llama_decoder` replaces its ``step`` for Llama-family models.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Which forward path a model takes — sampling, training and reference passes — worked out in one place
 and said in one line.
 
-A model can run through four different bodies: the fused Llama decoder (:mod:`rlft.models.fast_llama`,
-with or without the C kernels of :mod:`rlft.models.kernels`), the fused differentiable Llama body
-(:mod:`rlft.models.fast_train`, or its packed frozen twin :mod:`rlft.models.frozen_forward` for a
-reference), the Hugging Face body with its ``nn.Linear`` layers on oneDNN (``rlft.train.online.linear``), or
-the plain Hugging Face body. Which one is taken depends on the architecture (the strict checks
-:func:`~rlft.models.fast_llama.fast_path_blocker` and :func:`~rlft.models.fast_train.fast_train_blocker`),
+A model can run through four different bodies: the fused Llama decoder (:mod:`rlft.models.fused.llama_decoder`,
+with or without the C kernels of :mod:`rlft.models.fused.kernels`), the fused differentiable Llama body
+(:mod:`rlft.models.fused.llama_forward`, or its packed frozen twin :mod:`rlft.models.fused.frozen` for a
+reference), the Hugging Face body with its ``nn.Linear`` layers on oneDNN
+(``rlft.models.fused.onednn_linears``), or the plain Hugging Face body. Which one is taken depends on
+the architecture (the strict checks :func:`~rlft.models.fused.llama_decoder.fast_path_blocker` and
+:func:`~rlft.models.fused.llama_forward.fast_train_blocker`),
 on options (``decoder``, ``forward``, ``bf16``, ``onednn_linear``, ``share_prompts``), on LoRA wrapping
 (adapter layers are not plain ``nn.Linear``, so the checks refuse them) and on what the host offers (a
 C compiler, torch's oneDNN ops). The choice changes speed and, in bfloat16, rounding — so a run says
@@ -32,11 +33,11 @@ from transformers import PreTrainedModel
 from rlft.run.atomic import atomic_write_text
 
 from .errors import ModelError
-from .fast_llama import fast_path_blocker
-from .fast_train import fast_train_blocker, use_fused_forward
-from .kernels import kernels, unavailable_reason
-from .kernels.training import train_kernels
-from .onednn import onednn_linear_available
+from .fused.kernels import kernels, unavailable_reason
+from .fused.kernels.training import train_kernels
+from .fused.llama_decoder import fast_path_blocker
+from .fused.llama_forward import fast_train_blocker, use_fused_forward
+from .fused.onednn import onednn_linear_available
 
 __all__ = [
     "DECODERS",
@@ -55,7 +56,7 @@ FORWARD_FILE = "forward.txt"
 
 @dataclass(frozen=True)
 class DecoderChoice:
-    """The sampling decoder for a model: ``kind`` "fast" (:class:`~rlft.models.fast_llama.FastLlamaDecoder`
+    """The sampling decoder for a model: ``kind`` "fast" (:class:`~rlft.models.fused.llama_decoder.FastLlamaDecoder`
     with weights in ``weight_dtype``) or "hf" (:class:`~rlft.models.decoders.HFDecoder`, ``reason`` saying
     why not the fused one)."""
 
@@ -68,7 +69,7 @@ def decoder_choice(
     model: PreTrainedModel, decoder: str = "auto", bf16_autocast: bool = False
 ) -> DecoderChoice:
     """The decoder ``make_decoder`` builds: "auto" takes the fused Llama decoder when
-    :func:`~rlft.models.fast_llama.fast_path_blocker` allows it, "hf" never does, "fast" demands it (a
+    :func:`~rlft.models.fused.llama_decoder.fast_path_blocker` allows it, "hf" never does, "fast" demands it (a
     :class:`ModelError` naming the blocker otherwise). The fused decoder's weights are bfloat16 under
     ``bf16_autocast``, else the model's parameter dtype."""
     if decoder not in DECODERS:

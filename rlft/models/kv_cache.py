@@ -152,7 +152,7 @@ class StaticKVCache:
 
     Values are (B, H_kv, capacity, D); keys are stored transposed, (B, H_kv, D, capacity), because a
     decode step reads them as the right-hand side of q·Kᵀ: with positions contiguous, both ``bmm`` and
-    the C kernel (:mod:`rlft.models.kernels`) compute all scores of a head as D vectorised passes over
+    the C kernel (:mod:`rlft.models.fused.kernels`) compute all scores of a head as D vectorised passes over
     positions, with no reduction across a vector's lanes per key. Position ``j`` of row ``b`` lives at
     ``keys[layer][b, :, :, j]`` and ``values[layer][b, :, j]``. The caller (which tracks how many
     positions are filled) writes each new position and attends over the filled prefix through

@@ -22,8 +22,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .decoders import HFDecoder
 from .errors import ModelError
-from .fast_llama import FastLlamaDecoder
 from .forward_path import decoder_choice
+from .fused.llama_decoder import FastLlamaDecoder
 from .stopping import StopStrings, truncate_at_stop
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
@@ -340,7 +340,7 @@ def sample(
     """Sample ``params.n`` responses per prompt with a KV cache; see :class:`Rollout` for the layout.
 
     ``decoder``: "auto" uses the fused Llama-family decoder when the model qualifies
-    (:func:`~rlft.models.fast_llama.fast_path_blocker`) and the generic HF body otherwise; "hf" forces
+    (:func:`~rlft.models.fused.llama_decoder.fast_path_blocker`) and the generic HF body otherwise; "hf" forces
     the generic one; "fast" demands the fused one. ``compact_at``: fraction of finished rows that
     triggers dropping them from the batch (1.0 disables compaction). The same ``params.seed`` gives
     identical rollouts for the same inputs and settings. The returned tensors are ordinary tensors

@@ -20,7 +20,7 @@ Two entry points:
 
 ``bf16=True`` runs the transformer body with bfloat16 matmuls (CPU/GPU autocast for the model's own
 forward); the head and the log-softmax stay in float32. The fused forward of
-:mod:`rlft.models.fast_train` is used when the model qualifies (``forward="auto"``).
+:mod:`rlft.models.fused.llama_forward` is used when the model qualifies (``forward="auto"``).
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from .errors import ModelError
-from .fast_train import SharedPrompts, fused_hidden_rows, fused_hidden_states, linear, use_fused_forward
-from .frozen_forward import FrozenForward
+from .fused.frozen import FrozenForward
+from .fused.llama_forward import (
+    SharedPrompts,
+    fused_hidden_rows,
+    fused_hidden_states,
+    linear,
+    use_fused_forward,
+)
 from .logprobs import apply_lm_head
 
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (prompt ids, [completion ids, ...])
@@ -93,7 +99,7 @@ def sequence_logprob_sums(
 
     Right-padded rows (``attention_mask`` 1 then 0) at positions 0, 1, 2, …; causal attention alone
     keeps every real token away from its row's padding. ``forward``: "auto" takes the fused Llama
-    forward when :func:`~rlft.models.fast_train.fast_train_blocker` allows it, "hf" forces the model's
+    forward when :func:`~rlft.models.fused.llama_forward.fast_train_blocker` allows it, "hf" forces the model's
     own forward, "fast" demands the fused one. Differentiable (use ``torch.no_grad()`` for a reference).
     """
     _check(input_ids, attention_mask, loss_mask)
@@ -131,7 +137,7 @@ def _hf_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
 
 @dataclass
 class GroupedRows:
-    """Groups laid out as flat rows for :func:`~rlft.models.fast_train.fused_hidden_rows`: ``layout``
+    """Groups laid out as flat rows for :func:`~rlft.models.fused.llama_forward.fused_hidden_rows`: ``layout``
     (prompts first, then completions); ``source`` (M,): the flat row whose hidden state predicts each
     completion token, ``target`` (M,) that token, ``sequence`` (M,) the index of its completion in
     group order; ``counts`` (S,) the completion lengths."""

@@ -119,7 +119,11 @@ class RunDir:
                 removed.append(path)
         if self.checkpoints.is_dir():
             for path in self.checkpoints.iterdir():
-                if path.is_dir() and path.name.startswith("step-") and not (path / "trainer_state.pt").exists():
+                if (
+                    path.is_dir()
+                    and path.name.startswith("step-")
+                    and not (path / "trainer_state.pt").exists()
+                ):
                     _remove(path)
                     removed.append(path)
         return removed

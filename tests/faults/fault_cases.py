@@ -51,20 +51,34 @@ def trainer_config(kind: str, assets: dict[str, str], tmp_path: Path, **changes)
         )
     elif kind == "rm":
         cfg = RMConfig(
-            model=assets["preference_model"], data=PREFERENCE, batch_size=4, epochs=None, norm_samples=8,
-            eval_samples=8, **common,
+            model=assets["preference_model"],
+            data=PREFERENCE,
+            batch_size=4,
+            epochs=None,
+            norm_samples=8,
+            eval_samples=8,
+            **common,
         )
     elif kind == "dpo":
         cfg = DPOConfig(
-            model=assets["preference_model"], data=assets["preference_data"],
-            eval_data=assets["preference_data"], eval_samples=8, batch_size=4,
-            ref_cache_dir=str(tmp_path / "ref-cache"), **common,
+            model=assets["preference_model"],
+            data=assets["preference_data"],
+            eval_data=assets["preference_data"],
+            eval_samples=8,
+            batch_size=4,
+            ref_cache_dir=str(tmp_path / "ref-cache"),
+            **common,
         )
     elif kind == "rl":
         cfg = RLConfig(
-            model=assets["arithmetic_model"], data=ARITHMETIC,
-            rewards=[{"function": f"{assets['reward_file']}:digits"}], prompts_per_step=2,
-            num_generations=4, max_new_tokens=6, eval_samples=4, **common,
+            model=assets["arithmetic_model"],
+            data=ARITHMETIC,
+            rewards=[{"function": f"{assets['reward_file']}:digits"}],
+            prompts_per_step=2,
+            num_generations=4,
+            max_new_tokens=6,
+            eval_samples=4,
+            **common,
         )
     else:
         raise ValueError(kind)

@@ -41,7 +41,9 @@ def poison_gradients(monkeypatch, bad_calls) -> list[int]:
 
 
 def all_finite(directory) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in load_file(str(directory / "model.safetensors")).values())
+    return all(
+        bool(torch.isfinite(t).all()) for t in load_file(str(directory / "model.safetensors")).values()
+    )
 
 
 @pytest.mark.parametrize("kind", ["sft", "rm", "dpo", "rl"])
@@ -71,7 +73,10 @@ def test_consecutive_nan_steps_stop_the_run_and_save_nothing_non_finite(kind, as
 
 def test_rewards_that_are_all_none_stop_the_run_with_one_line(assets, tmp_path, capsys):
     cfg = trainer_config(
-        "rl", assets, tmp_path, rewards=[{"function": f"{assets['reward_file']}:nothing"}],
+        "rl",
+        assets,
+        tmp_path,
+        rewards=[{"function": f"{assets['reward_file']}:nothing"}],
         max_consecutive_skips=2,
     )
     config = write_config(cfg, tmp_path / "rl.yaml")

@@ -96,9 +96,7 @@ def test_a_second_ctrl_c_leaves_at_once():
 
 
 @pytest.mark.parametrize("kind", ["rm", "dpo"])
-def test_resume_before_the_first_checkpoint_starts_again_without_the_dead_runs_rows(
-    kind, assets, tmp_path
-):
+def test_resume_before_the_first_checkpoint_starts_again_without_the_dead_runs_rows(kind, assets, tmp_path):
     cfg = trainer_config(kind, assets, tmp_path, max_steps=3)
     run = RunDir.create(tmp_path / "run")
     with open(run.metrics_path, "w") as f:  # what a run killed at step 2 leaves
@@ -170,14 +168,18 @@ def assert_tensorboard_reaches(run: RunDir, step: int) -> None:
 
     events = EventAccumulator(str(run.root / "tb"), size_guidance={"scalars": 0}).Reload()
     steps = sorted({e.step for e in events.Scalars("loss")}) if "loss" in events.Tags()["scalars"] else []
-    assert steps[: step] == list(range(1, step + 1))
+    assert steps[:step] == list(range(1, step + 1))
 
 
-@pytest.mark.parametrize("content", [b"", b"not a zip", pickle.dumps({"step": 1})], ids=["empty", "junk", "pickle"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a zip", pickle.dumps({"step": 1})], ids=["empty", "junk", "pickle"]
+)
 def test_a_corrupt_trainer_state_is_one_line(content, assets, tmp_path):
     cfg = trainer_config("sft", assets, tmp_path, max_steps=2, save_every=1)
     run = RunDir.create(tmp_path / "run")
     train_sft(cfg, run, show_progress=False, log=quiet, stop_after=1)
     (run.checkpoints / "step-1" / "trainer_state.pt").write_bytes(content)
-    with pytest.raises(CheckpointError, match=r"trainer_state\.pt: not a trainer state this version can read"):
+    with pytest.raises(
+        CheckpointError, match=r"trainer_state\.pt: not a trainer state this version can read"
+    ):
         train_sft(cfg, run, resume=True, show_progress=False, log=quiet)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 import rlft.cli
 from rlft.models import CustomCodeError, ModelError, load_causal_lm, load_reward_model, load_tokenizer
-from rlft.models import kernels as K
+from rlft.models.fused import kernels as K
 from rlft.models.hf import load_error
 from rlft.train.preference.ref_cache import reference_logprob_sums
 

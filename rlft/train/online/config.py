@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-from rlft.models.fast_train import FORWARDS
+from rlft.models.fused.llama_forward import FORWARDS
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common, check_ranges
 from rlft.train.online.advantages import ESTIMATOR_ARGS
@@ -46,7 +46,6 @@ CRITIC_INITS = ("auto", "reward_model", "actor")
 _KL_DEFAULTS = {"placement": "none", "estimator": "k3", "coef": 0.0}
 
 
-
 # The range checks of RLConfig.validate, one table (rlft.run.config_types.check_ranges).
 RANGES: dict[str, tuple[str, ...]] = {
     "positive": (
@@ -59,6 +58,7 @@ RANGES: dict[str, tuple[str, ...]] = {
         "weight_decay", "max_grad_norm", "entropy_coef", "clip_low", "clip_high", "dual_clip", "max_minutes",
     ),
 }  # fmt: skip
+
 
 @dataclass
 class KLConfig:

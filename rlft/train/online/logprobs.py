@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from rlft.algos import entropy_from_logits
-from rlft.models.fast_train import SharedPrompts, fused_hidden_rows, use_fused_forward
-from rlft.models.frozen_forward import FrozenForward
+from rlft.models.fused.frozen import FrozenForward
+from rlft.models.fused.llama_forward import SharedPrompts, fused_hidden_rows, use_fused_forward
 from rlft.models.kv_cache import cache_argument
 from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from_mask
 from rlft.train.online.rollout_batch import RolloutBatch
@@ -46,7 +46,7 @@ def response_states(
 ) -> Tensor:
     """(B, R, d) final hidden states that predict each response token (position t predicts token t).
 
-    ``forward``: "auto" runs the fused Llama forward (:mod:`rlft.models.fast_train`) when the model
+    ``forward``: "auto" runs the fused Llama forward (:mod:`rlft.models.fused.llama_forward`) when the model
     qualifies, "fast" demands it, "hf" uses the model's own body. Under CPU bfloat16 autocast the fused
     forward runs its bfloat16 variant. ``frozen``: the same fused body with weights packed once, for a
     model that never changes (the reference; no gradient)."""

@@ -43,6 +43,7 @@ from rlft.data import DataError, LengthLimits, encode_prompts, load_records, set
 from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import HFSampler, SamplingParams, load_tokenizer
 from rlft.models.forward_path import plan_for, record_forward
+from rlft.models.fused.onednn_linears import use_onednn_linears
 from rlft.run import (
     MetricsWriter,
     Progress,
@@ -66,7 +67,6 @@ from rlft.train.online.advantages import AdvantageState, advantage_step, check_a
 from rlft.train.online.config import RLConfig
 from rlft.train.online.critic import Critic
 from rlft.train.online.evaluation import RLEvalSet, evaluate_policy, load_eval_set
-from rlft.train.online.linear import use_onednn_linears
 from rlft.train.online.ptx import PtxData
 from rlft.train.online.rollout import PromptStream, collect_rollout
 from rlft.train.online.setup import Reference, describe_algorithm, load_policy, reward_specs, save_final

@@ -16,7 +16,7 @@ import torch
 from rlft.algos import ADVANTAGES
 from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, save_pretrained_atomic
-from rlft.models.frozen_forward import FrozenForward, packed_reference
+from rlft.models.fused.frozen import FrozenForward, packed_reference
 from rlft.run import ConfigError
 from rlft.train.online.advantages import needs_critic
 from rlft.train.online.config import RLConfig

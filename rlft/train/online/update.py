@@ -235,7 +235,9 @@ def old_logprobs(
     return out
 
 
-def old_policy_logprobs(cfg: Any, model: torch.nn.Module, batch: RolloutBatch, s: LossSettings) -> Tensor | None:
+def old_policy_logprobs(
+    cfg: Any, model: torch.nn.Module, batch: RolloutBatch, s: LossSettings
+) -> Tensor | None:
     """π_old of the ratio r = π_θ / π_old, chosen once per step:
 
     - None — one epoch of one mini-batch: the policy has not moved when its loss is taken, so the loss

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from rlft.algos import kto_kl_baseline
-from rlft.models.frozen_forward import FrozenForward, packed_reference
+from rlft.models.fused.frozen import FrozenForward, packed_reference
 from rlft.models.sequence_logprobs import grouped_logprob_sums
 from rlft.train.preference.config import DPOConfig
 from rlft.train.preference.data import OfflineData

@@ -106,7 +106,12 @@ def train_dpo(
     eval_data = None
     if eval_source is not None:
         eval_data = load_offline(
-            eval_source, kind, tokenizer, model_length_limits(cfg, tokenizer), split="eval", limit=cfg.eval_samples
+            eval_source,
+            kind,
+            tokenizer,
+            model_length_limits(cfg, tokenizer),
+            split="eval",
+            limit=cfg.eval_samples,
         )
         say(f"eval data {eval_source}: {eval_data.report}")
     total_steps = planned_steps(cfg, len(train), "examples")

@@ -119,9 +119,9 @@ def _norm_seqs(cfg: RMConfig, tokenizer: Any, train: Sequence[RankGroup]) -> lis
     records = load_records(cfg.norm_data, limit=cfg.norm_samples)
     if isinstance(records[0], PromptCompletionRecord):
         return [e.input_ids for e in encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer))]
-    return [s for g in encode_groups(records, tokenizer, model_length_limits(cfg, tokenizer)) for s in g.seqs][
-        : cfg.norm_samples
-    ]
+    return [
+        s for g in encode_groups(records, tokenizer, model_length_limits(cfg, tokenizer)) for s in g.seqs
+    ][: cfg.norm_samples]
 
 
 def _initial_model(cfg: RMConfig, pad_id: int) -> Any:
@@ -194,7 +194,8 @@ def train_rm(
 
     def train_step(chunk: list[int]) -> StepResult:
         micro = [
-            [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]] for m in range(cfg.grad_accum)
+            [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]]
+            for m in range(cfg.grad_accum)
         ]
         # Normalise by the elements of the WHOLE step (all micro-batches): Σ element losses / N.
         n_elements = sum(element_count(groups, loss_name) for groups in micro)
@@ -207,10 +208,17 @@ def train_rm(
             (losses.sum() / n_elements).backward()
             loss_sum += float(losses.detach().sum())
             c, g, n = pair_stats(rewards.detach(), batch["ranks"], batch["valid"])
-            correct, gap, n_pairs, n_seqs = correct + c, gap + g, n_pairs + n, n_seqs + len(batch["input_ids"])
+            correct, gap, n_pairs, n_seqs = (
+                correct + c,
+                gap + g,
+                n_pairs + n,
+                n_seqs + len(batch["input_ids"]),
+            )
         loss_value, accuracy = loss_sum / n_elements, correct / max(n_pairs, 1)
         row = {"loss": loss_value, "accuracy": accuracy, "reward_gap": gap / max(n_pairs, 1)}
-        return StepResult(loss_value, row, {"loss": loss_value, "acc": accuracy}, counted=("seqs_per_s", n_seqs))
+        return StepResult(
+            loss_value, row, {"loss": loss_value, "acc": accuracy}, counted=("seqs_per_s", n_seqs)
+        )
 
     start = time.monotonic()
     outcome = train_epochs(

@@ -227,7 +227,9 @@ def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:
     if source is None:
         return None
     records = load_records(source, fmt=cfg.format, split="eval", limit=cfg.eval_samples)
-    examples = list(encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer), cfg.completion_only_loss))
+    examples = list(
+        encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer), cfg.completion_only_loss)
+    )
     eval_set = EvalSet(examples=examples)
     task = task_of(source)
     if cfg.eval_generate and task is not None:

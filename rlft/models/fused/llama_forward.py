@@ -10,13 +10,13 @@ models, see ``benchmarks/dpo_vs_trl.py``):
   gradients still reach the norm weights through the fold): about half the ops per layer;
 - float32 matmuls, forward and both backward products, go to oneDNN (:class:`OneDNNLinear`) rather
   than MKL: on the project's AMD CPUs MKL's float32 GEMM takes its AVX2 path at ~90 GFLOP/s per core
-  while oneDNN's AVX-512 kernels reach ~215 (``rlft/models/onednn.py``). Results agree with ``F.linear``
+  while oneDNN's AVX-512 kernels reach ~215 (``rlft/models/fused/onednn.py``). Results agree with ``F.linear``
   to float32 rounding;
 - ``bf16=True`` casts each fused weight to bfloat16 once per call and runs matmuls and attention in
   bfloat16, keeping the residual stream, norms and everything after the body in float32 (what CPU
   autocast does, with fewer casts);
 - RoPE over q and k, SwiGLU and each weightless RMSNorm (with its cast to the matmul dtype) are one
-  pass over memory forward and one backward (:mod:`rlft.models.kernels.training`, C compiled on first
+  pass over memory forward and one backward (:mod:`rlft.models.fused.kernels.training`, C compiled on first
   use; torch ops where no compiler is available) instead of 2-8 torch ops each;
 - attention is causal with no padding mask: with right padding every real token precedes the padding
   of its row, so the causal mask alone keeps padding out of real positions;
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .errors import ModelError
-from .fast_llama import fast_path_blocker
+from ..errors import ModelError
 from .kernels.training import rms_norm, rope, rope_tables, swiglu
+from .llama_decoder import fast_path_blocker
 from .onednn import onednn_linear_available
 
 

@@ -1,4 +1,4 @@
-/* One-token decode kernels for the fused Llama decoder (rlft/models/fast_llama.py), float32.
+/* One-token decode kernels for the fused Llama decoder (rlft/models/fused/llama_decoder.py), float32.
  *
  * Why C: at the batch sizes RL samples with on a CPU, a small model's decode step is a few dozen
  * tiny ops per layer, and their fixed costs dominate. torch's batched matmul runs q·Kᵀ and p·V for a

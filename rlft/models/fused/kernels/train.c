@@ -1,4 +1,4 @@
-/* Fused elementwise kernels for the training forward (rlft/models/fast_train.py), forward and backward,
+/* Fused elementwise kernels for the training forward (rlft/models/fused/llama_forward.py), forward and backward,
  * in float32 or bfloat16 (stored as uint16: the top half of a float32, rounded to nearest even).
  *
  * Why: with bfloat16 matmuls near the CPU's bf16 rate, what is left of a training step is elementwise

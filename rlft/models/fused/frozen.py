@@ -1,10 +1,10 @@
 """The fused Llama body of a model whose weights never change (a reference model), with its matmul weights
 fused, folded and prepacked for oneDNN once instead of on every call.
 
-:func:`~rlft.models.fast_train.fused_hidden_rows` rebuilds its fused weights (q/k/v and gate/up
+:func:`~rlft.models.fused.llama_forward.fused_hidden_rows` rebuilds its fused weights (q/k/v and gate/up
 concatenated, norm weights folded in) on every call, because a trained policy changes between calls and
 gradients must reach the original parameters. A frozen reference needs neither, so it can keep the
-decoder's prepacked :class:`~rlft.models.fast_llama.FusedWeights` for the whole run — measured 9–17%
+decoder's prepacked :class:`~rlft.models.fused.llama_decoder.FusedWeights` for the whole run — measured 9–17%
 less time per reference pass on the offline tiny models (``benchmarks/grpo_vs_trl.py`` shapes) — with
 RoPE as the decoder's complex multiplication (its q/k rows are stored pair-interleaved, which leaves every
 q·k unchanged).
@@ -22,21 +22,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .fast_llama import _cis, build_fused_weights
-from .fast_train import SharedPrompts, attend_rows, use_fused_forward
+from .llama_decoder import _cis, build_fused_weights
+from .llama_forward import SharedPrompts, attend_rows, use_fused_forward
 
 __all__ = ["FrozenForward", "packed_reference"]
 
 
 def packed_reference(model: PreTrainedModel, forward: str, bf16: bool) -> FrozenForward | None:
     """A :class:`FrozenForward` of a reference ``model`` when its passes would take the fused forward
-    (``forward`` as in :func:`~rlft.models.fast_train.use_fused_forward`), else None (the model's own)."""
+    (``forward`` as in :func:`~rlft.models.fused.llama_forward.use_fused_forward`), else None (the model's own)."""
     return FrozenForward(model, bf16=bf16) if use_fused_forward(model, forward) else None
 
 
 class FrozenForward:
     """``hidden_rows(input_ids, position_ids, layout)``: the same function as
-    :func:`~rlft.models.fast_train.fused_hidden_rows` for a model that ``model`` must never change under
+    :func:`~rlft.models.fused.llama_forward.fused_hidden_rows` for a model that ``model`` must never change under
     (its weights are copied, packed, once). ``bf16`` packs bfloat16 weights (matmuls and attention in
     bfloat16, the residual stream and norms in float32)."""
 
@@ -52,7 +52,7 @@ class FrozenForward:
         self, input_ids: Tensor, position_ids: Tensor, layout: tuple[int, int] | SharedPrompts
     ) -> Tensor:
         """Final (normed) hidden states (N, d), float32, of flat token rows; ``layout`` as in
-        :func:`~rlft.models.fast_train.fused_hidden_rows`."""
+        :func:`~rlft.models.fused.llama_forward.fused_hidden_rows`."""
         w, dtype = self.weights, self.dtype
         heads, kv_heads, dim = w.heads, w.kv_heads, w.head_dim
         half, group, k_end = dim // 2, heads // kv_heads, (heads + kv_heads) * dim

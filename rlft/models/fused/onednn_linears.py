@@ -2,7 +2,7 @@
 
 Why: PyTorch's float32 GEMM on CPU is MKL, which runs its AVX2 code on the project's AMD CPUs, while
 oneDNN's AVX-512 kernels do the same exact-float32 products 2–5× faster at the shapes of an RL step
-(``rlft/models/onednn.py`` measured the same for decoding; ``benchmarks/grpo_vs_trl.py`` for the step).
+(``rlft/models/fused/onednn.py`` measured the same for decoding; ``benchmarks/grpo_vs_trl.py`` for the step).
 With the three products of a linear layer routed to oneDNN —
 
     y = x·Wᵀ + b,    ∂x = ∂y·W,    ∂W = ∂yᵀ·x,    ∂b = Σ_rows ∂y
@@ -14,7 +14,7 @@ which already uses oneDNN for bfloat16.
 Installed per model with :func:`use_onednn_linears`, which rebinds ``forward`` of every ``nn.Linear``
 instance (the module type, its parameters and ``state_dict`` are untouched, so saving and the fast
 sampler's architecture check see a plain model). When the oneDNN ops are missing or disagree with
-``F.linear`` (``rlft.models.onednn.onednn_linear_available``) nothing is changed.
+``F.linear`` (``rlft.models.fused.onednn.onednn_linear_available``) nothing is changed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rlft.models.onednn import PackedLinear, onednn_linear_available
+from rlft.models.fused.onednn import PackedLinear, onednn_linear_available
 
 __all__ = ["onednn_linear", "use_onednn_linears"]
 

@@ -8,7 +8,7 @@ with about half as many, faster ops (16 per layer per token, views not counted):
 - q, k, v projections fused into one matmul, gate and up projections into another;
 - the attention scale 1/√d folded into the query weights (RoPE is linear, so rope(s·q) = s·rope(q));
 - each RMSNorm weight folded into the matmul after it;
-- matmul weights prepacked for oneDNN (:mod:`rlft.models.onednn`, about 2-3× MKL's float32 rate
+- matmul weights prepacked for oneDNN (:mod:`rlft.models.fused.onednn`, about 2-3× MKL's float32 rate
   here; oneDNN's fused residual-add post-op measured no faster than a separate add, so it is unused);
 - RoPE as one complex multiplication e^{iθ·pos}·(x_j + i·x_{j+D/2}): the q/k weight rows are stored
   with each rotation pair adjacent, which permutes the head dimension of q and k alike and so leaves
@@ -16,7 +16,7 @@ with about half as many, faster ops (16 per layer per token, views not counted):
 - a preallocated static KV cache (:class:`~rlft.models.kv_cache.StaticKVCache`, keys stored
   transposed) written in place;
 - float32 decode attention — RoPE, cache write, q·Kᵀ, softmax, p·V for every head — in one C kernel
-  call per layer (:mod:`rlft.models.kernels`; torch's ``bmm`` runs these one-row products at about
+  call per layer (:mod:`rlft.models.fused.kernels`; torch's ``bmm`` runs these one-row products at about
   10 GFLOP/s), else ``baddbmm`` (padding bias folded in) + softmax + ``bmm`` over (B·H_kv) heads
   (grouped-query attention without repeating keys); prefill attention through SDPA.
 
@@ -36,7 +36,9 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from .decoders import HFDecoder
+from ..decoders import HFDecoder
+from ..kv_cache import StaticKVCache
+from ..logprobs import position_ids_from_mask
 from .kernels import (
     KernelLinear,
     add_rms_norm,
@@ -46,8 +48,6 @@ from .kernels import (
     reference_swiglu,
     swiglu,
 )
-from .kv_cache import StaticKVCache
-from .logprobs import position_ids_from_mask
 from .onednn import PackedLinear
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -319,7 +319,7 @@ class FastLlamaDecoder(HFDecoder):
 
         Per layer: h = x + W_o·attn(rope(W_q n), rope(W_k n), W_v n) with n = rmsnorm(x), then
         x' = h + W_down(silu(W_gate m) ⊙ W_up m) with m = rmsnorm(h) — the Llama block (norm weights
-        folded into the next matmul). In float32 with the C kernels (:mod:`rlft.models.kernels`), each
+        folded into the next matmul). In float32 with the C kernels (:mod:`rlft.models.fused.kernels`), each
         residual add and the norm after it are one call, SwiGLU is one call, and a decode step runs
         RoPE, the cache write and attention in one call per layer; otherwise (no compiler, bfloat16)
         the same in torch ops, attention in :meth:`_torch_attention` (always so for prefill).

@@ -330,7 +330,7 @@ PANEL = 32  # output columns per packed weight panel (decode.c: NR·VL)
 
 class KernelLinear:
     """y = x·Wᵀ + b in float32 through ``rlft_linear``, W packed once; the interface of
-    :class:`rlft.models.onednn.PackedLinear` (callable, ``dtype``).
+    :class:`rlft.models.fused.onednn.PackedLinear` (callable, ``dtype``).
 
     W (N, K) is stored as (⌈N/32⌉, K, 32) panels of Wᵀ, zero-padded to whole panels (so is the bias).
     """
@@ -371,7 +371,7 @@ def reference_decode_attention(
     """One decode step's attention in torch ops; writes the new key and value into the cache.
 
     ``qkv`` (B, (H + 2·H_kv)·D) holds [q | k | v] with q and k pair-interleaved for RoPE (see
-    ``rlft.models.fast_llama.rope_pair_order``) and 1/√D folded into q; ``cis`` (B, D/2, 2) the cos/sin
+    ``rlft.models.fused.llama_decoder.rope_pair_order``) and 1/√D folded into q; ``cis`` (B, D/2, 2) the cos/sin
     of each row's position; ``keys`` (B, H_kv, D, capacity) and ``values`` (B, H_kv, capacity, D) the
     cache (:class:`~rlft.models.kv_cache.StaticKVCache`'s layout), into which the rotated key and the
     value go at ``pos``; ``key_bias`` (B·H_kv, capacity) an additive padding mask or None. Returns
