@@ -103,6 +103,27 @@ def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
     return seq.expand_as(log_ratio)
 
 
+def _clip_sequence_ratio(
+    log_s: Tensor,
+    log_ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    aggregation: str,
+    normalizer: float | None,
+    max_len: int | None,
+) -> tuple[Tensor, Diagnostics]:
+    """GSPO's clipped surrogate ℓ = max(−s Â, −clip(s, 1−ε_low, 1+ε_high) Â), s = exp(min(log s, 10)), for
+    GSPO's s_i or GSPO-token's s_{i,t}, aggregated; `clipfrac_low` / `clipfrac_high` are the shares of tokens
+    whose s was clipped, `approx_kl` is of the token log-ratios `log_ratio`."""
+    loss, low, high, _ = _clipped_surrogate(
+        torch.exp(log_s.clamp(max=SEQ_LOG_RATIO_CAP)), advantages, 1.0 - clip_low, 1.0 + clip_high, None
+    )
+    agg = aggregate(loss, mask, aggregation, normalizer, max_len)
+    return agg, _diagnostics(log_ratio, mask, low, high)
+
+
 @POLICY_LOSSES.register("gspo")
 def gspo_loss(
     logp: Tensor,
@@ -123,12 +144,10 @@ def gspo_loss(
     """
     mask = mask.to(logp.dtype)
     log_ratio = _log_ratio(logp, old_logp)
-    seq_log_ratio = _sequence_log_ratio(log_ratio, mask).clamp(max=SEQ_LOG_RATIO_CAP)
-    loss, low, high, _ = _clipped_surrogate(
-        torch.exp(seq_log_ratio), advantages, 1.0 - clip_low, 1.0 + clip_high, None
+    log_s = _sequence_log_ratio(log_ratio, mask)
+    return _clip_sequence_ratio(
+        log_s, log_ratio, advantages, mask, clip_low, clip_high, aggregation, normalizer, max_len
     )
-    agg = aggregate(loss, mask, aggregation, normalizer, max_len)
-    return agg, _diagnostics(log_ratio, mask, low, high)
 
 
 @POLICY_LOSSES.register("gspo_token")
@@ -152,16 +171,13 @@ def gspo_token_loss(
     """
     mask = mask.to(logp.dtype)
     log_ratio = _log_ratio(logp, old_logp)
-    seq_log_ratio = _sequence_log_ratio(log_ratio, mask).detach()
     # The cap goes on the sum, not on log s_i first: a capped log s_i would sit exactly on the clamp's
     # boundary, where its gradient passes. The clamped log r (not log π) zeroes the gradient of a token
     # whose log-ratio passed ±20, as GSPO's mean does.
-    token_log_s = (log_ratio - log_ratio.detach() + seq_log_ratio).clamp(max=SEQ_LOG_RATIO_CAP)
-    loss, low, high, _ = _clipped_surrogate(
-        torch.exp(token_log_s), advantages, 1.0 - clip_low, 1.0 + clip_high, None
+    log_s = log_ratio - log_ratio.detach() + _sequence_log_ratio(log_ratio, mask).detach()
+    return _clip_sequence_ratio(
+        log_s, log_ratio, advantages, mask, clip_low, clip_high, aggregation, normalizer, max_len
     )
-    agg = aggregate(loss, mask, aggregation, normalizer, max_len)
-    return agg, _diagnostics(log_ratio, mask, low, high)
 
 
 def sapo_gate(ratio: Tensor, tau: Tensor | float) -> Tensor:

@@ -133,6 +133,24 @@ DPO_PLOT_KEYS = [
 # --- the stages --------------------------------------------------------------------------------------------
 
 
+def _new_run(out_dir: Path, saved_config: Any) -> Any:
+    """A run directory at ``out_dir`` (whose name is also the run's prefix) holding ``saved_config``."""
+    from rlft.run import RunDir, save_config
+
+    run = RunDir.create(out_dir, prefix=out_dir.name)
+    save_config(saved_config, run.config_path)
+    return run
+
+
+def _print_before_after(title: str, width: int, rows: tuple[tuple[str, str], ...], result: Any) -> None:
+    """A stage's table of eval metrics before and after training: one line per (metric key, label) of
+    ``rows``, NaN for a metric the evaluation did not report."""
+    before, after = result.initial_eval, result.final_eval
+    print(f"{title:{width}}{'before':>10}{'after':>10}")
+    for key, name in rows:
+        print(f"{name:{width}}{before.get(key, math.nan):>10.4f}{after.get(key, math.nan):>10.4f}")
+
+
 def tokenizer_corpus(tasks: list[str], seed: int) -> list[str]:
     """The text a tiny model's tokenizer is trained on: the default corpus plus 2000 texts of each task."""
     from rlft.data import get_task
@@ -153,7 +171,7 @@ def arithmetic_sft_stage(
     The budget is chosen to leave room for RL: greedy accuracy lands around 30–60%, not near 100%.
     """
     from rlft.models import build_tiny_model
-    from rlft.run import RunDir, plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import SFTConfig, train_sft
 
     out_root = Path(out_root)
@@ -174,19 +192,12 @@ def arithmetic_sft_stage(
         save_every=steps,
         seed=seed,
     )
-    run = RunDir.create(out_root / "sft", prefix="sft")
-    save_config(cfg, run.config_path)
+    run = _new_run(out_root / "sft", cfg)
     result = train_sft(cfg, run, show_progress=show_progress)
     plot = plot_run(run, keys=["loss", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s"])
-    before, after = result.initial_eval, result.final_eval
     print(f"\nSFT of the 1m tiny model on {cfg.data} ({result.steps} steps)")
-    print(f"{'':24}{'before':>10}{'after':>10}")
-    for key, name in (
-        ("eval_loss", "eval loss"),
-        ("eval_ppl", "perplexity"),
-        ("eval_accuracy", "greedy acc"),
-    ):
-        print(f"{name:24}{before.get(key, float('nan')):>10.4f}{after.get(key, float('nan')):>10.4f}")
+    rows = (("eval_loss", "eval loss"), ("eval_ppl", "perplexity"), ("eval_accuracy", "greedy acc"))
+    _print_before_after("", 24, rows, result)
     print(
         f"held-out prompts: {cfg.eval_samples} (eval split)   time: {time.monotonic() - start:.0f}s\n"
         f"  base model: {model_dir}\n  run dir:    {run.root}\n  SFT model:  {result.model_dir}\n"
@@ -233,13 +244,12 @@ def rl_demo_stage(
 ) -> dict[str, Any]:
     """GRPO on ``arithmetic`` from the SFT model of the demo; prints greedy held-out accuracy before and
     after, and returns {"before", "after", "seconds", "steps", "model_dir", "run_dir", "plot"}."""
-    from rlft.run import RunDir, plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import train_rl
 
     start = time.monotonic()
     cfg = grpo_demo_config(sft_model_dir, seed, steps)
-    run = RunDir.create(Path(out_root) / "rl", prefix="rl")
-    save_config(cfg.resolved(), run.config_path)
+    run = _new_run(Path(out_root) / "rl", cfg.resolved())
     result = train_rl(cfg, run, show_progress=show_progress)
     plot = plot_run(run, keys=RL_PLOT_KEYS)
     before, after = result.initial_eval, result.final_eval
@@ -247,9 +257,8 @@ def rl_demo_stage(
         f"\nGRPO on {cfg.data} from the SFT model ({result.steps} steps, {cfg.prompts_per_step} prompts × "
         f"{cfg.num_generations} samples per step)"
     )
-    print(f"{'':24}{'before':>10}{'after':>10}")
-    for key, name in (("eval_accuracy", "greedy acc"), ("eval_response_len", "response len")):
-        print(f"{name:24}{before.get(key, float('nan')):>10.4f}{after.get(key, float('nan')):>10.4f}")
+    rows = (("eval_accuracy", "greedy acc"), ("eval_response_len", "response len"))
+    _print_before_after("", 24, rows, result)
     seconds = time.monotonic() - start
     print(
         f"held-out prompts: {cfg.eval_samples} (eval split)   time: {seconds:.0f}s\n"
@@ -272,7 +281,6 @@ def preference_sft(
     """Build the 1m tiny model (tokenizer trained on the preference task's text) and SFT it briefly on the
     mediocre policy's demonstrations of ``task:preference``; returns the SFT model directory."""
     from rlft.models import build_tiny_model
-    from rlft.run import RunDir, save_config
     from rlft.train import SFTConfig, train_sft
 
     out_root = Path(out_root)
@@ -291,8 +299,7 @@ def preference_sft(
         eval_generate=False,
         seed=seed,
     )
-    run = RunDir.create(out_root / "sft", prefix="sft")
-    save_config(cfg, run.config_path)
+    run = _new_run(out_root / "sft", cfg)
     result = train_sft(cfg, run, show_progress=show_progress)
     print(
         f"SFT on {cfg.data}: {result.steps} steps, eval loss "
@@ -307,7 +314,7 @@ def rm_demo_stage(
     """Train a reward model from ``sft_model_dir`` on noisy preference labels of ``task:preference``; print
     held-out accuracy against the labels, against the hidden gold scorer, and the noise ceiling."""
     from rlft.data import get_task
-    from rlft.run import RunDir, plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import RMConfig, train_rm
 
     start = time.monotonic()
@@ -323,22 +330,20 @@ def rm_demo_stage(
         eval_samples=1000,
         seed=seed,
     )
-    run = RunDir.create(Path(out_root) / "rm", prefix="rm")
-    save_config(cfg, run.config_path)
+    run = _new_run(Path(out_root) / "rm", cfg)
     result = train_rm(cfg, run, show_progress=show_progress)
     plot = plot_run(run, keys=["loss", "accuracy", "eval_accuracy", "eval_gold_accuracy", "eval_reward_gap"])
     ceiling = get_task("preference").noise_ceiling(DEMO_LABEL_NOISE)
-    before, after = result.initial_eval, result.final_eval
+    after = result.final_eval
     seconds = time.monotonic() - start
     print(f"\nReward model from the SFT model on {cfg.data} ({result.steps} steps, pairwise loss)")
-    print(f"{'held-out pairs':28}{'before':>10}{'after':>10}")
-    for key, name in (
+    rows = (
         ("eval_accuracy", "accuracy vs labels"),
         ("eval_gold_accuracy", "accuracy vs gold"),
         ("eval_reward_gap", "mean reward gap"),
         ("eval_loss", "eval loss"),
-    ):
-        print(f"{name:28}{before.get(key, math.nan):>10.4f}{after.get(key, math.nan):>10.4f}")
+    )
+    _print_before_after("held-out pairs", 28, rows, result)
     print(
         f"noise ceiling vs labels (label_noise {DEMO_LABEL_NOISE}): {ceiling:.3f}   "
         f"held-out records: {cfg.eval_samples}   time: {seconds:.0f}s\n"
@@ -371,7 +376,7 @@ def dpo_demo_stage(
     Returns ``{"win_rate_before", "win_rate_after", "gold_before", "gold_after", "seconds", "model_dir",
     "run_dir", "steps"}``. ``overrides`` replace entries of :data:`DEMO_DPO` (tests use fewer steps).
     """
-    from rlft.run import RunDir, plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import DPOConfig, train_dpo
 
     settings = {**DEMO_DPO, **overrides}
@@ -386,21 +391,18 @@ def dpo_demo_stage(
         **settings,
     )
     cfg.validate()
-    run = RunDir.create(out_root / "dpo", prefix="dpo")
-    save_config(cfg, run.config_path)
+    run = _new_run(out_root / "dpo", cfg)
     result = train_dpo(cfg, run, show_progress=show_progress)
     plot = plot_run(run, keys=DPO_PLOT_KEYS)
     before, after = result.initial_eval, result.final_eval
     print(f"\nDPO ({cfg.loss}, β={cfg.beta_value}) of the SFT model on {cfg.data} ({result.steps} steps)")
-    print(f"{'':34}{'before':>10}{'after':>10}")
     rows = (
         ("eval_win_rate", "gold win rate vs SFT model"),
         ("eval_gold_score", "mean gold score"),
         ("eval_rewards/accuracies", "preference accuracy (held out)"),
         ("eval_loss", "DPO loss (held out)"),
     )
-    for key, name in rows:
-        print(f"{name:34}{before.get(key, float('nan')):>10.4f}{after.get(key, float('nan')):>10.4f}")
+    _print_before_after("", 34, rows, result)
     seconds = time.monotonic() - start
     print(
         f"held-out prompts: {len(_eval_prompts())} × {cfg.win_rate_samples} samples   "
@@ -460,13 +462,12 @@ def ppo_demo_stage(
     """RLHF-PPO on ``preference`` from the SFT model against the reward model; prints the hidden gold score,
     the reward model's score and the KL to the SFT model before and after. Returns {"gold_before",
     "gold_after", "kl", "seconds", "steps", "model_dir", "run_dir", "plot"}."""
-    from rlft.run import RunDir, plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import train_rl
 
     start = time.monotonic()
     cfg = ppo_demo_config(sft_model_dir, reward_model_dir, seed, **overrides)
-    run = RunDir.create(Path(out_root) / "ppo", prefix="ppo")
-    save_config(cfg.resolved(), run.config_path)
+    run = _new_run(Path(out_root) / "ppo", cfg.resolved())
     result = train_rl(cfg, run, show_progress=show_progress, log=lambda _: None)
     plot = plot_run(run, keys=PPO_PLOT_KEYS)
     before, after = result.initial_eval, result.final_eval
@@ -475,14 +476,13 @@ def ppo_demo_stage(
         f"\nPPO (RLHF) on {cfg.data} from the SFT model against the reward model ({result.steps} steps, "
         f"{cfg.prompts_per_step} prompts × {cfg.num_generations} samples per step)"
     )
-    print(f"{'held-out prompts, greedy':28}{'before':>10}{'after':>10}")
-    for key, name in (
+    rows = (
         ("eval_gold_score", "gold score (hidden)"),
         ("eval_reward", "reward-model score"),
         ("eval_mean_words", "words per completion"),
         ("eval_distinct_ratio", "distinct-word share"),
-    ):
-        print(f"{name:28}{before.get(key, float('nan')):>10.4f}{after.get(key, float('nan')):>10.4f}")
+    )
+    _print_before_after("held-out prompts, greedy", 28, rows, result)
     sampled = [r["reward_gold"] for r in result.history if "reward_gold" in r]
     if sampled:  # the training samples (τ = 1): first step vs last step
         print(f"{'gold score, sampled (train)':28}{sampled[0]:>10.4f}{sampled[-1]:>10.4f}")

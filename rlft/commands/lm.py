@@ -14,20 +14,15 @@ from pathlib import Path
 from rlft.run import ConfigError
 
 from .demo import LM_DEMO_STAGES, lm_demo, parse_stages, tokenizer_corpus
-from .run_setup import training_run
+from .run_setup import add_training_parser, no_extra, print_done, training_run
 
 __all__ = ["add_lm_commands"]
-
-
-def _no_extra(extra: list[str]) -> None:
-    if extra:
-        raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
 
 
 def _init_model(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.models import build_tiny_model
 
-    _no_extra(extra)
+    no_extra(extra)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
     out = build_tiny_model(
         args.out,
@@ -49,12 +44,7 @@ def _sft(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"rlft sft: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_sft(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
     plot = plot_run(run, keys=["loss", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s"])
-    evals = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
-    print(
-        f"done: {result.steps} steps in {result.seconds:.1f}s, train loss {result.train_loss:.4f}"
-        + (f"; {evals}" if evals else "")
-        + f"\n  model:   {result.model_dir}\n  metrics: {run.metrics_path}\n  curve:   {plot}"
-    )
+    print_done(result, run, plot)
     return 0
 
 
@@ -91,7 +81,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.models import SamplingParams, load_causal_lm, load_tokenizer, sample
     from rlft.train.common.chat_stops import stop_at_end_of_turn
 
-    _no_extra(extra)
+    no_extra(extra)
     if (args.prompts is None) == (args.task is None):
         raise ConfigError("generate: give exactly one of --prompts FILE or --task NAME")
     model, tokenizer = load_causal_lm(args.model), load_tokenizer(args.model)
@@ -131,7 +121,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _lm_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    _no_extra(extra)
+    no_extra(extra)
     out = Path(args.out) if args.out else Path("runs") / f"lm-demo-{time.strftime('%Y%m%d-%H%M%S')}"
     return lm_demo(out, seed=args.seed, show_progress=not args.no_progress, stages=parse_stages(args.stages))
 
@@ -150,16 +140,9 @@ def add_lm_commands(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=_init_model)
 
-    sft = sub.add_parser(
-        "sft", help="supervised fine-tuning; extra --key value pairs override the config", allow_abbrev=False
+    add_training_parser(
+        sub, "sft", "supervised fine-tuning; extra --key value pairs override the config", "SFTConfig", _sft
     )
-    sft.add_argument("--config", type=Path, help="YAML config file (keys of SFTConfig)")
-    sft.add_argument("--out", help="run directory (default: output_dir, else runs/sft-TIMESTAMP)")
-    sft.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
-    )
-    sft.add_argument("--no-progress", action="store_true")
-    sft.set_defaults(func=_sft)
 
     gen = sub.add_parser("generate", help="sample completions from a model", allow_abbrev=False)
     gen.add_argument("--model", required=True)

@@ -10,19 +10,13 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from rlft.run import ConfigError
 
-from .run_setup import training_run
+from .run_setup import add_training_parser, no_extra, print_done, training_run
 
 __all__ = ["add_reward_commands"]
-
-
-def _no_extra(extra: list[str]) -> None:
-    if extra:
-        raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
 
 
 # --- rlft rm -----------------------------------------------------------------------------------------------
@@ -48,14 +42,8 @@ def _rm(args: argparse.Namespace, extra: list[str]) -> int:
             "grad_norm",
         ],
     )
-    evals = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
     norm = f"; reward mean {result.norm['mean']:.4g}, std {result.norm['std']:.4g}" if result.norm else ""
-    print(
-        f"done: {result.steps} steps in {result.seconds:.1f}s, train loss {result.train_loss:.4f}"
-        + (f"; {evals}" if evals else "")
-        + norm
-        + f"\n  model:   {result.model_dir}\n  metrics: {run.metrics_path}\n  curve:   {plot}"
-    )
+    print_done(result, run, plot, norm)
     return 0
 
 
@@ -92,7 +80,7 @@ def _score(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.rewards import build_rewards
     from rlft.run import atomic_write_text
 
-    _no_extra(extra)
+    no_extra(extra)
     specs, on_invalid = _specs(args)
     records = load_records(args.data, fmt="prompt_completion", limit=args.limit)
     tokenizer_dir = args.tokenizer or args.reward_model
@@ -132,16 +120,9 @@ def _score(args: argparse.Namespace, extra: list[str]) -> int:
 
 def add_reward_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``rm`` and ``score`` to the ``rlft`` subparsers."""
-    rm = sub.add_parser(
-        "rm", help="train a reward model; extra --key value pairs override the config", allow_abbrev=False
+    add_training_parser(
+        sub, "rm", "train a reward model; extra --key value pairs override the config", "RMConfig", _rm
     )
-    rm.add_argument("--config", type=Path, help="YAML config file (keys of RMConfig)")
-    rm.add_argument("--out", help="run directory (default: output_dir, else runs/rm-TIMESTAMP)")
-    rm.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
-    )
-    rm.add_argument("--no-progress", action="store_true")
-    rm.set_defaults(func=_rm)
 
     score = sub.add_parser(
         "score",

@@ -1,9 +1,11 @@
-"""The run directory and config of a training command: reopened with ``--resume``, else created fresh."""
+"""What the training commands share: their parser (``--config``, ``--out``, ``--resume``, ``--no-progress``),
+the run directory and config (reopened with ``--resume``, else created fresh) and the closing summary."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rlft.run import ConfigError, RunDir, load_config
@@ -35,3 +37,35 @@ def training_run(
     if run.metrics_path.exists() and run.metrics_path.stat().st_size:
         raise ConfigError(occupied.format(root=run.root))
     return run, cfg
+
+
+def no_extra(extra: list[str]) -> None:
+    """Stop a command that takes no ``--key value`` overrides when some were given."""
+    if extra:
+        raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
+
+
+def add_training_parser(
+    sub: argparse._SubParsersAction, name: str, help_text: str, config_name: str, func: Callable[..., int]
+) -> argparse.ArgumentParser:
+    """The ``name`` subcommand of a trainer: ``--config`` (keys of ``config_name``), ``--out``, ``--resume``
+    and ``--no-progress``, run by ``func``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, allow_abbrev=False)
+    p.add_argument("--config", type=Path, help=f"YAML config file (keys of {config_name})")
+    p.add_argument("--out", help=f"run directory (default: output_dir, else runs/{name}-TIMESTAMP)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=func)
+    return p
+
+
+def print_done(result: Any, run: RunDir, plot: Path, notes: str = "") -> None:
+    """The closing summary of an epoch trainer's command (SFT, reward model, DPO family): steps, time, train
+    loss, the final evals and ``notes``, then where the model, the metrics and the curve are."""
+    evals = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
+    print(
+        f"done: {result.steps} steps in {result.seconds:.1f}s, train loss {result.train_loss:.4f}"
+        + (f"; {evals}" if evals else "")
+        + notes
+        + f"\n  model:   {result.model_dir}\n  metrics: {run.metrics_path}\n  curve:   {plot}"
+    )

@@ -7,8 +7,8 @@
 
 Every problem with the data raises ``DataError`` with a one-line message that names the file and line
 (or row/record/index), the field, and what was expected. Layering: this package imports the registry of
-``rlft.algos`` and the atomic writes/``ConfigError`` of ``rlft.run``; never models, trainers or control.
-Heavy libraries (datasets, pyarrow) are imported only when a source needs them.
+``rlft.algos`` and the atomic writes, ``ConfigError`` and UTF-8 check of ``rlft.run``; never models,
+trainers or control. Heavy libraries (datasets, pyarrow) are imported only when a source needs them.
 """
 
 from .chat import chat_template_kwargs, set_chat_template_kwargs

@@ -83,6 +83,12 @@ def chat_template_kwargs(tokenizer: Any) -> dict[str, Any]:
     return dict(getattr(tokenizer, KWARGS_ATTR, None) or {})
 
 
+def _apply_chat_template(tokenizer: Any, messages: list[Message], **options: Any) -> Any:
+    """``tokenizer.apply_chat_template(messages, **options)`` with the stored ``chat_template_kwargs``: the
+    one call that renders chat data, so every rendering sees the same options."""
+    return tokenizer.apply_chat_template(messages, **options, **chat_template_kwargs(tokenizer))
+
+
 def require_chat_template(tokenizer: Any, where: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
@@ -96,11 +102,8 @@ def render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool,
     tokenizer's ``chat_template_kwargs``."""
     require_chat_template(tokenizer, where)
     try:
-        text = tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **chat_template_kwargs(tokenizer),
+        text = _apply_chat_template(
+            tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     except Exception as e:  # jinja2 errors, or the template's own raise_exception(...)
         raise DataError(f"{where}: the chat template failed on this record ({one_line(e)})") from None
@@ -224,13 +227,13 @@ def assistant_token_mask(tokenizer: Any, messages: list[Message], where: str) ->
     as assistant text."""
     require_chat_template(tokenizer, where)
     try:
-        out = tokenizer.apply_chat_template(
+        out = _apply_chat_template(
+            tokenizer,
             messages,
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
             add_generation_prompt=False,
-            **chat_template_kwargs(tokenizer),
         )
         ids, mask = list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
     except Exception as e:

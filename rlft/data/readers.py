@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rlft.run.config_types import utf8_encodable
+
 from .errors import DataError, one_line, show
 
 Rows = Iterator[tuple[str, Any]]
@@ -86,27 +88,19 @@ def _problem(value: Any) -> str | None:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             return f"nested more than {MAX_DEPTH} levels deep"
-        if isinstance(item, str) and not _encodable(item):
+        if isinstance(item, str) and not utf8_encodable(item):
             return f"field '{path or '.'}': lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair)"
         if isinstance(item, _DuplicateKey):
             inside = f" in field '{path}'" if path else ""
             return f"duplicate key {item.duplicate!r}{inside} (each key may appear once)"
         if isinstance(item, dict):
             for key, sub in item.items():
-                if not _encodable(key):
+                if not utf8_encodable(key):
                     return f"key {key!r}: lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair)"
                 stack.append((sub, f"{path}.{key}" if path else key, depth + 1))
         elif isinstance(item, list):
             stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
     return None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _json_error(e: Exception) -> str:

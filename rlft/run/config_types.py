@@ -111,7 +111,7 @@ def coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 raise fail("a finite number")
             return float(value)
         raise fail()
-    if hint in (str, Path) and isinstance(value, str) and not _encodable(value):
+    if hint in (str, Path) and isinstance(value, str) and not utf8_encodable(value):
         raise fail("text without lone UTF-16 surrogates (a \\uD800-\\uDFFF escape without its pair)")
     if hint is str:
         if isinstance(value, str):
@@ -140,7 +140,9 @@ def coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported field type {hint!r}")
 
 
-def _encodable(text: str) -> bool:
+def utf8_encodable(text: str) -> bool:
+    """False for text holding a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair): UTF-8
+    cannot encode it, and so neither can any tokenizer."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -188,6 +190,19 @@ MAX_SEED = 2**32 - 1  # NumPy's legacy global seed (seed_everything) takes 32 bi
 MAX_LR = 1.0
 # No model has a context this long; the model's own context length is checked when it is loaded.
 MAX_NEW_TOKENS = 65536
+
+
+def bad_value(cfg: Any, key: str, expected: str) -> ConfigError:
+    """The one-line error for the value of ``cfg.<key>``: ``config key 'KEY': expected ..., got VALUE``."""
+    return ConfigError(f"config key '{key}': expected {expected}, got {getattr(cfg, key)!r}")
+
+
+def check_required(cfg: Any, **expected: str) -> None:
+    """Each keyword names a key that must be set (not empty or null) and says what it expects; the first
+    key left unset is a ConfigError (:func:`bad_value`)."""
+    for key, what in expected.items():
+        if not getattr(cfg, key):
+            raise bad_value(cfg, key, what)
 
 
 def check_common(

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from rlft.algos import PREFERENCE_LOSSES
 from rlft.run import ConfigError
-from rlft.run.config_types import check_common
+from rlft.run.config_types import bad_value, check_common, check_required
 from rlft.train.common.validation import check_epoch_config
 
 __all__ = [
@@ -123,17 +123,15 @@ class DPOConfig:
         return self.beta if self.beta is not None else DEFAULT_BETA.get(self.loss, 0.1)
 
     def validate(self) -> None:
-        def bad(key: str, expected: str) -> ConfigError:
-            return ConfigError(f"config key '{key}': expected {expected}, got {getattr(self, key)!r}")
-
-        if not self.model:
-            raise bad("model", "a model directory (set --model DIR)")
-        if not self.data:
-            raise bad("data", "a data source such as a .jsonl file or task:preference (set --data)")
+        check_required(
+            self,
+            model="a model directory (set --model DIR)",
+            data="a data source such as a .jsonl file or task:preference (set --data)",
+        )
         if self.loss not in LOSS_DATA or self.loss not in PREFERENCE_LOSSES:
-            raise bad("loss", f"one of {', '.join(OFFLINE_LOSSES)}")
+            raise bad_value(self, "loss", f"one of {', '.join(OFFLINE_LOSSES)}")
         if self.format is not None and self.format != LOSS_DATA[self.loss]:
-            raise bad("format", f"{LOSS_DATA[self.loss]} data for loss {self.loss} (or null)")
+            raise bad_value(self, "format", f"{LOSS_DATA[self.loss]} data for loss {self.loss} (or null)")
         check_common(
             self,
             generation=("win_rate_max_new_tokens",),
@@ -150,8 +148,8 @@ class DPOConfig:
             numbers_at_least_zero=("desirable_weight", "undesirable_weight", "rrhf_weight"),
         )
         if self.forward not in ("auto", "fast", "hf"):
-            raise bad("forward", "one of auto, fast, hf")
+            raise bad_value(self, "forward", "one of auto, fast, hf")
         if self.beta is not None and self.beta <= 0:
-            raise bad("beta", "a number > 0 (or null for the loss's default)")
+            raise bad_value(self, "beta", "a number > 0 (or null for the loss's default)")
         if not 0.0 <= self.label_smoothing < 0.5:
-            raise bad("label_smoothing", "a number in [0, 0.5)")
+            raise bad_value(self, "label_smoothing", "a number in [0, 0.5)")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlft.run import ConfigError
-from rlft.run.config_types import check_common
+from rlft.run.config_types import bad_value, check_common, check_required
 from rlft.train.common.validation import check_epoch_config
 
 __all__ = ["RM_LOSSES", "RMConfig"]
@@ -59,16 +58,14 @@ class RMConfig:
     torch_threads: int = 2
 
     def validate(self) -> None:
-        def bad(key: str, expected: str) -> ConfigError:
-            return ConfigError(f"config key '{key}': expected {expected}, got {getattr(self, key)!r}")
-
-        if not self.model:
-            raise bad("model", "an SFT model directory (set --model DIR)")
-        if not self.data:
-            raise bad("data", "preference or ranked data, e.g. task:preference (set --data)")
+        check_required(
+            self,
+            model="an SFT model directory (set --model DIR)",
+            data="preference or ranked data, e.g. task:preference (set --data)",
+        )
         check_common(self, optional_text=("eval_data", "format", "norm_data", "output_dir"))
         if self.loss not in RM_LOSSES:
-            raise bad("loss", f"one of {', '.join(RM_LOSSES)}")
+            raise bad_value(self, "loss", f"one of {', '.join(RM_LOSSES)}")
         if self.format not in (None, "preference", "ranked"):
-            raise bad("format", "preference, ranked or null")
+            raise bad_value(self, "format", "preference, ranked or null")
         check_epoch_config(self, positive=("norm_samples",), numbers_at_least_zero=("center_coef",))

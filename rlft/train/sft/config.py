@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlft.run import ConfigError
-from rlft.run.config_types import check_common
+from rlft.run.config_types import bad_value, check_common, check_required
 from rlft.train.common.validation import check_epoch_config
 
 __all__ = ["SFTConfig"]
@@ -56,16 +55,14 @@ class SFTConfig:
     torch_threads: int = 2  # 0 leaves torch's default
 
     def validate(self) -> None:
-        def bad(key: str, expected: str) -> ConfigError:
-            return ConfigError(f"config key '{key}': expected {expected}, got {getattr(self, key)!r}")
-
-        if not self.model:
-            raise bad("model", "a model directory (set --model DIR)")
-        if not self.data:
-            raise bad("data", "a data source such as a .jsonl file or task:arithmetic (set --data)")
+        check_required(
+            self,
+            model="a model directory (set --model DIR)",
+            data="a data source such as a .jsonl file or task:arithmetic (set --data)",
+        )
         check_common(
             self, generation=("eval_max_new_tokens",), optional_text=("eval_data", "format", "output_dir")
         )
         check_epoch_config(self, positive=("eval_max_new_tokens",))
         if self.pack and self.max_len is None:
-            raise bad("max_len", "a row length when pack is true")
+            raise bad_value(self, "max_len", "a row length when pack is true")
