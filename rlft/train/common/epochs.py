@@ -1,10 +1,11 @@
 """Plumbing shared by the epoch-based trainers (SFT, reward model, DPO): the length limits of their
-configs, the data order of each epoch, the optimiser and schedule of a run, and the part of a checkpoint that
-says where training stands."""
+configs, the data order of each epoch, the optimiser and schedule of a run (:class:`EpochTraining`), and
+the part of a checkpoint that says where training stands."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ import torch
 from rlft.data import DataError, LengthLimits, context_length
 from rlft.run import RunDir, capture_rng_state, restore_rng_state
 from rlft.run.seeding import epoch_seed
-from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer
+from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
+from rlft.train.common.launch import TrainerCall
 from rlft.train.common.optimizer import adamw
-from rlft.train.common.run_control import RunControl
 from rlft.train.common.schedule import warmup_cosine_scheduler
 
 __all__ = [
-    "end_of_step",
+    "EpochTraining",
+    "Position",
     "epoch_order",
     "length_limits",
     "model_length_limits",
@@ -92,46 +94,64 @@ def restore_position(
     return step, epoch, batch_index, state
 
 
+@dataclass
+class Position:
+    """Where an epoch-based run stands: optimiser steps taken, the epoch, the next batch of the epoch."""
+
+    step: int
+    epoch: int
+    batch_index: int
+
+
+@dataclass
+class EpochTraining:
+    """What an epoch-based trainer trains with: the model and its tokenizer, the optimiser and schedule of
+    ``total_steps`` steps, and the :class:`Position` the loop advances. ``cfg`` supplies the loop's
+    settings (batch_size, grad_accum, seed, max_grad_norm, log_every, eval_every, save_every,
+    max_consecutive_skips)."""
+
+    cfg: Any
+    run: RunDir
+    model: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[torch.nn.Parameter]  # what the gradient norm is clipped over
+    total_steps: int
+    pos: Position
+    resumed: bool
+
+    def save(self, step: int) -> None:
+        """Checkpoint ``step``: the model, and the optimiser, schedule, RNGs and data position beside it."""
+        pos, cfg = self.pos, self.cfg
+        state = position_state(step, pos.epoch, pos.batch_index, cfg.seed, self.optimizer, self.scheduler)
+        save_checkpoint(self.run, step, self.model, self.tokenizer, state)
+
+
 def start_training(
-    model: Any, cfg: Any, total_steps: int, checkpoint: Path | None, run: RunDir, say: Callable[[str], None]
-) -> tuple[torch.optim.Optimizer, Any, list[torch.nn.Parameter], int, int, int]:
+    call: TrainerCall, cfg: Any, model: Any, tokenizer: Any, total_steps: int, checkpoint: Path | None
+) -> EpochTraining:
     """The optimiser (:func:`adamw`) and warm-up + cosine schedule of an epoch-based trainer, restored from
-    ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed.
-    Returns (optimizer, scheduler, trained parameters, step, epoch, batch_index)."""
+    ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed."""
     optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    step, epoch, batch_index = 0, 0, 0
+    pos = Position(0, 0, 0)
     if checkpoint is not None:
-        step, epoch, batch_index, _ = restore_position(checkpoint, run, cfg.seed, optimizer, scheduler, say)
+        pos.step, pos.epoch, pos.batch_index, _ = restore_position(
+            checkpoint, call.run, cfg.seed, optimizer, scheduler, call.say
+        )
     else:
-        run.trim_metrics(None)  # rows of a run killed before its first checkpoint: it starts again
-    return optimizer, scheduler, params, step, epoch, batch_index
-
-
-def end_of_step(
-    cfg: Any,
-    step: int,
-    total_steps: int,
-    steps_run: int,
-    stop_after: int | None,
-    evaluate: Callable[[], dict[str, float]],
-    save: Callable[[int], None],
-    metrics: Any,
-    last_eval: dict[str, float],
-    control: RunControl,
-) -> tuple[dict[str, float], bool]:
-    """What follows every optimiser step: evaluate every ``cfg.eval_every`` steps and at the last one
-    (logging the result), checkpoint every ``cfg.save_every`` steps and at the last one (TensorBoard
-    flushed with it), and on a pending SIGTERM/SIGINT checkpoint and stop (:class:`RunControl`). Returns
-    the latest evaluation and whether to stop now (``stop_after`` simulates a crash in the resume tests)."""
-    if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-        last_eval = evaluate()
-        if last_eval:
-            metrics.log(step, last_eval)
-    saved = bool(cfg.save_every) and (step % cfg.save_every == 0 or step == total_steps)
-    if saved:
-        metrics.flush()  # first: a complete checkpoint always has its TensorBoard events on disk
-        save(step)
-    control.stop_if_signalled(step, save, metrics, saved)
-    return last_eval, stop_after is not None and steps_run >= stop_after and step < total_steps
+        call.run.trim_metrics(None)  # rows of a run killed before its first checkpoint: it starts again
+    return EpochTraining(
+        cfg,
+        call.run,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        params,
+        total_steps,
+        pos,
+        checkpoint is not None,
+    )

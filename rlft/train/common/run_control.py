@@ -1,14 +1,15 @@
 """What every language-model trainer's loop does besides learning: hold the run directory, skip steps
 with non-finite numbers, and stop cleanly on SIGTERM / Ctrl-C with a checkpoint.
 
-A trainer wraps itself in :func:`owns_run` and drives one :class:`RunControl` per loop::
+A trainer is wrapped in :func:`owns_run` (by :func:`rlft.train.common.launch.lm_trainer`) and its loop
+drives one :class:`RunControl` (held by :class:`rlft.train.common.bookkeeping.Bookkeeping`)::
 
     control = RunControl(run, "sft", cfg.max_consecutive_skips, say)
     with control:                                   # SIGTERM / SIGINT now only set a flag
         ...
         control.step_optimizer(optimizer, step + 1, loss=..., grad_norm=...)   # or skip the step
         ...
-        control.stop_if_signalled(step, save, saved=...)   # checkpoint, then RunInterrupted
+        control.stop_if_signalled(step, save, metrics, saved=...)   # checkpoint, then RunInterrupted
 """
 
 from __future__ import annotations

@@ -30,38 +30,26 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import time
-from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rlft.algos import AdaptiveKLController, FixedKLController, masked_mean
-from rlft.data import DataError, LengthLimits, encode_prompts, load_records, set_chat_template_kwargs
+from rlft.data import DataError, LengthLimits, encode_prompts, load_records
 from rlft.data.lengths import context_length, prompt_budget
-from rlft.models import HFSampler, SamplingParams, load_tokenizer
+from rlft.models import HFSampler, SamplingParams
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.fused.onednn_linears import use_onednn_linears
-from rlft.run import (
-    MetricsWriter,
-    Progress,
-    RunDir,
-    capture_rng_state,
-    restore_rng_state,
-    seed_everything,
-)
+from rlft.run import capture_rng_state, restore_rng_state
 from rlft.run.seeding import minibatch_seed, rollout_seed
+from rlft.train.common.bookkeeping import Bookkeeping
 from rlft.train.common.chat_stops import stop_at_end_of_turn
-from rlft.train.common.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    restore_optimizer,
-    save_checkpoint,
-)
+from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
+from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.common.optimizer import adamw
-from rlft.train.common.run_control import RunControl, owns_run
 from rlft.train.common.schedule import warmup_cosine_scheduler
 from rlft.train.online.advantages import AdvantageState, advantage_step, check_advantage, needs_critic
 from rlft.train.online.config import RLConfig
@@ -91,32 +79,16 @@ class RLResult:
 # --- the trainer -----------------------------------------------------------------------------------------
 
 
-@owns_run
-def train_rl(
-    cfg: RLConfig,
-    run: RunDir,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> RLResult:
-    """Train ``cfg.model`` with online RL; write metrics, checkpoints and ``run/model/``.
-
-    ``resume`` continues from the newest complete checkpoint in ``run``. ``stop_after`` ends the loop
-    after that many steps without the final save, as a crash would (for testing resume).
-    """
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    cfg.validate()
+@lm_trainer("rl")
+def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
+    """Train ``cfg.model`` with online RL; write metrics, checkpoints and ``run/model/``. Called as every
+    LM trainer is (:class:`~rlft.train.common.launch.LMTrainer`)."""
+    run, say = call.run, call.say
     user_cfg, cfg = cfg, cfg.resolved()
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
     say(describe_algorithm(user_cfg))
 
     # Data, rewards, evaluation prompts.
-    tokenizer = load_tokenizer(cfg.model)
-    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
-    pad_id = int(tokenizer.pad_token_id)
+    tokenizer, pad_id = chat_tokenizer(cfg)
     fmt = cfg.format or ("prompt_only" if cfg.data.startswith("task:") else None)
     context = context_length(cfg.model, tokenizer)
     limits = LengthLimits(
@@ -129,11 +101,11 @@ def train_rl(
     from rlft.rewards import build_rewards
 
     rewards = build_rewards(reward_specs(cfg), on_invalid=cfg.on_invalid_reward)
-    try:  # reward functions may hold process pools: close them if set-up fails
+    with closing(rewards):  # reward functions may hold process pools
         eval_set: RLEvalSet | None = load_eval_set(cfg, tokenizer)
 
         # Models: policy (trainable), reference (frozen, only when a KL term is on).
-        checkpoint = latest_checkpoint(run) if resume else None
+        checkpoint = call.resume_checkpoint()
         model = load_policy(cfg, checkpoint, say)
         stop_at_end_of_turn(model, tokenizer)
         model.eval()  # no dropout: the sampler's log-probs and the loss's must describe the same policy
@@ -209,31 +181,16 @@ def train_rl(
             top_p=cfg.top_p,
             n=cfg.num_generations,
             stop_strings=tuple(cfg.stop_strings),
-            bf16_autocast=cfg.bf16,
+            bf16=cfg.bf16,
         )
-        metrics = MetricsWriter(run.root, resume_step=step if checkpoint else -1)
-        control = RunControl(run, "rl", cfg.max_consecutive_skips, say)
-        initial_eval: dict[str, float] = {}
-        if step == 0 and eval_set is not None:
-            initial_eval = evaluate()
-            metrics.log(0, initial_eval)
-            say("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in initial_eval.items()))
-    except BaseException:
-        rewards.close()
-        raise
-    final_eval, last, history = dict(initial_eval), {}, []
-    start = time.monotonic()
-    progress = Progress(
-        cfg.max_steps,
-        desc=f"rl {cfg.algorithm}",
-        unit="step",
-        enabled=show_progress,
-        time_budget_s=60 * cfg.max_minutes if cfg.max_minutes else None,
-        initial=step,
-    )
-    steps_run, train_seconds, out_of_time = 0, 0.0, False
-    with control:
-        try:
+        book = Bookkeeping(
+            call, cfg, cfg.max_steps, step, checkpoint is not None, evaluate, save, f"rl {cfg.algorithm}",
+            max_minutes=cfg.max_minutes, shown_eval=("eval_accuracy", "eval_reward"),
+        )  # fmt: skip
+        if book.initial_eval:
+            say("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in book.initial_eval.items()))
+        start = time.monotonic()
+        with book:
             while step < cfg.max_steps:
                 t_step = time.perf_counter()
                 # 1–2. sample and score (dynamic sampling rounds, ReMax's greedy baseline)
@@ -257,13 +214,11 @@ def train_rl(
                         batch.scores.dtype
                     )
                 reward = rollout.metrics()["reward"]
-                if not math.isfinite(reward) and not control.skips.check(step + 1, reward=reward):
+                if not math.isfinite(reward) and not book.control.skips.check(step + 1, reward=reward):
                     # no sample has a reward (e.g. every function returned None): nothing to learn from
                     scheduler.step()
-                    step, steps_run = step + 1, steps_run + 1
-                    metrics.log(step, {**rollout.metrics(), "skipped_steps": control.skipped})
-                    progress.update(1)
-                    control.stop_if_signalled(step, save, metrics)
+                    step += 1
+                    book.skipped_step(step, {**rollout.metrics(), "skipped_steps": book.control.skipped})
                     continue
                 # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
                 t_ref = time.perf_counter()
@@ -292,17 +247,14 @@ def train_rl(
                     generator=torch.Generator().manual_seed(minibatch_seed(cfg.seed, step)),
                     critic=critic,
                     ptx=ptx,
-                    apply_step=functools.partial(control.step_optimizer, step=step + 1),
+                    apply_step=functools.partial(book.control.step_optimizer, step=step + 1),
                 )
                 scheduler.step()
                 if reference is not None:
                     kl_ctl.update(kl_metrics["kl_ref_seq"], len(batch))
                 time_update = time.perf_counter() - t_update
-                step, steps_run = step + 1, steps_run + 1
+                step += 1
                 elapsed = time.perf_counter() - t_step
-                train_seconds += elapsed
-                out_of_time = bool(cfg.max_minutes) and train_seconds >= 60 * cfg.max_minutes
-
                 row = {
                     **rollout.metrics(),
                     **kl_metrics,
@@ -315,55 +267,27 @@ def train_rl(
                     "time_update": time_update,
                     "time_step": elapsed,
                     "tokens_per_s": rollout.tokens / max(elapsed, 1e-9),
-                    "skipped_steps": control.skipped,
+                    "skipped_steps": book.control.skipped,
                 }
-                last = row
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    metrics.log(step, row)
-                    history.append({"step": step, **row})
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps or out_of_time:
-                    final_eval = evaluate()
-                    if final_eval:
-                        metrics.log(step, final_eval)
-                        history.append({"step": step, **final_eval})
                 shown = {"reward": row["reward"], "len": row["response_len_mean"]}
                 if "kl_ref" in row:
                     shown["kl"] = row["kl_ref"]
-                for key in ("eval_accuracy", "eval_reward"):
-                    if key in final_eval:
-                        shown[key] = final_eval[key]
-                        break
                 shown["tok/s"] = row["tokens_per_s"]
-                progress.update(1, budget_used_s=train_seconds, **shown)
-                saved = bool(cfg.save_every) and (
-                    step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time
-                )
-                if saved:
-                    metrics.flush()  # first: a complete checkpoint always has its TensorBoard events on disk
-                    save(step)
-                control.stop_if_signalled(step, save, metrics, saved)
-                if out_of_time:
-                    say(f"stopping at step {step}: max_minutes={cfg.max_minutes:g} of training time used")
+                if book.end_of_step(step, row, shown, elapsed):
                     break
-                if stop_after is not None and steps_run >= stop_after and step < cfg.max_steps:
-                    break
-        finally:
-            progress.close()
-            metrics.close()
-            rewards.close()
     model_dir = run.root / "model"
-    if step == cfg.max_steps or out_of_time:
+    if step == cfg.max_steps or book.out_of_time:
         if critic is not None:
             critic.save(run.root / "critic", tokenizer)
         save_final(model, tokenizer, model_dir, cfg.lora is not None)
     return RLResult(
         steps=step,
         seconds=time.monotonic() - start,
-        initial_eval=initial_eval,
-        final_eval=final_eval,
-        last_metrics=last,
-        train_seconds=train_seconds,
+        initial_eval=book.initial_eval,
+        final_eval=book.last_eval,
+        last_metrics=book.last_row,
+        train_seconds=book.train_seconds,
         model_dir=model_dir,
         run_dir=run.root,
-        history=history,
+        history=book.history,
     )

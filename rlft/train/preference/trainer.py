@@ -22,29 +22,15 @@ losses with a reference, β·mean log π for SimPO and ORPO.
 
 from __future__ import annotations
 
-import math
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from rlft.data import set_chat_template_kwargs
 from rlft.data.tasks import task_of
-from rlft.models import load_causal_lm, load_tokenizer, save_pretrained_atomic, training_mode
+from rlft.models import load_causal_lm, save_pretrained_atomic, training_mode
 from rlft.models.forward_path import plan_for, record_forward
-from rlft.run import RunDir, seed_everything
 from rlft.train.common.chat_stops import stop_at_end_of_turn
-from rlft.train.common.checkpoint import latest_checkpoint, save_checkpoint
-from rlft.train.common.epoch_loop import Position, StepResult, planned_steps, train_epochs
-from rlft.train.common.epochs import (
-    model_length_limits,
-    position_state,
-    start_training,
-)
-from rlft.train.common.run_control import owns_run
+from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
+from rlft.train.common.epochs import model_length_limits, start_training
+from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.preference.config import DPOConfig
 from rlft.train.preference.data import load_offline
 from rlft.train.preference.evaluation import WinRate, evaluate_offline
@@ -56,42 +42,21 @@ __all__ = ["DPOResult", "train_dpo"]
 
 
 @dataclass
-class DPOResult:
-    steps: int
-    seconds: float
-    train_loss: float  # mean loss of the last step
-    initial_eval: dict[str, float]  # before training (empty when resumed or no eval data)
-    final_eval: dict[str, float]
-    model_dir: Path
-    run_dir: Path
+class DPOResult(EpochsResult):
+    """What :func:`train_dpo` returns; ``train_loss`` is the mean loss of the last step."""
 
 
 # --- the trainer --------------------------------------------------------------------------------------
 
 
-@owns_run
-def train_dpo(
-    cfg: DPOConfig,
-    run: RunDir,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> DPOResult:
+@lm_trainer("dpo")
+def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
     """Optimise ``cfg.model`` with ``cfg.loss`` on ``cfg.data``; write metrics, checkpoints and ``run/model/``.
-
-    ``resume`` continues from the newest complete checkpoint in ``run``; ``stop_after`` ends the loop
-    after that many optimiser steps without the final save, as a crash would (for testing resume).
-    """
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    Called as every LM trainer is (:class:`~rlft.train.common.launch.LMTrainer`)."""
+    run, say = call.run, call.say
 
     # Data: malformed rows raise here, naming file, line and field.
-    tokenizer = load_tokenizer(cfg.model)
-    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
-    pad_id = int(tokenizer.pad_token_id)
+    tokenizer, pad_id = chat_tokenizer(cfg)
     kind = cfg.data_format
     train = load_offline(cfg.data, kind, tokenizer, model_length_limits(cfg, tokenizer))
     say(f"train data {cfg.data} ({kind}): {train.report}")
@@ -135,17 +100,12 @@ def train_dpo(
                 reference.model = None  # the tables are all that is needed now
         del ref_model
 
-    checkpoint = latest_checkpoint(run) if resume else None
+    checkpoint = call.resume_checkpoint()
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     say(record_forward(run, plan_for("dpo", model, cfg, reference=reference, sampling=win_rate is not None)))
     stop_at_end_of_turn(model, tokenizer)
     training_mode(model, cfg.keep_dropout)
-    optimizer, scheduler, params, *position = start_training(model, cfg, total_steps, checkpoint, run, say)
-    pos = Position(*position)
-
-    def save(at_step: int) -> None:
-        state = position_state(at_step, pos.epoch, pos.batch_index, cfg.seed, optimizer, scheduler)
-        save_checkpoint(run, at_step, model, tokenizer, state)
+    training = start_training(call, cfg, model, tokenizer, total_steps, checkpoint)
 
     def evaluate() -> dict[str, float]:
         out: dict[str, float] = {}
@@ -175,23 +135,7 @@ def train_dpo(
             shown["acc"] = summary["rewards/accuracies"]
         return StepResult(summary["loss"], summary, shown)
 
-    start = time.monotonic()
-    outcome = train_epochs(
-        run, "dpo", cfg, pos, checkpoint is not None, len(train), total_steps, train_step,
-        optimizer=optimizer, scheduler=scheduler, params=params, evaluate=evaluate, save=save, say=say,
-        desc=f"dpo/{cfg.loss}", show_progress=show_progress, stop_after=stop_after,
-    )  # fmt: skip
-    initial_eval, final_eval = outcome.initial_eval, outcome.final_eval
-    step, train_loss = pos.step, outcome.last.loss if outcome.last else math.nan
-    model_dir = run.root / "model"
-    if step == total_steps:
-        save_pretrained_atomic(model.eval(), tokenizer, model_dir)
-    return DPOResult(
-        steps=step,
-        seconds=time.monotonic() - start,
-        train_loss=train_loss,
-        initial_eval=initial_eval,
-        final_eval=final_eval,
-        model_dir=model_dir,
-        run_dir=run.root,
-    )
+    outcome = train_epochs(call, training, len(train), train_step, evaluate=evaluate, desc=f"dpo/{cfg.loss}")
+    if outcome.finished:
+        save_pretrained_atomic(model.eval(), tokenizer, outcome.model_dir)
+    return DPOResult.of(outcome)

@@ -20,42 +20,29 @@ either loss is the same computation. Data order, checkpoints and exact resume fo
 
 from __future__ import annotations
 
-import math
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from rlft.data import (
     DataError,
     PromptCompletionRecord,
     encode_sft,
     load_records,
-    set_chat_template_kwargs,
 )
 from rlft.data.tasks import parse_task_source, task_of
 from rlft.models import (
     load_reward_model,
-    load_tokenizer,
     reward_model_from_causal_lm,
     save_reward_model,
     training_mode,
 )
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.scalar_head import set_pad_token_id
-from rlft.run import RunDir, seed_everything
-from rlft.train.common.checkpoint import latest_checkpoint, save_checkpoint
-from rlft.train.common.epoch_loop import Position, StepResult, planned_steps, train_epochs
-from rlft.train.common.epochs import (
-    model_length_limits,
-    position_state,
-    start_training,
-)
-from rlft.train.common.run_control import owns_run
+from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
+from rlft.train.common.epochs import model_length_limits, start_training
+from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.reward.config import RMConfig
 from rlft.train.reward.data import RankGroup, collate_groups, encode_groups, group_rewards
 from rlft.train.reward.evaluation import evaluate_rm, reward_stats
@@ -65,15 +52,10 @@ __all__ = ["RMResult", "train_rm"]
 
 
 @dataclass
-class RMResult:
-    steps: int
-    seconds: float
-    train_loss: float
-    initial_eval: dict[str, float]
-    final_eval: dict[str, float]
-    norm: dict[str, float]
-    model_dir: Path
-    run_dir: Path
+class RMResult(EpochsResult):
+    """What :func:`train_rm` returns."""
+
+    norm: dict[str, float]  # the saved model's reward mean and std (empty: the run did not finish)
 
 
 # --- setup helpers ----------------------------------------------------------------------------------------
@@ -139,27 +121,13 @@ def _initial_model(cfg: RMConfig, pad_id: int) -> Any:
 # --- the trainer ------------------------------------------------------------------------------------------
 
 
-@owns_run
-def train_rm(
-    cfg: RMConfig,
-    run: RunDir,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> RMResult:
+@lm_trainer("rm")
+def train_rm(cfg: RMConfig, call: TrainerCall) -> RMResult:
     """Train a reward model on ``cfg.data``; write metrics, checkpoints and ``run/model/`` (HF
-    ``…ForSequenceClassification`` with the normalisation statistics). ``resume`` and ``stop_after`` as in
-    :func:`rlft.train.train_sft`."""
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    cfg.validate()
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
-
-    tokenizer = load_tokenizer(cfg.model)
-    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
-    pad_id = int(tokenizer.pad_token_id)
+    ``…ForSequenceClassification`` with the normalisation statistics). Called as every LM trainer is
+    (:class:`~rlft.train.common.launch.LMTrainer`)."""
+    run, say = call.run, call.say
+    tokenizer, pad_id = chat_tokenizer(cfg)
     records = load_records(cfg.data, fmt=_format(cfg, cfg.data))
     train = encode_groups(records, tokenizer, model_length_limits(cfg, tokenizer))
     loss_name = _loss_of(cfg, train)
@@ -176,16 +144,11 @@ def train_rm(
         say(f"eval data: {len(eval_groups)} held-out records" + (" with gold scores" if gold else ""))
     total_steps = planned_steps(cfg, len(train), "records")
 
-    checkpoint = latest_checkpoint(run) if resume else None
+    checkpoint = call.resume_checkpoint()
     model = load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg, pad_id)
     say(record_forward(run, plan_for("rm", model, cfg)))
     training_mode(model, cfg.keep_dropout)
-    optimizer, scheduler, params, *position = start_training(model, cfg, total_steps, checkpoint, run, say)
-    pos = Position(*position)
-
-    def save(at_step: int) -> None:
-        state = position_state(at_step, pos.epoch, pos.batch_index, cfg.seed, optimizer, scheduler)
-        save_checkpoint(run, at_step, model, tokenizer, state)
+    training = start_training(call, cfg, model, tokenizer, total_steps, checkpoint)
 
     def evaluate() -> dict[str, float]:
         if not eval_groups:
@@ -220,26 +183,9 @@ def train_rm(
             loss_value, row, {"loss": loss_value, "acc": accuracy}, counted=("seqs_per_s", n_seqs)
         )
 
-    start = time.monotonic()
-    outcome = train_epochs(
-        run, "rm", cfg, pos, checkpoint is not None, len(train), total_steps, train_step,
-        optimizer=optimizer, scheduler=scheduler, params=params, evaluate=evaluate, save=save, say=say,
-        desc="rm", show_progress=show_progress, stop_after=stop_after,
-    )  # fmt: skip
-    initial_eval, final_eval = outcome.initial_eval, outcome.final_eval
-    step, loss_value = pos.step, outcome.last.loss if outcome.last else math.nan
-    model_dir = run.root / "model"
+    outcome = train_epochs(call, training, len(train), train_step, evaluate=evaluate, desc="rm")
     norm: dict[str, float] = {}
-    if step == total_steps:
+    if outcome.finished:
         norm = reward_stats(model, _norm_seqs(cfg, tokenizer, train), pad_id, max(cfg.batch_size, 64))
-        save_reward_model(model.eval(), tokenizer, model_dir, norm=norm)
-    return RMResult(
-        steps=step,
-        seconds=time.monotonic() - start,
-        train_loss=loss_value,
-        initial_eval=initial_eval,
-        final_eval=final_eval,
-        norm=norm,
-        model_dir=model_dir,
-        run_dir=run.root,
-    )
+        save_reward_model(model.eval(), tokenizer, outcome.model_dir, norm=norm)
+    return RMResult.of(outcome, norm=norm)

@@ -20,11 +20,8 @@ global state beyond ``torch.set_num_threads``.
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,33 +33,15 @@ from rlft.data import (
     collate_sft,
     encode_sft,
     load_records,
-    set_chat_template_kwargs,
 )
 from rlft.data.tasks import task_of
-from rlft.models import (
-    SamplingParams,
-    load_causal_lm,
-    load_tokenizer,
-    sample,
-    save_pretrained_atomic,
-    training_mode,
-)
+from rlft.models import SamplingParams, load_causal_lm, sample, save_pretrained_atomic, training_mode
 from rlft.models.forward_path import plan_for, record_forward
-from rlft.run import (
-    ConfigError,
-    RunDir,
-    seed_everything,
-)
+from rlft.run import ConfigError
 from rlft.train.common.chat_stops import stop_at_end_of_turn
-from rlft.train.common.checkpoint import latest_checkpoint, save_checkpoint
-from rlft.train.common.epoch_loop import Position, StepResult, planned_steps, train_epochs
-from rlft.train.common.epochs import (
-    model_length_limits,
-    position_state,
-    shuffle_seed,
-    start_training,
-)
-from rlft.train.common.run_control import owns_run
+from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
+from rlft.train.common.epochs import model_length_limits, shuffle_seed, start_training
+from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.sft.config import SFTConfig
 
 __all__ = [
@@ -91,14 +70,8 @@ class EvalSet:
 
 
 @dataclass
-class SFTResult:
-    steps: int
-    seconds: float
-    train_loss: float  # mean token loss of the last step
-    initial_eval: dict[str, float]  # before training (empty when resumed or no eval data)
-    final_eval: dict[str, float]
-    model_dir: Path
-    run_dir: Path
+class SFTResult(EpochsResult):
+    """What :func:`train_sft` returns; ``train_loss`` is the mean token loss of the last step."""
 
 
 # --- loss -------------------------------------------------------------------------------------------------
@@ -267,30 +240,18 @@ def collate_step(
 # --- the trainer ------------------------------------------------------------------------------------------
 
 
-@owns_run
-def train_sft(
-    cfg: SFTConfig,
-    run: RunDir,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> SFTResult:
+@lm_trainer("sft")
+def train_sft(cfg: SFTConfig, call: TrainerCall) -> SFTResult:
     """Fine-tune ``cfg.model`` on ``cfg.data``; write metrics, checkpoints and ``run/model/``.
 
-    ``resume`` continues from the newest complete checkpoint in ``run`` (starting fresh if there is none).
-    ``stop_after`` ends the loop after that many optimiser steps without the final save, as a crash
-    would (for testing resume).
+    Called as every LM trainer is (:class:`~rlft.train.common.launch.LMTrainer`):
+    ``train_sft(cfg, run, resume=False, show_progress=True, stop_after=None, log=None)``, with ``resume``
+    and ``stop_after`` as :class:`~rlft.train.common.launch.TrainerCall` describes them.
     """
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
+    run, say = call.run, call.say
 
     # Model and data.
-    tokenizer = load_tokenizer(cfg.model)
-    set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
-    pad_id = int(tokenizer.pad_token_id)
+    tokenizer, pad_id = chat_tokenizer(cfg)
     records = load_records(cfg.data, fmt=cfg.format)
     train = encode_sft(records, tokenizer, model_length_limits(cfg, tokenizer), cfg.completion_only_loss)
     say(f"train data {cfg.data}: {train.report}")
@@ -299,20 +260,14 @@ def train_sft(
         say(f"eval data: {len(eval_set.examples)} examples, {len(eval_set.prompts)} generation prompts")
     total_steps = planned_steps(cfg, len(train), "examples")
 
-    checkpoint = latest_checkpoint(run) if resume else None
+    checkpoint = call.resume_checkpoint()
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     if cfg.pack:  # refuse before any step rather than at the first packed batch
         check_packing(model)
     say(record_forward(run, plan_for("sft", model, cfg)))
     stop_at_end_of_turn(model, tokenizer)
     training_mode(model, cfg.keep_dropout)
-
-    optimizer, scheduler, params, *position = start_training(model, cfg, total_steps, checkpoint, run, say)
-    pos = Position(*position)
-
-    def save(at_step: int) -> None:
-        state = position_state(at_step, pos.epoch, pos.batch_index, cfg.seed, optimizer, scheduler)
-        save_checkpoint(run, at_step, model, tokenizer, state)
+    training = start_training(call, cfg, model, tokenizer, total_steps, checkpoint)
 
     def evaluate() -> dict[str, float]:
         if eval_set is None:
@@ -333,26 +288,10 @@ def train_sft(
             loss_sum += float(loss.detach())
         loss_value = loss_sum / max(n_tokens, 1)
         seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
-        shown = {"loss": loss_value, "lr": scheduler.get_last_lr()[0]}
+        shown = {"loss": loss_value, "lr": training.scheduler.get_last_lr()[0]}
         return StepResult(loss_value, {"loss": loss_value}, shown, counted=("tokens_per_s", seen))
 
-    start = time.monotonic()
-    outcome = train_epochs(
-        run, "sft", cfg, pos, checkpoint is not None, len(train), total_steps, train_step,
-        optimizer=optimizer, scheduler=scheduler, params=params, evaluate=evaluate, save=save, say=say,
-        desc="sft", show_progress=show_progress, stop_after=stop_after,
-    )  # fmt: skip
-    initial_eval, final_eval = outcome.initial_eval, outcome.final_eval
-    step, loss_value = pos.step, outcome.last.loss if outcome.last else float("nan")
-    model_dir = run.root / "model"
-    if step == total_steps:
-        save_pretrained_atomic(model.eval(), tokenizer, model_dir)
-    return SFTResult(
-        steps=step,
-        seconds=time.monotonic() - start,
-        train_loss=loss_value,
-        initial_eval=initial_eval,
-        final_eval=final_eval,
-        model_dir=model_dir,
-        run_dir=run.root,
-    )
+    outcome = train_epochs(call, training, len(train), train_step, evaluate=evaluate, desc="sft")
+    if outcome.finished:
+        save_pretrained_atomic(model.eval(), tokenizer, outcome.model_dir)
+    return SFTResult.of(outcome)
