@@ -76,7 +76,7 @@ def bench_size(size: str, root: Path, args, peaks: dict[str, float]) -> list[dic
     generated = args.batch * new
 
     def ours(bf16: bool = False, decoder: str = "auto", seed: int = 0):
-        params = SamplingParams(max_new_tokens=new, ignore_eos=True, seed=seed, bf16_autocast=bf16)
+        params = SamplingParams(max_new_tokens=new, ignore_eos=True, seed=seed, bf16=bf16)
         return sample(model, tokenizer, prompts, params, decoder=decoder)
 
     runs: dict[str, Callable[[int], object]] = {

@@ -362,8 +362,8 @@ def test_cache_is_passed_without_deprecated_arguments(zoo, arch) -> None:
     import warnings
 
     from rlft.models import SamplingParams, sample
+    from rlft.models.logprobs import response_states
     from rlft.train import RolloutBatch
-    from rlft.train.online.logprobs import response_states
 
     model, tokenizer = load_causal_lm(str(zoo[arch])), load_tokenizer(str(zoo[arch]))
     with warnings.catch_warnings():
@@ -380,8 +380,8 @@ def test_cache_is_passed_without_deprecated_arguments(zoo, arch) -> None:
             sampler_logp=rollout.logprobs,
         )
         with torch.no_grad():
-            shared = response_states(model, batch, share_prompts=True, forward="hf", frozen=None)
-            plain = response_states(model, batch, share_prompts=False, forward="hf", frozen=None)
+            shared = response_states(model, batch.responses, share_prompts=True, forward="hf", frozen=None)
+            plain = response_states(model, batch.responses, share_prompts=False, forward="hf", frozen=None)
     keep = rollout.response_mask.bool()
     torch.testing.assert_close(shared[keep], plain[keep], atol=2e-5, rtol=1e-5)
 

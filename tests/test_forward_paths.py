@@ -81,7 +81,7 @@ def test_packed_reference_only_where_the_grouped_passes_use_it(llama) -> None:
     assert forward_plan(llama, grouped=True, share_prompts=True, reference=llama).reference == "packed"
     unshared = forward_plan(llama, grouped=True, share_prompts=False, reference=llama)
     assert unshared.reference == "fused" and "no packing without shared prompts" in unshared.description
-    # rollouts (batch_logprobs) use the packed body for either layout
+    # rollouts (rollout_logprobs) use the packed body for either layout
     assert forward_plan(llama, share_prompts=False, reference=llama).reference == "packed"
     assert forward_plan(llama, reference="table").reference == "table"
     assert "reference: policy with adapters disabled" in forward_plan(llama, reference="policy").description
@@ -117,7 +117,7 @@ def test_plan_agrees_with_the_predicates_the_paths_call(request, name, forward, 
     plan = forward_plan(model, forward=forward, bf16=bf16, reference=model)
     assert (plan.training == "fused") == use_fused_forward(model, forward)
     assert (plan.reference == "packed") == (packed_reference(model, forward, bf16) is not None)
-    params = SamplingParams(max_new_tokens=2, bf16_autocast=bf16)
+    params = SamplingParams(max_new_tokens=2, bf16=bf16)
     for decoder in ("auto", "hf"):
         dec = make_decoder(model, params, decoder)
         kind = forward_plan(model, decoder=decoder, bf16=bf16).decoder

@@ -17,7 +17,8 @@ from rlft.models import (
     train_tokenizer,
 )
 from rlft.models.fused import llama_decoder
-from rlft.models.fused.llama_decoder import FastLlamaDecoder, rope_pair_order
+from rlft.models.fused.llama_decoder import FastLlamaDecoder
+from rlft.models.fused.rope import rope_pair_order
 from rlft.models.kv_cache import StaticKVCache
 from rlft.models.sampling import make_decoder
 

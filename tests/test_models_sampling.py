@@ -263,7 +263,7 @@ def test_filter_logits():
 
 
 def test_bf16_autocast_runs_and_stays_close(model, tokenizer):
-    params = SamplingParams(max_new_tokens=8, greedy=True, bf16_autocast=True)
+    params = SamplingParams(max_new_tokens=8, greedy=True, bf16=True)
     rollout = sample(model, tokenizer, PROMPTS, params)
     assert rollout.logprobs.dtype == torch.float32
     assert (rollout.logprobs - _recomputed(model, rollout, 1.0)).abs().max() < 0.1

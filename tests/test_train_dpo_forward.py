@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from micro_models import perturbed_llama
 
 from rlft.models import ModelError, token_logprobs
-from rlft.models.fused.llama_forward import OneDNNLinear, fast_train_blocker
-from rlft.models.fused.onednn import onednn_linear_available
-from rlft.models.sequence_logprobs import grouped_logprob_sums, layout_groups, sequence_logprob_sums
+from rlft.models.fused.llama_forward import fast_train_blocker
+from rlft.models.fused.onednn import OneDNNLinear, onednn_linear_available
+from rlft.models.logprobs import grouped_logprob_sums, layout_groups, sequence_logprob_sums
 
 
 def batch(rows: int = 5, width: int = 17, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from .kv_cache import cache_argument, cache_is_plain, make_cache
-from .logprobs import apply_lm_head, position_ids_from_mask
+from .lm_head import apply_lm_head
+from .positions import position_ids_from_mask
 
 
 class HFDecoder:

@@ -65,20 +65,18 @@ class DecoderChoice:
     reason: str | None = None
 
 
-def decoder_choice(
-    model: PreTrainedModel, decoder: str = "auto", bf16_autocast: bool = False
-) -> DecoderChoice:
+def decoder_choice(model: PreTrainedModel, decoder: str = "auto", bf16: bool = False) -> DecoderChoice:
     """The decoder ``make_decoder`` builds: "auto" takes the fused Llama decoder when
     :func:`~rlft.models.fused.llama_decoder.fast_path_blocker` allows it, "hf" never does, "fast" demands it (a
     :class:`ModelError` naming the blocker otherwise). The fused decoder's weights are bfloat16 under
-    ``bf16_autocast``, else the model's parameter dtype."""
+    ``bf16``, else the model's parameter dtype."""
     if decoder not in DECODERS:
         raise ModelError(f"unknown decoder {decoder!r} (expected one of {', '.join(DECODERS)})")
     if decoder == "hf":
         return DecoderChoice("hf", reason="decoder='hf'")
     blocker = fast_path_blocker(model)
     if blocker is None:
-        weight_dtype = torch.bfloat16 if bf16_autocast else next(model.parameters()).dtype
+        weight_dtype = torch.bfloat16 if bf16 else next(model.parameters()).dtype
         return DecoderChoice("fast", weight_dtype=weight_dtype)
     if decoder == "fast":
         raise ModelError(f"decoder='fast' is not available for this model: {blocker}")
@@ -127,8 +125,8 @@ def _has_linears(model: nn.Module) -> bool:
     return any(type(m) is nn.Linear for m in body.modules())
 
 
-def _sampling_text(model: PreTrainedModel, decoder: str, bf16_autocast: bool) -> tuple[str, str, str | None]:
-    choice = decoder_choice(model, decoder, bf16_autocast)
+def _sampling_text(model: PreTrainedModel, decoder: str, bf16: bool) -> tuple[str, str, str | None]:
+    choice = decoder_choice(model, decoder, bf16)
     if choice.kind == "hf":
         return "hf", f"Hugging Face body ({choice.reason})", choice.reason
     if choice.weight_dtype != torch.float32:  # FastLlamaDecoder.exact is False: torch ops throughout
@@ -141,8 +139,9 @@ def _sampling_text(model: PreTrainedModel, decoder: str, bf16_autocast: bool) ->
 
 
 def _hf_body(model: nn.Module, dtype: torch.dtype, onednn: bool, frozen: bool, reason: str | None) -> str:
-    """The Hugging Face body, with the oneDNN linears ``rl_linear.use_onednn_linears`` installs where they
-    apply (float32 only: under autocast they keep PyTorch's path)."""
+    """The Hugging Face body, with the oneDNN linears that
+    :func:`~rlft.models.fused.onednn_linears.use_onednn_linears` installs where they apply (float32 only:
+    under autocast they keep PyTorch's path)."""
     text = "Hugging Face body"
     if onednn and dtype == torch.float32 and onednn_linear_available() and _has_linears(model):
         text += ", oneDNN packed linears" if frozen else ", oneDNN linears"
@@ -171,7 +170,7 @@ def forward_plan(
     ``onednn_linear``: the Hugging Face body's ``nn.Linear`` layers were routed to oneDNN.
     ``share_prompts``: completions of one prompt share its computation in the fused body. ``grouped``:
     the passes are ``grouped_logprob_sums`` (offline preference data), whose packed reference body is
-    used only for the shared-prompt layout; otherwise they are ``batch_logprobs`` (rollouts), which use
+    used only for the shared-prompt layout; otherwise they are ``rollout_logprobs`` (rollouts), which use
     it for either layout.
 
     ``reference``: None (no reference pass); a frozen reference model (scored as ``packed_reference``

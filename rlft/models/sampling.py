@@ -11,7 +11,6 @@ only rows whose new token could complete a stop string.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -24,6 +23,7 @@ from .decoders import HFDecoder
 from .errors import ModelError
 from .forward_path import decoder_choice
 from .fused.llama_decoder import FastLlamaDecoder
+from .precision import bf16_autocast
 from .stopping import StopStrings, truncate_at_stop
 
 Prompts = Sequence[str] | Sequence[Sequence[int]]
@@ -42,7 +42,7 @@ class SamplingParams:
     baselines); its log-probs are still reported at τ. ``eos_token_ids`` None means the tokenizer's EOS
     plus any EOS ids in ``model.generation_config`` (as ``generate`` does). ``ignore_eos`` keeps
     generating past EOS (fixed-length runs for benchmarks); stop strings still apply.
-    ``bf16_autocast`` runs the model under CPU bfloat16 autocast (LM head kept in float32).
+    ``bf16`` runs the model under CPU bfloat16 autocast (LM head kept in float32).
     """
 
     max_new_tokens: int = 64
@@ -55,7 +55,7 @@ class SamplingParams:
     greedy: bool = False
     seed: int | None = None
     ignore_eos: bool = False
-    bf16_autocast: bool = False
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -263,7 +263,7 @@ def check_context(model: PreTrainedModel, prompt_tokens: int, max_new_tokens: in
 def make_decoder(model: PreTrainedModel, params: SamplingParams, decoder: str = "auto") -> HFDecoder:
     """The decoder for ``model``: the Llama fast path where it applies ("auto"), or as asked — the choice
     of :func:`~rlft.models.forward_path.decoder_choice`, which also describes it for a run's forward.txt."""
-    choice = decoder_choice(model, decoder, params.bf16_autocast)
+    choice = decoder_choice(model, decoder, params.bf16)
     if choice.kind == "fast":
         return FastLlamaDecoder(model, params.max_new_tokens, choice.weight_dtype)
     return HFDecoder(model, params.max_new_tokens)
@@ -290,10 +290,7 @@ def _generate(
     alive = torch.ones(out_ids.shape[0], dtype=torch.bool)
     dense = True  # batch row i is output row i and all rows are alive: plain column writes
     used = 0
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if params.bf16_autocast else contextlib.nullcontext()
-    )
-    with autocast:
+    with bf16_autocast(params.bf16, prompt_ids.device.type):
         logits = dec.prefill(prompt_ids, prompt_mask)
         for t in range(steps):
             tokens, logp = pick_tokens(logits, params, generator)

@@ -38,7 +38,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from .errors import ModelError
 from .hf import _check_source, load_causal_lm, load_error, load_tokenizer, parse_dtype, save_pretrained_atomic
-from .logprobs import position_ids_from_mask
+from .positions import position_ids_from_mask
 
 __all__ = [
     "NORM_KEY",

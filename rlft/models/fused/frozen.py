@@ -6,8 +6,8 @@ concatenated, norm weights folded in) on every call, because a trained policy ch
 gradients must reach the original parameters. A frozen reference needs neither, so it can keep the
 decoder's prepacked :class:`~rlft.models.fused.llama_decoder.FusedWeights` for the whole run — measured 9–17%
 less time per reference pass on the offline tiny models (``benchmarks/grpo_vs_trl.py`` shapes) — with
-RoPE as the decoder's complex multiplication (its q/k rows are stored pair-interleaved, which leaves every
-q·k unchanged).
+RoPE as the decoder's complex multiplication (:func:`~rlft.models.fused.rope.rotate_pairs`: its q/k rows
+are stored pair-interleaved, which leaves every q·k unchanged).
 
 Per layer, with n(·) the weightless RMSNorm and the norm weights folded into the packed matmuls:
     h  = x + W_o · attn(rope(W_q n(x)), rope(W_k n(x)), W_v n(x))
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .llama_decoder import _cis, build_fused_weights
+from .llama_decoder import build_fused_weights
 from .llama_forward import SharedPrompts, attend_rows, use_fused_forward
+from .rope import rotate_pairs, rotation
 
 __all__ = ["FrozenForward", "packed_reference"]
 
@@ -55,16 +56,15 @@ class FrozenForward:
         :func:`~rlft.models.fused.llama_forward.fused_hidden_rows`."""
         w, dtype = self.weights, self.dtype
         heads, kv_heads, dim = w.heads, w.kv_heads, w.head_dim
-        half, group, k_end = dim // 2, heads // kv_heads, (heads + kv_heads) * dim
+        group, k_end = heads // kv_heads, (heads + kv_heads) * dim
         x = F.embedding(input_ids, w.embed).float()
         width = x.shape[-1]
-        cis = _cis(*self.rotary(torch.zeros(1, 1), position_ids[None]))[0][:, None]  # (N, 1, D/2)
+        rot = rotation(*self.rotary(torch.zeros(1, 1), position_ids[None]))[0][:, None]  # (N, 1, D/2)
         allowed = layout.allowed() if isinstance(layout, SharedPrompts) else None
 
         for layer in w.layers:
             qkv = layer.qkv(F.rms_norm(x, (width,), None, layer.eps1))
-            qk = torch.view_as_complex(qkv[:, :k_end].float().view(-1, heads + kv_heads, half, 2))
-            qk = torch.view_as_real(qk * cis).flatten(-2).to(dtype)  # RoPE on pair-interleaved rows
+            qk = rotate_pairs(qkv[:, :k_end].view(-1, heads + kv_heads, dim), rot).to(dtype)
             v = qkv[:, k_end:].view(-1, kv_heads, dim)
             x = x + layer.o(attend_rows(qk[:, :heads], qk[:, heads:], v, layout, group, allowed)).float()
             gate, up = layer.gate_up(F.rms_norm(x, (width,), None, layer.eps2)).chunk(2, dim=-1)

@@ -10,9 +10,9 @@ with about half as many, faster ops (16 per layer per token, views not counted):
 - each RMSNorm weight folded into the matmul after it;
 - matmul weights prepacked for oneDNN (:mod:`rlft.models.fused.onednn`, about 2-3× MKL's float32 rate
   here; oneDNN's fused residual-add post-op measured no faster than a separate add, so it is unused);
-- RoPE as one complex multiplication e^{iθ·pos}·(x_j + i·x_{j+D/2}): the q/k weight rows are stored
-  with each rotation pair adjacent, which permutes the head dimension of q and k alike and so leaves
-  every q·k unchanged; the rotated keys are written straight into the cache;
+- RoPE as one complex multiplication e^{iθ·pos}·(x_j + i·x_{j+D/2}) (:mod:`rlft.models.fused.rope`):
+  the q/k weight rows are stored with each rotation pair adjacent, which permutes the head dimension of
+  q and k alike and so leaves every q·k unchanged; the rotated keys are written straight into the cache;
 - a preallocated static KV cache (:class:`~rlft.models.kv_cache.StaticKVCache`, keys stored
   transposed) written in place;
 - float32 decode attention — RoPE, cache write, q·Kᵀ, softmax, p·V for every head — in one C kernel
@@ -38,7 +38,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ..decoders import HFDecoder
 from ..kv_cache import StaticKVCache
-from ..logprobs import position_ids_from_mask
+from ..positions import position_ids_from_mask
 from .kernels import (
     KernelLinear,
     add_rms_norm,
@@ -49,6 +49,7 @@ from .kernels import (
     swiglu,
 )
 from .onednn import PackedLinear
+from .rope import rope_pair_order, rotate_pairs, rotation
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # angles independent of sequence length
@@ -145,23 +146,14 @@ def _bias(linear: nn.Linear) -> Tensor:
     return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
 
 
-def _cat_bias(*linears: nn.Linear, scales: tuple[float, ...], orders: tuple) -> Tensor | None:
+def cat_bias(*linears: nn.Linear, scales: tuple[float, ...], orders: tuple | None = None) -> Tensor | None:
+    """The bias of the fused matmul of ``linears``: [s₁·b₁ | s₂·b₂ | …] with a missing bias as zeros and
+    part i's rows in ``orders[i]`` where given, or None when none of them has a bias."""
     if all(lin.bias is None for lin in linears):
         return None
+    orders = orders or (None,) * len(linears)
     parts = [_bias(lin) * scale for lin, scale in zip(linears, scales, strict=True)]
     return torch.cat([p if order is None else p[order] for p, order in zip(parts, orders, strict=True)])
-
-
-@functools.lru_cache(maxsize=16)
-def rope_pair_order(heads: int, head_dim: int) -> Tensor:
-    """Row order that puts each RoPE pair (j, j + D/2) of every head next to each other.
-
-    HF rotates x_j with x_{j+D/2}; with rows in this order a head's output is (x_0, x_{D/2}, x_1, …),
-    which ``torch.view_as_complex`` reads as the D/2 complex numbers RoPE multiplies by e^{iθ·pos}.
-    """
-    half = head_dim // 2
-    pairs = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).flatten()
-    return (pairs[None] + head_dim * torch.arange(heads)[:, None]).flatten()
 
 
 Linear = PackedLinear | KernelLinear
@@ -209,7 +201,7 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
                     qkv=linear(
                         qkv_w,
-                        _cat_bias(
+                        cat_bias(
                             attn.q_proj,
                             attn.k_proj,
                             attn.v_proj,
@@ -221,7 +213,7 @@ def build_fused_weights(model: PreTrainedModel, dtype: torch.dtype, batch_hint: 
                     o=linear(attn.o_proj.weight, attn.o_proj.bias, dtype),
                     gate_up=linear(
                         torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float().mul_(ln2),
-                        _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1, 1), orders=(None, None)),
+                        cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1, 1)),
                         dtype,
                     ),
                     down=linear(mlp.down_proj.weight, mlp.down_proj.bias, dtype),
@@ -285,7 +277,7 @@ class FastLlamaDecoder(HFDecoder):
         self.cis_table = None
         if getattr(self.rotary, "rope_type", None) in STATIC_ROPE_TYPES:
             last = int(self.positions.max()) + self.max_new_tokens
-            self.cis_table = _cis(*self.rotary(torch.zeros(1, 1), torch.arange(last + 1)[None]))[0]
+            self.cis_table = rotation(*self.rotary(torch.zeros(1, 1), torch.arange(last + 1)[None]))[0]
         width = input_ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         # Causal and not a pad key; the diagonal too, so a pad query never has an all-masked row (NaN).
@@ -311,7 +303,7 @@ class FastLlamaDecoder(HFDecoder):
         flat = positions.reshape(-1)
         if self.cis_table is not None:
             return self.cis_table.index_select(0, flat)
-        return _cis(*self.rotary(torch.zeros(1, 1), positions)).reshape(flat.shape[0], -1)
+        return rotation(*self.rotary(torch.zeros(1, 1), positions)).reshape(flat.shape[0], -1)
 
     def _forward(self, tokens: Tensor, positions: Tensor, start: int, prefill_mask: Tensor | None) -> Tensor:
         """T tokens per row through every layer, writing their keys/values at cache positions
@@ -366,9 +358,8 @@ class FastLlamaDecoder(HFDecoder):
         dtype = w.layers[i].qkv.dtype  # compute dtype: float32, or bfloat16 for the bf16 option
         heads, kv_heads, dim = w.heads, w.kv_heads, w.head_dim
         batch, group, k_end = qkv.shape[0] // steps, heads // kv_heads, (heads + kv_heads) * dim
-        qk = qkv[:, :k_end] if exact else qkv[:, :k_end].float()
-        qk = torch.view_as_complex(qk.view(batch, steps, heads + kv_heads, dim // 2, 2))
-        rotated = torch.view_as_real(qk * cis).flatten(-2).to(dtype)  # (B, T, H + H_kv, D)
+        qk = qkv[:, :k_end].view(batch, steps, heads + kv_heads, dim)
+        rotated = rotate_pairs(qk, cis)  # (B, T, H + H_kv, D), in qkv's dtype
         q, k = rotated[:, :, :heads], rotated[:, :, heads:]
         v = qkv[:, k_end:].view(batch, steps, kv_heads, dim)
         kv.write(i, start, k, v)
@@ -394,10 +385,3 @@ class FastLlamaDecoder(HFDecoder):
             scores = torch.bmm(q3, keys).float() + bias
         probs = torch.softmax(scores, -1) if exact else torch.softmax(scores.float(), -1).to(dtype)
         return torch.bmm(probs, kv.values3[i].narrow(1, 0, end)).view(batch, heads * dim)
-
-
-def _cis(cos: Tensor, sin: Tensor) -> Tensor:
-    """cos + i·sin of HF's (…, D) rotary tables, whose two halves repeat (checked in
-    :func:`fast_path_blocker`), as (…, D/2) complex64."""
-    half = cos.shape[-1] // 2
-    return torch.complex(cos[..., :half].float(), sin[..., :half].float())

@@ -8,10 +8,10 @@ models, see ``benchmarks/dpo_vs_trl.py``):
 - q, k, v projections are one matmul on weights concatenated per call, gate and up another; each
   RMSNorm weight and the attention scale 1/√d are folded into the matmul weight after them (the
   gradients still reach the norm weights through the fold): about half the ops per layer;
-- float32 matmuls, forward and both backward products, go to oneDNN (:class:`OneDNNLinear`) rather
-  than MKL: on the project's AMD CPUs MKL's float32 GEMM takes its AVX2 path at ~90 GFLOP/s per core
-  while oneDNN's AVX-512 kernels reach ~215 (``rlft/models/fused/onednn.py``). Results agree with ``F.linear``
-  to float32 rounding;
+- float32 matmuls, forward and both backward products, go to oneDNN
+  (:class:`~rlft.models.fused.onednn.OneDNNLinear`) rather than MKL: on the project's AMD CPUs MKL's
+  float32 GEMM takes its AVX2 path at ~90 GFLOP/s per core while oneDNN's AVX-512 kernels reach ~215.
+  Results agree with ``F.linear`` to float32 rounding;
 - ``bf16=True`` casts each fused weight to bfloat16 once per call and runs matmuls and attention in
   bfloat16, keeping the residual stream, norms and everything after the body in float32 (what CPU
   autocast does, with fewer casts);
@@ -29,7 +29,6 @@ models, see ``benchmarks/dpo_vs_trl.py``):
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,51 +38,16 @@ from transformers import PreTrainedModel
 
 from ..errors import ModelError
 from .kernels.training import rms_norm, rope, rope_tables, swiglu
-from .llama_decoder import fast_path_blocker
-from .onednn import onednn_linear_available
-
-
-@functools.cache
-def _onednn_ok() -> bool:
-    return onednn_linear_available()
-
-
-def _lp(x: Tensor, w: Tensor) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-
-
-class OneDNNLinear(torch.autograd.Function):
-    """y = x·Wᵀ + b for 2-D float32 x through oneDNN, with dx = dy·W and dW = dyᵀ·x through oneDNN too
-    (each product written as a "linear" with transposed operands, which oneDNN takes without copies)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        out = _lp(x, weight)
-        return out if bias is None else out + bias
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, weight = ctx.saved_tensors
-        grad_x = _lp(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            # dW = dyᵀ·x (out × in) is the same product as (xᵀ·dy)ᵀ; oneDNN runs the one with the wider
-            # output faster (1024×128 gate/up weights at 2100 rows: 1.4 against 2.7 ms)
-            out_features, in_features = weight.shape
-            grad_w = _lp(x.t(), grad.t()).t() if out_features > in_features else _lp(grad.t(), x.t())
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+from .llama_decoder import cat_bias, fast_path_blocker
+from .onednn import OneDNNLinear, onednn_linear_available
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, bf16: bool = False) -> Tensor:
     """``F.linear`` over the last dim of ``x``: bfloat16 (``bf16``), oneDNN float32, or plain F.linear."""
     if bf16:
         return F.linear(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias)
-    if x.dtype == torch.float32 and x.device.type == "cpu" and _onednn_ok():
-        flat = x.reshape(-1, x.shape[-1])
-        return OneDNNLinear.apply(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
+    if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_linear_available():
+        return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -120,17 +84,6 @@ def use_fused_forward(model: PreTrainedModel, forward: str = "auto") -> bool:
     if blocker is not None and forward == "fast":
         raise ModelError(f"forward='fast' is not possible for this model: {blocker}")
     return blocker is None
-
-
-def _cat_bias(*linears: torch.nn.Linear, scales: tuple[float, ...]) -> Tensor | None:
-    if all(lin.bias is None for lin in linears):
-        return None
-    return torch.cat(
-        [
-            (lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)) * s
-            for lin, s in zip(linears, scales, strict=True)
-        ]
-    )
 
 
 MANUAL_ATTENTION_MAX_LEN = 256
@@ -257,13 +210,13 @@ def fused_hidden_rows(
         ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
         s = attn.scaling
         w_qkv = torch.cat([attn.q_proj.weight * s, attn.k_proj.weight, attn.v_proj.weight]) * ln1.weight
-        b_qkv = _cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, scales=(s, 1.0, 1.0))
+        b_qkv = cat_bias(attn.q_proj, attn.k_proj, attn.v_proj, scales=(s, 1.0, 1.0))
         qkv = linear(rms_norm(x, ln1.variance_epsilon, compute), w_qkv, b_qkv, bf16)
         qk, v = rope(qkv, cs, heads, kv_heads, dim)  # (N, H + H_kv, D), (N, H_kv, D) in compute dtype
         out = attend_rows(qk[:, :heads], qk[:, heads:], v, layout, group, allowed)
         x = x + linear(out, attn.o_proj.weight, attn.o_proj.bias, bf16).float()
         w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * ln2.weight
-        b_gu = _cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1.0, 1.0))
+        b_gu = cat_bias(mlp.gate_proj, mlp.up_proj, scales=(1.0, 1.0))
         gate_up = linear(rms_norm(x, ln2.variance_epsilon, compute), w_gu, b_gu, bf16)
         x = x + linear(swiglu(gate_up), mlp.down_proj.weight, mlp.down_proj.bias, bf16).float()
     return F.rms_norm(x, (hidden,), body.norm.weight.float(), body.norm.variance_epsilon)

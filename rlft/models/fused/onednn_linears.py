@@ -3,7 +3,8 @@
 Why: PyTorch's float32 GEMM on CPU is MKL, which runs its AVX2 code on the project's AMD CPUs, while
 oneDNN's AVX-512 kernels do the same exact-float32 products 2–5× faster at the shapes of an RL step
 (``rlft/models/fused/onednn.py`` measured the same for decoding; ``benchmarks/grpo_vs_trl.py`` for the step).
-With the three products of a linear layer routed to oneDNN —
+With the three products of a linear layer routed to oneDNN
+(:class:`~rlft.models.fused.onednn.OneDNNLinear`) —
 
     y = x·Wᵀ + b,    ∂x = ∂y·W,    ∂W = ∂yᵀ·x,    ∂b = Σ_rows ∂y
 
@@ -25,38 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rlft.models.fused.onednn import PackedLinear, onednn_linear_available
+from rlft.models.fused.onednn import OneDNNLinear, PackedLinear, onednn_linear_available
 
 __all__ = ["onednn_linear", "use_onednn_linears"]
-
-
-def _mm(a: Tensor, b_t: Tensor) -> Tensor:
-    """a·b_tᵀ for 2-D float32 a (m, k) and b_t (n, k) with oneDNN."""
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        w = weight.contiguous()
-        y = torch.ops.mkldnn._linear_pointwise(rows, w, bias, "none", [], "")
-        ctx.save_for_backward(rows, w)
-        ctx.has_bias = bias is not None
-        return y.view(*x.shape[:-1], w.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        rows, w = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1]).contiguous()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = _mm(g, w.t().contiguous()).view(*grad.shape[:-1], w.shape[1])
-        if ctx.needs_input_grad[1]:
-            dw = _mm(g.t().contiguous(), rows.t().contiguous())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g.sum(0)
-        return dx, dw, db
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -65,7 +37,7 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
         return F.linear(x, weight, bias)
     if x.device.type != "cpu" or x.numel() == 0:
         return F.linear(x, weight, bias)
-    return _OneDNNLinear.apply(x, weight, bias)
+    return OneDNNLinear.apply(x, weight, bias)
 
 
 def _forward(self: nn.Linear, x: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Log-probs (and entropies) of sampled responses, with the LM head applied only where a token carries loss.
+"""Log-probs (and entropies) of sampled responses after their prompts, the LM head applied only where a
+token carries loss.
 
 The transformer body runs over prompt + response; the hidden states that predict response tokens are
 gathered at the positions ``positions`` marks (never padding), and only those rows go through the LM head,
@@ -16,65 +17,82 @@ prompt tokens, ~3 answer tokens) about half of all the work of the reference and
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from rlft.algos import entropy_from_logits
-from rlft.models.fused.frozen import FrozenForward
-from rlft.models.fused.llama_forward import SharedPrompts, fused_hidden_rows, use_fused_forward
-from rlft.models.kv_cache import cache_argument
-from rlft.models.logprobs import apply_lm_head, hidden_states, position_ids_from_mask
-from rlft.train.online.rollout_batch import RolloutBatch
+from ..fused.frozen import FrozenForward
+from ..fused.llama_forward import SharedPrompts, fused_hidden_rows, use_fused_forward
+from ..kv_cache import cache_argument
+from ..positions import position_ids_from_mask
+from ..precision import bf16_autocast
+from .head import head_logprobs
+from .tokens import hidden_states
 
-__all__ = ["autocast_context", "batch_logprobs", "logprobs_from_states", "response_states"]
+__all__ = ["Responses", "logprobs_from_states", "response_states", "rollout_logprobs"]
 
 
-def autocast_context(enabled: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+@dataclass(frozen=True)
+class Responses:
+    """The tensors that describe sampled responses after their prompts (a rollout batch's model inputs).
+
+    ``prompt_ids``/``prompt_mask`` (B, P) left-padded; ``response_ids``/``response_mask`` (B, R)
+    right-padded; ``group_ids`` (B,): rows with the same id share one prompt (None: every row its own).
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    group_ids: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
 
 
 def response_states(
-    model: torch.nn.Module,
-    batch: RolloutBatch,
+    model: nn.Module,
+    responses: Responses,
+    *,
     share_prompts: bool = True,
     forward: str = "auto",
     frozen: FrozenForward | None = None,
+    bf16: bool = False,
 ) -> Tensor:
     """(B, R, d) final hidden states that predict each response token (position t predicts token t).
 
-    ``forward``: "auto" runs the fused Llama forward (:mod:`rlft.models.fused.llama_forward`) when the model
-    qualifies, "fast" demands it, "hf" uses the model's own body. Under CPU bfloat16 autocast the fused
-    forward runs its bfloat16 variant. ``frozen``: the same fused body with weights packed once, for a
-    model that never changes (the reference; no gradient)."""
-    if int(batch.prompt_mask.sum(-1).min()) > 0:
+    ``forward``: "auto" runs the fused Llama forward (:mod:`rlft.models.fused.llama_forward`) when the
+    model qualifies, "fast" demands it, "hf" uses the model's own body. ``bf16`` runs the body with
+    bfloat16 matmuls (the fused forward's bfloat16 variant, or autocast around the Hugging Face body).
+    ``frozen``: the same fused body with weights packed once, for a model that never changes (the
+    reference; no gradient)."""
+    if int(responses.prompt_mask.sum(-1).min()) > 0:
         if frozen is not None:
-            return _fused_states(frozen.hidden_rows, batch, share_prompts)
+            return _fused_states(frozen.hidden_rows, responses, share_prompts)
         if use_fused_forward(model, forward):
-            bf16 = torch.is_autocast_enabled("cpu")
-            with torch.autocast("cpu", enabled=False):
-                return _fused_states(
-                    functools.partial(fused_hidden_rows, model, bf16=bf16), batch, share_prompts
-                )
-    return _hf_states(model, batch, share_prompts)
+            body = functools.partial(fused_hidden_rows, model, bf16=bf16)
+            with torch.autocast(responses.response_ids.device.type, enabled=False):  # bf16 is the body's own
+                return _fused_states(body, responses, share_prompts)
+    with bf16_autocast(bf16, responses.response_ids.device.type):
+        return _hf_states(model, responses, share_prompts)
 
 
-def _first_of_groups(batch: RolloutBatch, share_prompts: bool) -> tuple[Tensor, Tensor]:
+def _first_of_groups(responses: Responses, share_prompts: bool) -> tuple[Tensor, Tensor]:
     """(index of the first row of each distinct prompt (G,), each row's prompt (B,) in 0..G−1)."""
-    if not share_prompts:
-        rows = torch.arange(len(batch))
+    if not share_prompts or responses.group_ids is None:
+        rows = torch.arange(len(responses))
         return rows, rows
-    groups, inverse = torch.unique(batch.group_ids, return_inverse=True)
-    first = torch.full((groups.numel(),), len(batch)).scatter_reduce(
-        0, inverse, torch.arange(len(batch)), "amin"
+    groups, inverse = torch.unique(responses.group_ids, return_inverse=True)
+    first = torch.full((groups.numel(),), len(responses)).scatter_reduce(
+        0, inverse, torch.arange(len(responses)), "amin"
     )
     return first, inverse
 
 
-def _fused_states(body: Callable[..., Tensor], batch: RolloutBatch, share_prompts: bool) -> Tensor:
+def _fused_states(body: Callable[..., Tensor], batch: Responses, share_prompts: bool) -> Tensor:
     """The fused forward ``body(input_ids, position_ids, layout)`` over G right-padded distinct prompts
     followed by the B responses, each response at positions |x|, |x|+1, … attending to its prompt's keys
     (``SharedPrompts``); with ``share_prompts`` off every row has its own copy of its prompt (G = B),
@@ -101,7 +119,7 @@ def _fused_states(body: Callable[..., Tensor], batch: RolloutBatch, share_prompt
     return torch.cat([last_prompt_state[owner, None], responses[:, :-1]], dim=1)
 
 
-def _hf_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool) -> Tensor:
+def _hf_states(model: nn.Module, batch: Responses, share_prompts: bool) -> Tensor:
     """:func:`response_states` through the model's own body; shared prompts run once with a cache that
     every response continues."""
     width = batch.prompt_ids.shape[1]
@@ -136,59 +154,61 @@ def _hf_states(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool)
     return torch.cat([last_prompt_state[inverse, None], out.last_hidden_state[:, :-1]], dim=1)
 
 
-def batch_logprobs(
-    model: torch.nn.Module,
-    batch: RolloutBatch,
+def rollout_logprobs(
+    model: nn.Module,
+    responses: Responses,
     positions: Tensor,
+    *,
     temperature: float = 1.0,
     entropy: bool = False,
     entropy_grad: bool = False,
-    bf16_autocast: bool = False,
+    bf16: bool = False,
     chunk_size: int = 4096,
     share_prompts: bool = True,
     forward: str = "auto",
     frozen: FrozenForward | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """(B, R) log-probs of ``batch.response_ids`` at ``positions`` (0 elsewhere), and the entropies of
+    """(B, R) log-probs of ``responses.response_ids`` at ``positions`` (0 elsewhere), and the entropies of
     π(·|x, y_<t) at the same positions when ``entropy`` (with gradient only if ``entropy_grad``)."""
-    with autocast_context(bf16_autocast):
-        states = response_states(model, batch, share_prompts, forward, frozen)
+    states = response_states(
+        model, responses, share_prompts=share_prompts, forward=forward, frozen=frozen, bf16=bf16
+    )
     return logprobs_from_states(
-        model, states, batch, positions, temperature, entropy, entropy_grad, chunk_size
+        model,
+        states,
+        responses.response_ids,
+        positions,
+        temperature=temperature,
+        entropy=entropy,
+        entropy_grad=entropy_grad,
+        chunk_size=chunk_size,
     )
 
 
 def logprobs_from_states(
-    model: torch.nn.Module,
+    model: nn.Module,
     states: Tensor,
-    batch: RolloutBatch,
+    response_ids: Tensor,
     positions: Tensor,
+    *,
     temperature: float = 1.0,
     entropy: bool = False,
     entropy_grad: bool = False,
     chunk_size: int = 4096,
 ) -> tuple[Tensor, Tensor | None]:
-    """:func:`batch_logprobs` from the (B, R, d) states of :func:`response_states` (so that a value head
+    """:func:`rollout_logprobs` from the (B, R, d) states of :func:`response_states` (so that a value head
     can read the same states: PPO's critic on a shared backbone)."""
     keep = positions.to(torch.bool)
-    rows = states[keep]  # (N, d): the states that predict each kept response token
-    targets = batch.response_ids[keep]
-    logps, entropies = [], []
-    # The head runs in float32 even under autocast: log-probs feed exp(logp − logp_old).
-    with torch.autocast("cpu", enabled=False):
-        for lo in range(0, rows.shape[0], chunk_size):
-            logits = apply_lm_head(model, rows[lo : lo + chunk_size].float()).float()
-            if temperature != 1.0:
-                logits = logits / temperature
-            picked = logits.gather(-1, targets[lo : lo + chunk_size, None]).squeeze(-1)
-            logps.append(picked - torch.logsumexp(logits, dim=-1))
-            if entropy:
-                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                    entropies.append(entropy_from_logits(logits))
-    flat = torch.cat(logps) if logps else states.new_zeros(0)
+    flat, flat_entropy = head_logprobs(
+        model,  # type: ignore[arg-type]
+        states[keep],  # (N, d): the states that predict each kept response token
+        response_ids[keep],
+        temperature=temperature,
+        chunk_size=chunk_size,
+        entropy=entropy,
+        entropy_grad=entropy_grad,
+    )
     logp = torch.zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat)
-    ent = None
-    if entropy:
-        flat_ent = torch.cat(entropies) if entropies else states.new_zeros(0)
-        ent = torch.zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat_ent.float())
-    return logp, ent
+    if flat_entropy is None:
+        return logp, None
+    return logp, torch.zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat_entropy)

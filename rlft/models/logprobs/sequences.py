@@ -25,7 +25,6 @@ forward); the head and the log-softmax stay in float32. The fused forward of
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,37 +32,19 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .errors import ModelError
-from .fused.frozen import FrozenForward
-from .fused.llama_forward import (
+from ..errors import ModelError
+from ..fused.frozen import FrozenForward
+from ..fused.llama_forward import (
     SharedPrompts,
     fused_hidden_rows,
     fused_hidden_states,
     linear,
     use_fused_forward,
 )
-from .logprobs import apply_lm_head
+from ..precision import bf16_autocast
+from .head import head_logprobs
 
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (prompt ids, [completion ids, ...])
-
-
-def head_logprobs(
-    model: PreTrainedModel,
-    rows: Tensor,
-    targets: Tensor,
-    chunk_size: int = 4096,
-    head: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """log π(target | hidden row) for (N, d) hidden ``rows``: the head on ``chunk_size`` rows at a time,
-    reduced at once to ``z[target] − logsumexp z`` in float32 (no second (chunk, V) tensor)."""
-    head = head or (lambda r: apply_lm_head(model, r))
-    with torch.autocast(rows.device.type, enabled=False):
-        parts = []
-        for lo in range(0, rows.shape[0], chunk_size):
-            logits = head(rows[lo : lo + chunk_size].float()).float()
-            picked = logits.gather(-1, targets[lo : lo + chunk_size, None]).squeeze(-1)
-            parts.append(picked - torch.logsumexp(logits, dim=-1))
-    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
 
 
 def _fast_head(model: PreTrainedModel) -> Callable[[Tensor], Tensor]:
@@ -113,19 +94,16 @@ def sequence_logprob_sums(
     else:
         hidden = _hf_hidden(model, source_ids, source_mask, bf16)
     rows = hidden[target_mask]  # (N, d): the positions that predict a labelled token
-    logp = head_logprobs(
-        model, rows, input_ids[:, 1:width][target_mask], chunk_size, _fast_head(model) if use_fast else None
-    )
+    head = _fast_head(model) if use_fast else None
+    logp, _ = head_logprobs(model, rows, input_ids[:, 1:width][target_mask], chunk_size=chunk_size, head=head)
     sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     sums = sums.index_add(0, target_mask.nonzero()[:, 0], logp)
     return sums, target_mask.sum(-1).long()
 
 
 def _hf_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, bf16: bool) -> Tensor:
-    device = input_ids.device.type
-    ctx = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand_as(input_ids)
-    with ctx:
+    with bf16_autocast(bf16, input_ids.device.type):
         out = model.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
         )
@@ -204,14 +182,14 @@ def grouped_logprob_sums(
     *,
     bf16: bool = False,
     forward: str = "auto",
-    share_prompt: bool = True,
+    share_prompts: bool = True,
     chunk_size: int = 4096,
     frozen: FrozenForward | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(Σ log π(c | prompt) (S,) float32, |c| (S,)) for every completion c of every group, in group
     order (group 0's completions, then group 1's, …). One forward pass over the whole batch.
 
-    With the fused forward and ``share_prompt`` each prompt is computed once (:func:`layout_groups`);
+    With the fused forward and ``share_prompts`` each prompt is computed once (:func:`layout_groups`);
     otherwise every completion is its own right-padded prompt+completion row. Differentiable, except
     with ``frozen`` (a reference model's fused body with its weights packed once, used for the shared-
     prompt layout).
@@ -219,7 +197,7 @@ def grouped_logprob_sums(
     if not groups:
         raise ModelError("grouped_logprob_sums: no groups to score")
     use_fast = use_fused_forward(model, forward)
-    if not (use_fast and share_prompt):
+    if not (use_fast and share_prompts):
         rows = [(list(p), list(c)) for p, cs in groups for c in cs]
         width = max(len(p) + len(c) for p, c in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -243,8 +221,8 @@ def grouped_logprob_sums(
         hidden = frozen.hidden_rows(rows.input_ids, rows.position_ids, rows.layout)
     else:
         hidden = fused_hidden_rows(model, rows.input_ids, rows.position_ids, rows.layout, bf16=bf16)
-    logp = head_logprobs(
-        model, hidden.index_select(0, rows.source), rows.target, chunk_size, _fast_head(model)
+    logp, _ = head_logprobs(
+        model, hidden.index_select(0, rows.source), rows.target, chunk_size=chunk_size, head=_fast_head(model)
     )
     sums = torch.zeros(len(rows.counts), dtype=torch.float32).index_add(0, rows.sequence, logp)
     return sums, rows.counts

@@ -6,9 +6,9 @@ the *next* token. The log-probability of the sequence's own next token at temper
     log π(x_{t+1} | x_{≤t}) = z_t[x_{t+1}]/τ − logsumexp(z_t/τ),
 
 which is what the sampler reports for the tokens it draws and what PPO-style losses re-evaluate.
-Materialising all (B, T, V) logits at once is the usual memory peak of RL fine-tuning (V ≈ 150k for
-current LMs), so the transformer body runs once and the head is applied to at most ``chunk_size``
-rows at a time; each chunk's logits are reduced to one number per row before the next chunk starts.
+The transformer body runs once over the whole sequence (the model's own Hugging Face body: this is the
+plain reference path the fused and shared-prompt paths are tested against) and the head runs in chunks
+(:func:`~rlft.models.logprobs.head.head_logprobs`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..algos import entropy_from_logits
-from .errors import ModelError
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that ignore left padding: cumsum(mask) − 1, clamped at 0 (pads get position 0).
-
-    With these, a left-padded row sees exactly the positions it would see unpadded, so results do not
-    depend on how much padding the batch needed.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from ..errors import ModelError
+from ..positions import position_ids_from_mask
+from .head import head_logprobs
 
 
 def _check_inputs(input_ids: Tensor, attention_mask: Tensor, temperature: float, chunk_size: int) -> None:
@@ -44,26 +36,6 @@ def _check_inputs(input_ids: Tensor, attention_mask: Tensor, temperature: float,
         raise ModelError(f"temperature must be > 0, got {temperature}")
     if chunk_size < 1:
         raise ModelError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def apply_lm_head(model: PreTrainedModel, hidden: Tensor) -> Tensor:
-    """Logits for ``hidden`` rows: the output embedding plus the few logit transforms HF models apply.
-
-    Covers the plain head (Llama, Qwen, Mistral, GPT-2, …) and the post-head scalings some families
-    add in their ``forward`` (Gemma 2/3 soft-capping, Cohere ``logit_scale``, Granite ``logits_scaling``).
-    """
-    logits = model.get_output_embeddings()(hidden)
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    scale = getattr(config, "logit_scale", None)
-    if isinstance(scale, (int, float)) and scale != 1:
-        logits = logits * scale
-    divide = getattr(config, "logits_scaling", None)
-    if isinstance(divide, (int, float)) and divide != 1:
-        logits = logits / divide
-    return logits
 
 
 def hidden_states(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -113,24 +85,17 @@ def token_logprobs(
     hidden = hidden_states(model, input_ids, attention_mask)[:, start:-1]  # positions s .. T−2
     targets = input_ids[:, start + 1 :]
     batch, width = targets.shape
-    rows = hidden.reshape(batch * width, hidden.shape[-1])
-    flat_targets = targets.reshape(-1, 1)
-
-    logps, entropies = [], []
-    for lo in range(0, rows.shape[0], chunk_size):
-        logits = apply_lm_head(model, rows[lo : lo + chunk_size]).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        # gather − logsumexp instead of log_softmax: no second (chunk, V) tensor.
-        picked = logits.gather(-1, flat_targets[lo : lo + chunk_size]).squeeze(-1)
-        logps.append(picked - torch.logsumexp(logits, dim=-1))
-        if return_entropy:
-            entropies.append(entropy_from_logits(logits))
-        del logits
-    logp = torch.cat(logps).view(batch, width)
-    if return_entropy:
-        return logp, torch.cat(entropies).view(batch, width)
-    return logp
+    logp, entropy = head_logprobs(
+        model,
+        hidden.reshape(batch * width, hidden.shape[-1]),
+        targets.reshape(-1),
+        temperature=temperature,
+        chunk_size=chunk_size,
+        entropy=return_entropy,
+    )
+    if entropy is not None:
+        return logp.view(batch, width), entropy.view(batch, width)
+    return logp.view(batch, width)
 
 
 def response_logprobs(

@@ -1,7 +1,7 @@
 """The critic of RLHF-PPO: V(s_t) at every response token and its clipped value loss.
 
     V(s_t)   = head(h_t)       h_t: the hidden state that predicts response token t (the same states as
-                               the policy's log-probs, ``rl_logprobs.response_states``)
+                               the policy's log-probs, ``rlft.models.logprobs.response_states``)
     L^VF     = ½·max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²), token-mean     (rlft.algos.value_loss)
 
 Two layouts (``CriticConfig.shared_backbone``):
@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from rlft.algos import value_loss
+from rlft.models.logprobs import response_states
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
 from rlft.train.common.optimizer import adamw
-from rlft.train.online.logprobs import autocast_context, response_states
-from rlft.train.online.rollout_batch import RolloutBatch
+from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
 
 __all__ = ["Critic", "reward_model_dir"]
 
@@ -89,22 +89,23 @@ class Critic:
     # --- values ---
 
     def _states(self, mb: RolloutBatch) -> Tensor:
-        with autocast_context(self.bf16):
-            return response_states(self.model or self.policy, mb, self.share_prompts, self.forward)
+        return response_states(
+            self.model or self.policy,
+            mb.responses,
+            share_prompts=self.share_prompts,
+            forward=self.forward,
+            bf16=self.bf16,
+        )
 
     def values_from_states(self, states: Tensor) -> Tensor:
         with torch.autocast("cpu", enabled=False):
             return self.head(states.float()).squeeze(-1).float()
 
-    @torch.no_grad()
     def values(self, batch: RolloutBatch, micro: int | None) -> Tensor:
         """(B, R) V(s_t) on response tokens (0 on padding), no gradient: the rollout's V_old."""
-        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
-        for chunk in torch.arange(len(batch)).split(micro or len(batch)):
-            mb = batch.select(chunk).trimmed()
-            v = self.values_from_states(self._states(mb)) * mb.response_mask
-            out[chunk, : v.shape[1]] = v
-        return out
+        return by_micro_batch(
+            batch, micro, lambda mb: self.values_from_states(self._states(mb)) * mb.response_mask
+        )
 
     # --- loss and optimiser ---
 

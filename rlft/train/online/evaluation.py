@@ -49,7 +49,7 @@ def evaluate_policy(
         stop_strings=tuple(cfg.stop_strings),
         greedy=True,
         seed=0,
-        bf16_autocast=cfg.bf16,
+        bf16=cfg.bf16,
     )
     texts: list[str] = []
     lengths: list[torch.Tensor] = []

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
 from rlft.data.lengths import cap_length, context_length
+from rlft.models.precision import bf16_autocast
 from rlft.run.seeding import ptx_stream_seed
-from rlft.train.online.logprobs import autocast_context
 from rlft.train.online.rollout import PromptStream
 from rlft.train.sft.trainer import token_loss_sum
 
@@ -49,7 +49,7 @@ class PtxData:
 
     def loss(self, model: torch.nn.Module) -> tuple[Tensor, float]:
         """(ptx_coef · token-mean NLL of the next batch, the NLL) for one optimiser step."""
-        with autocast_context(self.bf16):
+        with bf16_autocast(self.bf16):
             total, n = token_loss_sum(model, self.next_batch())
         nll = total.float() / max(n, 1)
         return self.coef * nll, float(nll.detach())

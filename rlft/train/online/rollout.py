@@ -197,7 +197,7 @@ def collect_rollout(
                 eos_token_ids=params.eos_token_ids,
                 greedy=True,
                 seed=0,
-                bf16_autocast=params.bf16_autocast,
+                bf16=params.bf16,
             )
             greedy_batch, greedy_texts = sample_round(sampler, examples, indices, greedy_params)
         t1 = clock()

@@ -15,12 +15,15 @@ Token tensors are (B, R) over the response, right-padded; prompts are (B, P), le
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["RolloutBatch"]
+from rlft.models.logprobs import Responses
+
+__all__ = ["RolloutBatch", "by_micro_batch"]
 
 
 @dataclass
@@ -49,6 +52,13 @@ class RolloutBatch:
     @property
     def response_lengths(self) -> Tensor:
         return self.response_mask.sum(-1)
+
+    @property
+    def responses(self) -> Responses:
+        """The model inputs of these rows, for :mod:`rlft.models.logprobs`."""
+        return Responses(
+            self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask, self.group_ids
+        )
 
     def select(self, rows: Tensor | list[int]) -> RolloutBatch:
         """The rows ``rows`` (every tensor field indexed along dim 0)."""
@@ -103,6 +113,18 @@ class RolloutBatch:
             else:
                 out[f.name] = torch.cat(parts)
         return RolloutBatch(**out)
+
+
+@torch.no_grad()
+def by_micro_batch(batch: RolloutBatch, size: int | None, fn: Callable[[RolloutBatch], Tensor]) -> Tensor:
+    """(B, R) float32 made of ``fn(micro_batch)`` over consecutive micro-batches of ``size`` rows (all rows
+    when None), each with its padding columns trimmed, without gradient: the rollout-wide passes (π_old,
+    π_ref, V_old) that must fit in the memory one training micro-batch takes."""
+    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+    for rows in torch.arange(len(batch)).split(size or len(batch)):
+        part = fn(batch.select(rows).trimmed())
+        out[rows, : part.shape[1]] = part
+    return out
 
 
 def _pad_left(x: Tensor, width: int, fill: float) -> Tensor:

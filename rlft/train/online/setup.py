@@ -21,8 +21,7 @@ from rlft.run import ConfigError
 from rlft.train.online.advantages import needs_critic
 from rlft.train.online.config import RLConfig
 from rlft.train.online.critic import reward_model_dir
-from rlft.train.online.logprobs import batch_logprobs
-from rlft.train.online.rollout_batch import RolloutBatch
+from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
 from rlft.train.online.update import LossSettings
 
 __all__ = [
@@ -207,25 +206,14 @@ class Reference:
             self.model.requires_grad_(False)
             self.frozen = packed_reference(self.model, cfg.forward, cfg.bf16)
 
-    @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:
-        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
-        for chunk in torch.arange(len(batch)).split(micro or len(batch)):
-            mb = batch.select(chunk).trimmed()
-            kwargs = {
-                "bf16_autocast": s.bf16_autocast,
-                "share_prompts": s.share_prompts,
-                "forward": s.forward,
-            }
-            if self.model is not None:
-                logp, _ = batch_logprobs(
-                    self.model, mb, mb.response_mask, s.temperature, frozen=self.frozen, **kwargs
-                )
-            else:
-                with self.policy.disable_adapter():
-                    logp, _ = batch_logprobs(self.policy, mb, mb.response_mask, s.temperature, **kwargs)
-            out[chunk, : logp.shape[1]] = logp
-        return out
+        """(B, R) log π_ref of every response token, no gradient, ``micro`` rows at a time."""
+        if self.model is not None:
+            return by_micro_batch(
+                batch, micro, lambda mb: s.logprobs(self.model, mb, mb.response_mask, self.frozen)[0]
+            )
+        with self.policy.disable_adapter():
+            return by_micro_batch(batch, micro, lambda mb: s.logprobs(self.policy, mb, mb.response_mask)[0])
 
 
 def save_final(model: torch.nn.Module, tokenizer: Any, out: Path, lora: bool) -> None:

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from rlft.algos import POLICY_LOSSES, aggregate, global_normalizer, kl_estimate
+from rlft.models.fused.frozen import FrozenForward
+from rlft.models.logprobs import logprobs_from_states, response_states, rollout_logprobs
 from rlft.run import ConfigError
-from rlft.train.online.logprobs import autocast_context, batch_logprobs, logprobs_from_states, response_states
-from rlft.train.online.rollout_batch import RolloutBatch
+from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
 
 __all__ = [
     "POLICY_LOSS_ARGS",
@@ -88,9 +89,39 @@ class LossSettings:
     entropy_coef: float = 0.0
     log_entropy: bool = True
     temperature: float = 1.0
-    bf16_autocast: bool = False
+    bf16: bool = False
     share_prompts: bool = True
     forward: str = "auto"  # auto | fast | hf: the fused Llama forward, or the model's own
+
+    def states(self, model: torch.nn.Module, mb: RolloutBatch) -> Tensor:
+        """(B, R, d) hidden states that predict ``mb``'s response tokens, with these forward options."""
+        return response_states(
+            model, mb.responses, share_prompts=self.share_prompts, forward=self.forward, bf16=self.bf16
+        )
+
+    def logprobs(
+        self,
+        model: torch.nn.Module,
+        mb: RolloutBatch,
+        positions: Tensor,
+        frozen: FrozenForward | None = None,
+        entropy: bool = False,
+        entropy_grad: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, R) log-probs of ``mb``'s responses at ``positions`` (and entropies when asked), with these
+        forward options and the sampling temperature."""
+        return rollout_logprobs(
+            model,
+            mb.responses,
+            positions,
+            temperature=self.temperature,
+            bf16=self.bf16,
+            share_prompts=self.share_prompts,
+            forward=self.forward,
+            frozen=frozen,
+            entropy=entropy,
+            entropy_grad=entropy_grad,
+        )
 
 
 def loss_settings(cfg: Any) -> LossSettings:
@@ -111,7 +142,7 @@ def loss_settings(cfg: Any) -> LossSettings:
         kl_estimator=cfg.kl.estimator,
         entropy_coef=cfg.entropy_coef,
         temperature=cfg.temperature,
-        bf16_autocast=cfg.bf16,
+        bf16=cfg.bf16,
         share_prompts=cfg.share_prompts,
         forward=cfg.forward,
     )
@@ -154,24 +185,14 @@ def micro_batch_loss(
     mask = mb.loss_mask.to(torch.float32)
     want_entropy = s.entropy_coef > 0 or s.log_entropy
     shared_critic = critic is not None and critic.shared
+    entropy = {"entropy": want_entropy, "entropy_grad": s.entropy_coef > 0}
     if shared_critic:
-        with autocast_context(s.bf16_autocast):
-            states = response_states(model, mb, s.share_prompts, s.forward)
-        logp, entropy = logprobs_from_states(
-            model, states, mb, mb.loss_mask, s.temperature, want_entropy, s.entropy_coef > 0
+        states = s.states(model, mb)
+        logp, ent = logprobs_from_states(
+            model, states, mb.response_ids, mb.loss_mask, temperature=s.temperature, **entropy
         )
     else:
-        logp, entropy = batch_logprobs(
-            model,
-            mb,
-            mb.loss_mask,
-            s.temperature,
-            want_entropy,
-            s.entropy_coef > 0,
-            s.bf16_autocast,
-            share_prompts=s.share_prompts,
-            forward=s.forward,
-        )
+        logp, ent = s.logprobs(model, mb, mb.loss_mask, **entropy)
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
     pg_loss, diag = POLICY_LOSSES.get(s.policy_loss)(
         logp,
@@ -191,12 +212,12 @@ def micro_batch_loss(
         kl_term = aggregate(kl, mask, s.aggregation, normalizer, s.max_len)
         loss = loss + kl_coef * kl_term
         stats["kl_loss"] = float(kl_term.detach())
-    if entropy is not None:
-        ent_term = aggregate(entropy, mask, s.aggregation, normalizer, s.max_len)
+    if ent is not None:
+        ent_term = aggregate(ent, mask, s.aggregation, normalizer, s.max_len)
         if s.entropy_coef:
             loss = loss - s.entropy_coef * ent_term  # the entropy bonus of PPO's objective
         with torch.no_grad():
-            stats["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
+            stats["entropy"] = float((ent * mask).sum() / mask.sum().clamp(min=1))
     if shared_critic:
         v_loss, v_stats = critic.loss(mb, value_normalizer, states)
         loss = loss + critic.vf_coef * v_loss
@@ -212,27 +233,11 @@ def _micro_batches(mb: RolloutBatch, size: int | None) -> list[RolloutBatch]:
     return [mb.select(chunk).trimmed() for chunk in order.split(size)]
 
 
-@torch.no_grad()
 def old_logprobs(
     model: torch.nn.Module, batch: RolloutBatch, s: LossSettings, micro_batch_size: int | None
 ) -> Tensor:
     """log π_old at the loss positions, recomputed with the rollout weights (one no-grad pass)."""
-    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
-    index = torch.arange(len(batch))
-    size = micro_batch_size or len(batch)
-    for chunk in index.split(size):
-        mb = batch.select(chunk).trimmed()
-        logp, _ = batch_logprobs(
-            model,
-            mb,
-            mb.loss_mask,
-            s.temperature,
-            bf16_autocast=s.bf16_autocast,
-            share_prompts=s.share_prompts,
-            forward=s.forward,
-        )
-        out[chunk, : logp.shape[1]] = logp
-    return out
+    return by_micro_batch(batch, micro_batch_size, lambda mb: s.logprobs(model, mb, mb.loss_mask)[0])
 
 
 def old_policy_logprobs(

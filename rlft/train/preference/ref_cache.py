@@ -37,7 +37,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import Tensor
 
-from rlft.models.sequence_logprobs import grouped_logprob_sums
+from rlft.models.logprobs import grouped_logprob_sums
 from rlft.run import atomic_path
 
 __all__ = [

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from rlft.algos import kto_kl_baseline
 from rlft.models.fused.frozen import FrozenForward, packed_reference
-from rlft.models.sequence_logprobs import grouped_logprob_sums
+from rlft.models.logprobs import grouped_logprob_sums
 from rlft.train.preference.config import DPOConfig
 from rlft.train.preference.data import OfflineData
 from rlft.train.preference.loss import offline_loss
@@ -33,7 +33,7 @@ def score_sequences(
 ) -> tuple[Tensor, Tensor]:
     """Σ log π and token counts of ``data.sequences[rows]`` (in ``rows`` order) in ONE forward pass;
     sequences of the same example share their prompt, which the fused forward computes once
-    (``rlft.models.sequence_logprobs.grouped_logprob_sums``). Differentiable."""
+    (``rlft.models.logprobs.grouped_logprob_sums``). Differentiable."""
     owner = data.owners
     groups: dict[int, list[int]] = {}  # example → positions in `rows` of its sequences
     for pos, r in enumerate(rows):
@@ -47,7 +47,7 @@ def score_sequences(
         pad_id,
         bf16=cfg.bf16,
         forward=cfg.forward,
-        share_prompt=cfg.share_prompts,
+        share_prompts=cfg.share_prompts,
         frozen=frozen,
     )
     order = torch.tensor([p for ps in groups.values() for p in ps])

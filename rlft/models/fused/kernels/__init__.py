@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..rope import rotate_pairs
+
 SOURCE = Path(__file__).with_name("decode.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC")
 _reason: list[str] = []
@@ -320,7 +322,8 @@ def swiglu(lib: ctypes.CDLL, gate_up: Tensor) -> Tensor:
 
 
 def reference_swiglu(gate_up: Tensor) -> Tensor:
-    """silu(gate) ⊙ up for rows [gate | up] (the Llama MLP's activation)."""
+    """silu(gate) ⊙ up for rows [gate | up] (the Llama MLP's activation): the formula of both the decode
+    and the training SwiGLU kernels."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
@@ -371,7 +374,7 @@ def reference_decode_attention(
     """One decode step's attention in torch ops; writes the new key and value into the cache.
 
     ``qkv`` (B, (H + 2·H_kv)·D) holds [q | k | v] with q and k pair-interleaved for RoPE (see
-    ``rlft.models.fused.llama_decoder.rope_pair_order``) and 1/√D folded into q; ``cis`` (B, D/2, 2) the cos/sin
+    :func:`~rlft.models.fused.rope.rotate_pairs`) and 1/√D folded into q; ``cis`` (B, D/2, 2) the cos/sin
     of each row's position; ``keys`` (B, H_kv, D, capacity) and ``values`` (B, H_kv, capacity, D) the
     cache (:class:`~rlft.models.kv_cache.StaticKVCache`'s layout), into which the rotated key and the
     value go at ``pos``; ``key_bias`` (B·H_kv, capacity) an additive padding mask or None. Returns
@@ -379,10 +382,10 @@ def reference_decode_attention(
     h // (H / H_kv).
     """
     batch, kv_heads, dim, _ = keys.shape
-    group, half = heads // kv_heads, dim // 2
+    group = heads // kv_heads
     rot = torch.view_as_complex(cis.contiguous())[:, None]  # (B, 1, D/2)
-    qk = torch.view_as_complex(qkv[:, : (heads + kv_heads) * dim].reshape(batch, heads + kv_heads, half, 2))
-    rotated = torch.view_as_real(qk * rot).flatten(-2)  # (B, H + H_kv, D)
+    qk = qkv[:, : (heads + kv_heads) * dim].reshape(batch, heads + kv_heads, dim)
+    rotated = rotate_pairs(qk, rot)  # (B, H + H_kv, D)
     keys[..., pos] = rotated[:, heads:]
     values[:, :, pos] = qkv[:, (heads + kv_heads) * dim :].view(batch, kv_heads, dim)
     q = rotated[:, :heads].reshape(batch * kv_heads, group, dim)

@@ -1,10 +1,11 @@
 """Fused RoPE, SwiGLU and RMSNorm for the training forward (``train.c``), as autograd functions.
 
 Each of :func:`rope`, :func:`swiglu` and :func:`rms_norm` computes what the torch expression in its
-``reference_*`` twin computes, forward and backward, in one pass over memory each way instead of
-several (see train.c for why that matters with bfloat16 matmuls). Activations are float32 or
-bfloat16; the arithmetic is float32 either way, rounded once when stored. Where the library cannot be
-built (or ``RLFT_KERNELS=0``), or for tensors it does not take (not on the CPU, other dtypes), the
+``reference_*`` twin computes (RoPE's formula is :mod:`rlft.models.fused.rope`'s, SwiGLU's is shared with
+the decode kernels), forward and backward, in one pass over memory each way instead of several (see
+train.c for why that matters with bfloat16 matmuls). Activations are float32 or bfloat16; the arithmetic
+is float32 either way, rounded once when stored. Where the library cannot be built (or
+``RLFT_KERNELS=0``), or for tensors it does not take (not on the CPU, other dtypes), the
 functions run their torch twins, so callers never need to know.
 """
 
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import load
+from ..rope import rotate_half_split, rotation
+from . import load, reference_swiglu
 
 SOURCE = Path(__file__).with_name("train.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -59,20 +61,20 @@ def _usable(*tensors: Tensor) -> bool:
 
 
 def rope_tables(cos: Tensor, sin: Tensor) -> Tensor:
-    """HF's (N, D) cos/sin tables (two equal halves) → (N, D) float32 [cos_0..cos_{D/2−1} | sin_0..]."""
-    half = cos.shape[-1] // 2
-    return torch.cat([cos[:, :half], sin[:, :half]], dim=-1).float().contiguous()
+    """HF's (N, D) cos/sin tables (two equal halves) → (N, D) float32 [cos_0..cos_{D/2−1} | sin_0..], the
+    layout ``train.c`` reads."""
+    rot = rotation(cos, sin)
+    return torch.cat([rot.real, rot.imag], dim=-1).contiguous()
 
 
 def reference_rope(qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int) -> tuple[Tensor, Tensor]:
-    """q and k of the rows of ``qkv`` (N, (H + 2·H_kv)·D) rotated by HF's half-split RoPE (computed in
-    float32, returned in ``qkv``'s dtype) as (N, H + H_kv, D), and v as (N, H_kv, D)."""
+    """q and k of the rows of ``qkv`` (N, (H + 2·H_kv)·D) rotated by HF's half-split RoPE
+    (:func:`~rlft.models.fused.rope.rotate_half_split`: computed in float32, returned in ``qkv``'s dtype)
+    as (N, H + H_kv, D), and v as (N, H_kv, D)."""
     half, end = dim // 2, (heads + kv_heads) * dim
-    c = torch.cat([cs[:, :half], cs[:, :half]], -1)[:, None]
-    s = torch.cat([cs[:, half:], cs[:, half:]], -1)[:, None]
-    qk = qkv[:, :end].float().view(-1, heads + kv_heads, dim)
-    rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-    return (qk * c + rotated * s).to(qkv.dtype), qkv[:, end:].view(-1, kv_heads, dim)
+    rot = torch.complex(cs[:, :half], cs[:, half:])[:, None]
+    qk = rotate_half_split(qkv[:, :end].view(-1, heads + kv_heads, dim), rot)
+    return qk, qkv[:, end:].view(-1, kv_heads, dim)
 
 
 class _RoPE(torch.autograd.Function):
@@ -123,12 +125,6 @@ def rope(qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int) -> tuple[
 
 
 # --- SwiGLU ----------------------------------------------------------------------------------------------
-
-
-def reference_swiglu(gate_up: Tensor) -> Tensor:
-    """silu(gate) ⊙ up for rows [gate | up] (the Llama MLP's activation)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
 
 
 class _SwiGLU(torch.autograd.Function):
