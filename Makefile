@@ -20,13 +20,13 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check rlft tests benchmarks
-	$(BIN)/mypy rlft/algos rlft/run
+	$(BIN)/mypy rlft/algos rlft/run rlft/control rlft/data rlft/rewards rlft/models
 	$(BIN)/python -m pytest -p no:cacheprovider --cov=rlft --cov-report=term
 	$(BIN)/python -m coverage report --include='rlft/algos/*' --fail-under=95
 
 lint: setup
 	$(BIN)/ruff check rlft tests benchmarks
-	$(BIN)/mypy rlft/algos rlft/run
+	$(BIN)/mypy rlft/algos rlft/run rlft/control rlft/data rlft/rewards rlft/models
 
 clean:
 	rm -rf $(VENV) .coverage runs

@@ -3,9 +3,13 @@ environments, one gradient step each, −Â·log π + c_v·½(V − R)² − c_e
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from rlft.algos import entropy_bonus, explained_variance, masked_whiten, reinforce_loss, value_loss
+from rlft.algos.diagnostics import explained_variance
+from rlft.algos.masked import masked_whiten
+from rlft.algos.policy_losses import entropy_bonus, reinforce_loss, value_loss
 
 from .common import NonFiniteGuard, batch_advantages, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
@@ -19,6 +23,7 @@ class A2C:
         self.policy, self.cfg = policy, cfg
         self.guard = guard or NonFiniteGuard(cfg.max_consecutive_skips)
         s = cfg.a2c
+        self.optimizer: torch.optim.Optimizer
         if s.optimizer == "rmsprop":  # the paper's (and SB3's) choice
             self.optimizer = torch.optim.RMSprop(
                 policy.parameters(), lr=cfg.lr, alpha=s.rms_alpha, eps=s.rms_eps
@@ -50,8 +55,8 @@ class A2C:
             "explained_variance": explained_variance(batch.flat("values"), returns, valid),
         }
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

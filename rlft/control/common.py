@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from rlft.algos import gae
+from rlft.algos.advantages import gae
 from rlft.run import StepSkips
 
 from .config import ControlConfig
@@ -43,7 +43,7 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
     The same rule as `torch.nn.utils.clip_grad_norm_` in four foreach ops, half its cost on these tiny
     networks (where its argument checks and dispatch outweigh the arithmetic)."""
     grads = [p.grad for p in params if p.grad is not None]
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    total: Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
     return total
 

@@ -5,12 +5,16 @@ Settings every algorithm shares sit at the top level; each algorithm's own knobs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from rlft.algos import Registry, UnknownNameError
+from rlft.algos.registry import Registry, UnknownNameError
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common
+
+if TYPE_CHECKING:
+    from .rollout import Batch, Collector
 
 
 @dataclass
@@ -115,13 +119,13 @@ class ControlConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"config key {key!r}: expected a positive integer, got {value}")
-        for key, value in {
+        for key, number in {
             "lr": self.lr,
             "critic_lr": self.critic_lr,
             "trpo.max_kl": self.trpo.max_kl,
         }.items():
-            if value is not None and value <= 0:
-                raise ConfigError(f"config key {key!r}: expected a positive number, got {value}")
+            if number is not None and number <= 0:
+                raise ConfigError(f"config key {key!r}: expected a positive number, got {number}")
         if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ConfigError(
                 f"config keys 'gamma'/'lam': expected 0 < γ ≤ 1 and 0 ≤ λ ≤ 1, got {self.gamma}/{self.lam}"
@@ -133,7 +137,19 @@ class ControlConfig:
             )
 
 
-CONTROL_ALGOS: Registry = Registry("control algorithm")
+class ControlAlgo(Protocol):
+    """What the training driver (`rlft.control.train`) runs: built as `Algo(policy, cfg, guard=...)`."""
+
+    def collect(self, collector: Collector) -> Batch: ...
+
+    def update(self, batch: Batch, frac: float) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+CONTROL_ALGOS: Registry[Callable[..., ControlAlgo]] = Registry("control algorithm")
 
 # Tuned settings, applied by `--preset auto` (the default) when one exists for the pair.
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {

@@ -20,6 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import numpy.typing as npt
 import torch
 
 __all__ = ["capture_env_state", "restore_env_state"]
@@ -32,18 +33,18 @@ class _NotPlain(Exception):
     """A value that has no plain-data form (its environment cannot be snapshotted)."""
 
 
-def _is_structure(value: Any) -> bool:
+def _is_structure(value: object) -> bool:
     """Parts of an environment that its constructor rebuilds identically: not state."""
     return isinstance(
         value, (gym.Env, gym.vector.VectorEnv, gym.spaces.Space, gym.envs.registration.EnvSpec, enum.Enum)
     ) or (callable(value) and not isinstance(value, np.random.Generator))
 
 
-def _bytes_tensor(array: np.ndarray) -> torch.Tensor:
+def _bytes_tensor(array: npt.NDArray[Any]) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8).copy())
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: object) -> object:
     """Plain data (tensors, numbers, str, None, lists and tagged dicts) that ``_decode`` turns back into
     ``value`` exactly; raises :class:`_NotPlain` for anything else."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -68,7 +69,7 @@ def _encode(value: Any) -> Any:
     raise _NotPlain(type(value).__name__)
 
 
-def _decode(data: Any) -> Any:
+def _decode(data: Any) -> Any:  # Any: the plain data of a snapshot, laid out by _encode
     if not isinstance(data, dict):
         return data
     kind = data["kind"]
@@ -90,8 +91,8 @@ def _decode(data: Any) -> Any:
     return tuple(decoded) if kind == "tuple" else decoded
 
 
-def _capture_attributes(obj: Any) -> dict[str, Any]:
-    state = {}
+def _capture_attributes(obj: object) -> dict[str, object]:
+    state: dict[str, object] = {}
     for name, value in vars(obj).items():
         try:
             state[name] = _encode(value)
@@ -104,19 +105,19 @@ def _capture_attributes(obj: Any) -> dict[str, Any]:
     return state
 
 
-def _chain(env: Any) -> list[Any]:
+def _chain(env: object) -> list[object]:
     """``env`` and every environment it wraps, outermost first."""
     levels = [env]
-    while isinstance(getattr(levels[-1], "env", None), (gym.Env, gym.vector.VectorEnv)):
-        levels.append(levels[-1].env)
+    while isinstance(inner := getattr(levels[-1], "env", None), (gym.Env, gym.vector.VectorEnv)):
+        levels.append(inner)
     return levels
 
 
-def _capture_chain(env: Any) -> list[dict[str, Any]]:
+def _capture_chain(env: object) -> list[dict[str, object]]:
     return [{"class": type(level).__name__, "attrs": _capture_attributes(level)} for level in _chain(env)]
 
 
-def capture_env_state(envs: Any) -> tuple[dict[str, Any] | None, str]:
+def capture_env_state(envs: gym.vector.VectorEnv[Any, Any, Any]) -> tuple[dict[str, Any] | None, str]:
     """(snapshot, "") — or (None, why) when some attribute has no plain-data form."""
     try:
         subs = getattr(_chain(envs)[-1], "envs", None)
@@ -128,7 +129,7 @@ def capture_env_state(envs: Any) -> tuple[dict[str, Any] | None, str]:
         return None, str(err)
 
 
-def _restore_chain(env: Any, saved: list[dict[str, Any]]) -> Callable[[], None]:
+def _restore_chain(env: object, saved: list[dict[str, Any]]) -> Callable[[], None]:
     """Check ``env``'s wrapper chain matches ``saved``; returns the function that sets the attributes, so
     nothing is changed until every environment has been checked."""
     levels = _chain(env)
@@ -149,7 +150,7 @@ def _restore_chain(env: Any, saved: list[dict[str, Any]]) -> Callable[[], None]:
     return apply
 
 
-def restore_env_state(envs: Any, snapshot: dict[str, Any]) -> None:
+def restore_env_state(envs: gym.vector.VectorEnv[Any, Any, Any], snapshot: dict[str, Any]) -> None:
     """Set a :func:`capture_env_state` snapshot back on freshly built ``envs``; ValueError when their
     structure (wrappers, number of copies) differs from the saved one."""
     saved_count = snapshot["vector"][0]["attrs"].get("num_envs", envs.num_envs)

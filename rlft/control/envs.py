@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
@@ -39,8 +41,17 @@ def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
     return envs
 
 
-def action_info(space: gym.Space) -> tuple[bool, int]:
+def action_info(space: gym.Space[Any]) -> tuple[bool, int]:
     """(is_discrete, number of logits or action dimensions) of a single-environment action space."""
     if isinstance(space, gym.spaces.Discrete):
         return True, int(space.n)
-    return False, int(np.prod(space.shape))
+    if isinstance(space, gym.spaces.Box):
+        return False, int(np.prod(space.shape))
+    raise EnvError(f"action space {space} is not Discrete or Box")
+
+
+def observation_size(space: gym.Space[Any], env_id: str) -> int:
+    """The length of a flattened observation of a single-environment observation space (a Box)."""
+    if not isinstance(space, gym.spaces.Box):
+        raise EnvError(f"{env_id}: observation space {space} is not a Box")
+    return int(np.prod(space.shape))

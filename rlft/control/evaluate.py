@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from rlft.run import RunDir, atomic_path, load_config
 
 from .config import ControlConfig
-from .envs import action_info
+from .envs import action_info, observation_size
+from .normalize import ObsNormalizer
 from .policies import ActorCritic
 from .saving import load_policy
 
@@ -31,7 +33,7 @@ class EvalResult:
         return float(np.std(self.returns))
 
 
-def load_run_policy(run_dir: str | Path) -> tuple[ControlConfig, ActorCritic, object]:
+def load_run_policy(run_dir: str | Path) -> tuple[ControlConfig, ActorCritic, ObsNormalizer | None]:
     run = RunDir.open(run_dir)
     path = run.root / "policy.safetensors"
     if not path.exists():
@@ -40,7 +42,7 @@ def load_run_policy(run_dir: str | Path) -> tuple[ControlConfig, ActorCritic, ob
     env = gym.make(cfg.env)
     discrete, act_dim = action_info(env.action_space)
     policy = ActorCritic(
-        int(np.prod(env.observation_space.shape)), act_dim, discrete, cfg.hidden, cfg.init_log_std
+        observation_size(env.observation_space, cfg.env), act_dim, discrete, cfg.hidden, cfg.init_log_std
     )
     env.close()
     obs_norm = load_policy(policy, path)
@@ -70,12 +72,12 @@ def evaluate(
                 x = obs_norm(x, update=False)
             action = policy.act(torch.from_numpy(x), deterministic=deterministic)
             a = action[0].numpy()
-            if not policy.discrete:
+            if isinstance(env.action_space, gym.spaces.Box):  # the policy is Gaussian: clip to the box
                 a = np.clip(a, env.action_space.low, env.action_space.high)
             obs, reward, terminated, truncated, _ = env.step(a if not policy.discrete else int(a))
             total, length, done = total + float(reward), length + 1, terminated or truncated
             if video and ep == 0:
-                frames.append(env.render())
+                frames.append(cast(np.ndarray, env.render()))  # render_mode "rgb_array": one RGB frame
         result.returns.append(total)
         result.lengths.append(length)
     env.close()

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
-from rlft.algos import categorical_kl, entropy_from_logits, gaussian_entropy, gaussian_kl
+from rlft.algos.kl import categorical_kl, gaussian_kl
+from rlft.algos.policy_losses import entropy_from_logits, gaussian_entropy
+
+Array = npt.NDArray[np.float32]  # the NumPy path runs in float32, like the torch weights it reads
+# A flat parameter vector, or one of its views, as a tensor or as a float32 NumPy array
+Flat = TypeVar("Flat", Tensor, Array)
+ActionArray = npt.NDArray[np.int64] | Array  # action indices (discrete) or action vectors (Box)
 
 
 class MLP(nn.Module):
@@ -30,7 +39,11 @@ class MLP(nn.Module):
         self._slices = [slice(end - t.numel(), end) for end, t in zip(ends, tensors, strict=True)]
         self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in tensors]))
 
-    def _split(self, flat):
+    if TYPE_CHECKING:  # nn.Module.__call__ returns Any; calling the net runs `forward`
+
+        def __call__(self, x: Tensor) -> Tensor: ...
+
+    def _split(self, flat: Flat) -> list[Flat]:
         """`flat` cut into the per-layer views [W₁, b₁, W₂, b₂, …] (works on tensors and NumPy arrays)."""
         return [flat[s].reshape(shape) for s, shape in zip(self._slices, self.shapes, strict=True)]
 
@@ -48,14 +61,14 @@ class MLP(nn.Module):
                 x = torch.tanh(x)
         return x
 
-    def numpy_forward(self) -> Callable[[np.ndarray], np.ndarray]:
+    def numpy_forward(self) -> Callable[[Array], Array]:
         """The same function on float32 NumPy arrays, reading the current weights without copying them.
         Valid while the weights do not change (one rollout)."""
         ws = self._split(self.flat.detach().numpy())
         layers = [(ws[i].T, ws[i + 1]) for i in range(0, len(ws), 2)]
         last = len(layers) - 1
 
-        def forward(x: np.ndarray) -> np.ndarray:
+        def forward(x: Array) -> Array:
             for i, (w, b) in enumerate(layers):
                 x = x @ w + b
                 if i < last:
@@ -68,14 +81,21 @@ class MLP(nn.Module):
         # nn.Sequential numbering: Linear, Tanh, Linear, Tanh, …, Linear
         return [f"{2 * (i // 2)}.{'weight' if i % 2 == 0 else 'bias'}" for i in range(len(self.shapes))]
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
+    def _save_to_state_dict(self, destination: dict[str, Tensor], prefix: str, keep_vars: bool) -> None:
         flat = self.flat if keep_vars else self.flat.detach()
         for key, tensor in zip(self._keys(), self._split(flat), strict=True):
             destination[prefix + key] = tensor
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
+        self,
+        state_dict: Mapping[str, Tensor],
+        prefix: str,
+        local_metadata: dict[str, object],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         keys = [prefix + k for k in self._keys()]
         if strict:
             unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in keys)
@@ -118,6 +138,15 @@ def numpy_ready(x: Tensor, *nets: MLP) -> bool:
     )
 
 
+class _TanhMLPsCtx(FunctionCtx):
+    """What `TanhMLPs.forward` keeps on autograd's context for the backward (for the type checker: autograd
+    passes its own context object, which takes any attribute)."""
+
+    saved: list[tuple[MLP, list[Array], list[Array]]]  # per net: the net, its weights, each layer's input
+    flats: tuple[Tensor, ...]
+    versions: list[int]
+
+
 class TanhMLPs(torch.autograd.Function):
     """Several tanh MLPs on one input, forward and backward by hand in NumPy:
     `TanhMLPs.apply(x, nets, *flats)` → one output per `MLP` in `nets`, whose flat parameters are `flats`.
@@ -131,9 +160,11 @@ class TanhMLPs(torch.autograd.Function):
     `tests/test_control_policies.py` checks outputs and gradients against autograd through that path."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, nets: tuple[MLP, ...], *flats: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx: _TanhMLPsCtx, x: Tensor, nets: tuple[MLP, ...], *flats: Tensor) -> tuple[Tensor, ...]:
         ctx.set_materialize_grads(False)  # an unused output (e.g. no baseline) must give no gradient
-        inputs, outs, saved = x.numpy(), [], []
+        inputs: Array = x.numpy()
+        outs: list[Tensor] = []
+        saved: list[tuple[MLP, list[Array], list[Array]]] = []
         for net, flat in zip(nets, flats, strict=True):
             ws = net._split(flat.detach().numpy())
             hs, h = [inputs], inputs
@@ -152,7 +183,7 @@ class TanhMLPs(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: _TanhMLPsCtx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         out: list[Tensor | None] = [None, None]  # x, nets
         if [flat._version for flat in ctx.flats] != ctx.versions:
             raise RuntimeError("TanhMLPs: a weight was modified in place between forward and backward")
@@ -190,26 +221,29 @@ class ActorCritic(nn.Module):
         self.discrete = discrete
         self.actor = mlp([obs_dim, *hidden, act_dim], out_gain=0.01)
         self.critic = mlp([obs_dim, *hidden, 1], out_gain=1.0)
+        # None exactly when discrete: the methods below branch on it, which also tells the type checker
         self.log_std = None if discrete else nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs).squeeze(-1)
 
     def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
-        if self.discrete:
+        if self.log_std is None:
             return torch.log_softmax(params, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         z = (actions - params) * torch.exp(-self.log_std)
         return (-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def entropy(self, params: Tensor) -> Tensor:
-        if self.discrete:
+        if self.log_std is None:
             return entropy_from_logits(params)
         return gaussian_entropy(self.log_std).expand(params.shape[0])
 
     def kl(self, old_params: Tensor, old_log_std: Tensor | None, params: Tensor) -> Tensor:
         """Exact KL(π_old(·|s) ‖ π_θ(·|s)) per state, for PPO-penalty and TRPO."""
-        if self.discrete:
+        if self.log_std is None:
             return categorical_kl(old_params, params)
+        if old_log_std is None:
+            raise ValueError("the KL of a Gaussian policy needs the old log σ")
         return gaussian_kl(
             old_params, old_log_std.expand_as(old_params), params, self.log_std.expand_as(params)
         )
@@ -217,7 +251,7 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def sample(self, params: Tensor, deterministic: bool = False) -> Tensor:
         """Draw actions from the distribution given by the actor's outputs (or take its mode)."""
-        if self.discrete:
+        if self.log_std is None:
             if deterministic:
                 return params.argmax(-1)
             # Gumbel-max: argmax(logits − log E), E ~ Exp(1), is a draw from softmax(logits) in three small
@@ -225,7 +259,7 @@ class ActorCritic(nn.Module):
             return (params - torch.empty_like(params).exponential_().log()).argmax(-1)
         return params if deterministic else params + torch.randn_like(params) * torch.exp(self.log_std)
 
-    def sampler(self, steps: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    def sampler(self, steps: int = 1) -> Callable[[Array], ActionArray]:
         """An action sampler for rollouts: float32 observations (N, obs_dim) → actions (N,) or (N, A).
 
         It runs the actor in NumPy: at rollout batch sizes (a handful of environments) a torch op costs
@@ -234,9 +268,9 @@ class ActorCritic(nn.Module):
         calls at a time (one torch call per rollout, not one per step). The log-probs the updates use are
         recomputed in torch from the stored observations (`Collector._assemble`)."""
         actor = self.actor.numpy_forward()
-        noise: list[np.ndarray] = []
+        noise: list[Array] = []
 
-        def next_noise(shape: tuple[int, ...]) -> np.ndarray:
+        def next_noise(shape: tuple[int, ...]) -> Array:
             if not noise:
                 block = torch.empty(steps, *shape)
                 # Gumbel noise −log E, E ~ Exp(1) (see `sample`), or standard normal noise
@@ -244,16 +278,17 @@ class ActorCritic(nn.Module):
                 noise.extend(reversed(block.numpy()))
             return noise.pop()
 
-        if self.discrete:
+        if self.log_std is None:
 
-            def draw(obs: np.ndarray) -> np.ndarray:
+            def draw(obs: Array) -> ActionArray:
                 logits = actor(obs)  # Gumbel-max, as in `sample`
-                return np.argmax(logits + next_noise(logits.shape), axis=-1)
+                actions: npt.NDArray[np.int64] = np.argmax(logits + next_noise(logits.shape), axis=-1)
+                return actions
 
             return draw
-        std = np.exp(self.log_std.detach().numpy())
+        std: Array = np.exp(self.log_std.detach().numpy())
 
-        def draw_gaussian(obs: np.ndarray) -> np.ndarray:
+        def draw_gaussian(obs: Array) -> ActionArray:
             mu = actor(obs)
             return mu + std * next_noise(mu.shape)
 

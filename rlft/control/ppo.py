@@ -5,19 +5,14 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 
-from rlft.algos import (
-    PPOPenaltyKLController,
-    entropy_bonus,
-    explained_variance,
-    masked_mean,
-    masked_whiten,
-    ppo_clip_loss,
-    ppo_penalty_loss,
-    value_loss,
-)
+from rlft.algos.diagnostics import explained_variance
+from rlft.algos.kl import PPOPenaltyKLController
+from rlft.algos.masked import masked_mean, masked_whiten
+from rlft.algos.policy_losses import entropy_bonus, ppo_clip_loss, ppo_penalty_loss, value_loss
 
 from .common import NonFiniteGuard, batch_advantages, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
@@ -58,7 +53,7 @@ class PPO:
                 mask = valid[idx]
                 logp, values, params = policy.evaluate(obs[idx], actions[idx])
                 mb_adv = masked_whiten(adv[idx], mask) if cfg.norm_adv and not whole else white_adv[idx]
-                if self.penalty:
+                if self.beta is not None:  # PPO-penalty
                     kl = policy.kl(old_params[idx], batch.old_log_std, params)
                     pg_loss, info = ppo_penalty_loss(
                         logp, old_logp[idx], mb_adv, mask, kl=kl, beta=self.beta.value
@@ -82,19 +77,19 @@ class PPO:
             "explained_variance": explained_variance(old_values, returns, valid),
             "lr": lr,
         }
-        if self.penalty:
+        if self.beta is not None:  # PPO-penalty
             with torch.no_grad():  # d = mean exact KL(old‖new) over the whole batch, then β ×2 / ÷2
-                kl = masked_mean(policy.kl(old_params, batch.old_log_std, policy.actor(obs)), valid).item()
-            stats["kl_old_new"], stats["beta"] = kl, self.beta.update(kl)
+                d = masked_mean(policy.kl(old_params, batch.old_log_std, policy.actor(obs)), valid).item()
+            stats["kl_old_new"], stats["beta"] = d, self.beta.update(d)
         return stats
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "beta": None if self.beta is None else self.beta.value,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.beta is not None:
             self.beta.value = state["beta"]

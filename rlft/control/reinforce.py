@@ -8,16 +8,14 @@ bootstrapped with V), or "none".
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from rlft.algos import (
-    MovingAverageBaseline,
-    explained_variance,
-    masked_whiten,
-    reinforce_loss,
-    reward_to_go,
-    value_loss,
-)
+from rlft.algos.advantages import MovingAverageBaseline, reward_to_go
+from rlft.algos.diagnostics import explained_variance
+from rlft.algos.masked import masked_whiten
+from rlft.algos.policy_losses import reinforce_loss, value_loss
 
 from .common import NonFiniteGuard, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
@@ -48,9 +46,8 @@ class Reinforce:
             adv = returns - values.detach()
         elif kind == "moving_average":
             adv = self.moving_average.advantages(returns)
-            self.moving_average.update(
-                float(returns[:, 0].mean())
-            )  # after the advantages: b must not see a_t
+            # after the advantages: b must not see a_t
+            baseline = self.moving_average.update(float(returns[:, 0].mean()))
         else:
             adv = returns
         if cfg.norm_adv:
@@ -64,13 +61,13 @@ class Reinforce:
             stats["value_loss"] = v_loss.item()
             stats["explained_variance"] = explained_variance(values.detach(), returns, mask)
         elif kind == "moving_average":
-            stats["baseline"] = float(self.moving_average.value)
+            stats["baseline"] = float(baseline)
         self.guard.step_optimizer(self.optimizer, self.policy.parameters(), loss, cfg.max_grad_norm)
         return stats
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "baseline": self.moving_average.value}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.moving_average.value = state["baseline"]

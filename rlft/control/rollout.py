@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import gymnasium as gym
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -25,8 +27,15 @@ from rlft.run.seeding import episode_reset_seed
 
 from .config import ControlConfig
 from .env_state import capture_env_state, restore_env_state
+from .envs import observation_size
 from .normalize import ObsNormalizer, RewardScaler
-from .policies import ActorCritic
+from .policies import ActionArray, ActorCritic, Array
+
+Bools = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
+# One environment step of every copy: (observation, action, reward, terminated, truncated, valid)
+Step = tuple[Array, ActionArray, Floats, Bools, Bools, Bools]
+Normalizer = TypeVar("Normalizer", ObsNormalizer, RewardScaler)
 
 
 @dataclass
@@ -50,19 +59,23 @@ class Batch:
         return self.valid.numel()
 
     def flat(self, name: str) -> Tensor:
-        x = getattr(self, name)
+        x: Tensor = getattr(self, name)
         return x.reshape(-1, *x.shape[2:])
 
 
 class Collector:
     """Steps the environments with a policy and keeps what must survive between rollouts."""
 
-    def __init__(self, envs, cfg: ControlConfig, discrete: bool):
+    def __init__(self, envs: gym.vector.VectorEnv[Any, Any, Any], cfg: ControlConfig, discrete: bool):
         self.envs, self.cfg, self.discrete = envs, cfg, discrete
         self.num_envs = cfg.num_envs
-        self.obs_dim = int(np.prod(envs.single_observation_space.shape))
+        self.obs_dim = observation_size(envs.single_observation_space, cfg.env)
         space = envs.single_action_space
-        self.low, self.high = (None, None) if discrete else (space.low, space.high)
+        # Box actions are clipped to the box before they reach the environment
+        self.low: npt.NDArray[Any] | None = None
+        self.high: npt.NDArray[Any] | None = None
+        if isinstance(space, gym.spaces.Box):
+            self.low, self.high = space.low, space.high
         self.obs_norm = ObsNormalizer((self.obs_dim,)) if cfg.normalize_obs else None
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
         self.recent: deque[float] = deque(maxlen=cfg.return_window)
@@ -76,14 +89,14 @@ class Collector:
         self.ep_return = np.zeros(self.num_envs)
         self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
 
-    def _observe(self, raw: np.ndarray) -> np.ndarray:
+    def _observe(self, raw: npt.ArrayLike) -> Array:
         # np.array copies: the stored observation must not alias a buffer the environment reuses
         obs = np.array(raw, dtype=np.float32).reshape(self.num_envs, self.obs_dim)
         if self.obs_norm is not None:
             obs = self.obs_norm(obs, update=True)
         return obs
 
-    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    def _step(self, actions: ActionArray) -> tuple[Floats, Bools, Bools, Bools, list[tuple[float, int]]]:
         """One environment step; returns (reward, terminated, truncated, valid, finished episodes)."""
         valid = ~self.prev_done
         env_actions = actions if self.discrete else np.clip(actions, self.low, self.high)
@@ -92,7 +105,7 @@ class Collector:
         self.ep_return += reward * valid
         self.ep_length += valid
         done = terminated | truncated
-        finished = []
+        finished: list[tuple[float, int]] = []
         for i in np.flatnonzero(done):
             finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
             self.ep_return[i], self.ep_length[i] = 0.0, 0
@@ -106,7 +119,9 @@ class Collector:
         self.recent.extend(r for r, _ in finished)
         self.episodes += len(finished)
 
-    def _assemble(self, policy: ActorCritic, steps: list, finished: list, bootstrap: bool) -> Batch:
+    def _assemble(
+        self, policy: ActorCritic, steps: list[Step], finished: list[tuple[float, int]], bootstrap: bool
+    ) -> Batch:
         """Stack the per-step NumPy records; the actor's outputs, log-probs and values are computed here in
         one batched torch pass (the policy did not change during the rollout)."""
         obs, actions, rewards, term, trunc, valid = (
@@ -116,9 +131,11 @@ class Collector:
         T, N = valid.shape
         flat_obs = obs.reshape(T * N, -1)
         params = policy.actor(flat_obs).view(T, N, -1)
-        all_values = policy.value(torch.cat([flat_obs, torch.from_numpy(self.obs)])) if bootstrap else None
-        values = all_values[: T * N].view(T, N) if bootstrap else torch.zeros(T, N)
-        last_value = all_values[T * N :] if bootstrap else torch.zeros(N)
+        if bootstrap:
+            all_values = policy.value(torch.cat([flat_obs, torch.from_numpy(self.obs)]))
+            values, last_value = all_values[: T * N].view(T, N), all_values[T * N :]
+        else:
+            values, last_value = torch.zeros(T, N), torch.zeros(N)
         logp = policy.log_prob(params.reshape(T * N, -1), actions.reshape(T * N, *actions.shape[2:])).view(
             T, N
         )
@@ -145,7 +162,8 @@ class Collector:
     @torch.no_grad()
     def collect(self, policy: ActorCritic, n_steps: int, bootstrap: bool = True) -> Batch:
         """n_steps steps in every environment, continuing where the last rollout stopped."""
-        steps, finished = [], []
+        steps: list[Step] = []
+        finished: list[tuple[float, int]] = []
         draw = policy.sampler(n_steps)
         for _ in range(n_steps):
             obs = self.obs
@@ -160,7 +178,8 @@ class Collector:
         """Exactly one whole episode per environment (Monte-Carlo methods): reset all, step until every copy
         has ended once; steps of a copy after its episode ended are marked invalid."""
         self.reset()
-        steps, finished = [], []
+        steps: list[Step] = []
+        finished: list[tuple[float, int]] = []
         ended = np.zeros(self.num_envs, dtype=bool)
         draw = policy.sampler(steps=64)  # noise for 64 steps at a time; episodes run until all have ended
         while not ended.all():
@@ -179,7 +198,7 @@ class Collector:
 
     # --- checkpointing ----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly, as tensors and plain data: the environments' state (None
         when it has no plain-data form, with the reason), the current observation, episode counters and
         normalisers."""
@@ -197,7 +216,7 @@ class Collector:
             "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> str | None:
+    def load_state_dict(self, state: dict[str, Any]) -> str | None:
         """Restore; returns None when the environments continue exactly, else why they were reset instead
         (their state had no plain-data form, so the episodes restart, reseeded)."""
         self.obs_norm = self._load_normalizer(ObsNormalizer((self.obs_dim,)), state["obs_norm"])
@@ -216,7 +235,7 @@ class Collector:
         return None
 
     @staticmethod
-    def _load_normalizer(fresh: ObsNormalizer | RewardScaler, saved: dict | None) -> Any:
+    def _load_normalizer(fresh: Normalizer, saved: dict[str, Tensor] | None) -> Normalizer | None:
         if saved is None:
             return None
         fresh.load_state_dict(saved)

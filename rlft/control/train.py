@@ -31,10 +31,10 @@ from rlft.run import (
 )
 
 from .common import NonFiniteGuard, say
-from .config import CONTROL_ALGOS, ControlConfig
-from .envs import EnvError, action_info, make_vec_env
+from .config import CONTROL_ALGOS, ControlAlgo, ControlConfig
+from .envs import action_info, make_vec_env, observation_size
 from .policies import ActorCritic
-from .rollout import Collector
+from .rollout import Batch, Collector
 from .saving import require_finite, save_policy, write_file
 
 CHECKPOINT = "last.pt"
@@ -55,11 +55,9 @@ class TrainResult:
     solved_at_seconds: float | None = None
 
 
-def build_policy(cfg: ControlConfig, envs) -> tuple[ActorCritic, bool]:
-    if not isinstance(envs.single_observation_space, gym.spaces.Box):
-        raise EnvError(f"{cfg.env}: observation space {envs.single_observation_space} is not a Box")
+def build_policy(cfg: ControlConfig, envs: gym.vector.VectorEnv[Any, Any, Any]) -> tuple[ActorCritic, bool]:
+    obs_dim = observation_size(envs.single_observation_space, cfg.env)
     discrete, act_dim = action_info(envs.single_action_space)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
     return ActorCritic(obs_dim, act_dim, discrete, cfg.hidden, cfg.init_log_std), discrete
 
 
@@ -97,7 +95,7 @@ def _restore(
     path: Path,
     cfg: ControlConfig,
     policy: ActorCritic,
-    algo: Any,
+    algo: ControlAlgo,
     guard: NonFiniteGuard,
     collector: Collector,
 ) -> _Tally:
@@ -228,7 +226,7 @@ def _log_update(
     cfg: ControlConfig,
     tally: _Tally,
     collector: Collector,
-    batch: Any,
+    batch: Batch,
     stats: dict[str, float],
     guard: NonFiniteGuard,
     metrics: MetricsWriter,

@@ -7,18 +7,16 @@ the exact KL(π_old‖π_θ). The critic is fitted separately with Adam on ½(V 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from rlft.algos import (
-    backtracking_line_search,
-    conjugate_gradient,
-    explained_variance,
-    masked_mean,
-    masked_whiten,
-    trust_region_step,
-    value_loss,
-)
+from rlft.algos.diagnostics import explained_variance
+from rlft.algos.masked import masked_mean, masked_whiten
+from rlft.algos.policy_losses import value_loss
+from rlft.algos.trust_region import backtracking_line_search, conjugate_gradient, trust_region_step
 
 from .common import NonFiniteGuard, batch_advantages, set_lr
 from .config import CONTROL_ALGOS, ControlConfig
@@ -26,7 +24,7 @@ from .policies import ActorCritic
 from .rollout import Batch, Collector
 
 
-def _flat_grad(y: Tensor, params: list[Tensor], create_graph: bool = False) -> Tensor:
+def _flat_grad(y: Tensor, params: Sequence[Tensor], create_graph: bool = False) -> Tensor:
     grads = torch.autograd.grad(y, params, create_graph=create_graph)
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -121,16 +119,17 @@ class TRPO:
             "lr": lr,
         }
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"critic_optimizer": self.critic_optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 
 
-def evaluate_gain(before: float, surrogate, step: Tensor) -> float:
+def evaluate_gain(before: float, surrogate: Callable[[], Tensor], step: Tensor) -> float:
     """Improvement of the surrogate achieved by the accepted step (0 when the line search failed)."""
     if not bool(step.abs().sum()):
         return 0.0
     with torch.no_grad():
-        return surrogate().item() - before
+        after: float = surrogate().item()
+    return after - before

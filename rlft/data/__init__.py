@@ -17,6 +17,7 @@ from .errors import DataError
 from .formats import (
     FORMATS,
     ROLES,
+    Completion,
     ConversationRecord,
     Message,
     PreferenceRecord,
@@ -62,6 +63,7 @@ __all__ = [
     "ROLES",
     "TASKS",
     "ArithmeticTask",
+    "Completion",
     "ConversationRecord",
     "DataError",
     "Encoded",

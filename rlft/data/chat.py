@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .errors import DataError, one_line, show
 from .formats import Message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 KWARGS_ATTR = "rlft_chat_template_kwargs"
 
@@ -52,13 +55,22 @@ _RESERVED_KWARGS = frozenset(
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
+class _RenderOptions(TypedDict, total=False):
+    """The ``apply_chat_template`` options rlft sets for a rendering (see ``_RESERVED_KWARGS``)."""
+
+    tokenize: bool
+    add_generation_prompt: bool
+    return_dict: bool
+    return_assistant_tokens_mask: bool
+
+
 class NotIncremental(DataError):
     """The template's rendering of a shorter conversation is not a prefix of the whole one. A subclass so
     that ``conversation_sequences`` can fall back to one sequence per turn while other callers still see
     a plain ``DataError``."""
 
 
-def set_chat_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any] | None) -> None:
+def set_chat_template_kwargs(tokenizer: PreTrainedTokenizerBase, kwargs: Mapping[str, Any] | None) -> None:
     """Store ``kwargs`` (a copy) on ``tokenizer`` for every chat-template rendering in rlft; None clears.
 
     An attribute rather than a parameter: the tokenizer already reaches every place that renders chat
@@ -78,18 +90,20 @@ def set_chat_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any] | None) -
     setattr(tokenizer, KWARGS_ATTR, dict(kwargs))
 
 
-def chat_template_kwargs(tokenizer: Any) -> dict[str, Any]:
+def chat_template_kwargs(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The options stored by ``set_chat_template_kwargs`` (a copy; empty when none were set)."""
     return dict(getattr(tokenizer, KWARGS_ATTR, None) or {})
 
 
-def _apply_chat_template(tokenizer: Any, messages: list[Message], **options: Any) -> Any:
+def _apply_chat_template(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], **options: Unpack[_RenderOptions]
+) -> object:
     """``tokenizer.apply_chat_template(messages, **options)`` with the stored ``chat_template_kwargs``: the
     one call that renders chat data, so every rendering sees the same options."""
     return tokenizer.apply_chat_template(messages, **options, **chat_template_kwargs(tokenizer))
 
 
-def require_chat_template(tokenizer: Any, where: str) -> None:
+def require_chat_template(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
             f"{where}: conversational data needs a chat template, but the tokenizer has none "
@@ -97,7 +111,9 @@ def require_chat_template(tokenizer: Any, where: str) -> None:
         )
 
 
-def render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool, where: str) -> str:
+def render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], add_generation_prompt: bool, where: str
+) -> str:
     """The template's text for ``messages`` (no tokenization, so special tokens appear as text), with the
     tokenizer's ``chat_template_kwargs``."""
     require_chat_template(tokenizer, where)
@@ -122,7 +138,9 @@ def _prefix_check(full: str, prefix: str, where: str, what: str) -> None:
         )
 
 
-def completion_after_prompt(tokenizer: Any, prompt: list[Message], completion: str, where: str) -> str:
+def completion_after_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[Message], completion: str, where: str
+) -> str:
     """The text the template adds after a conversational ``prompt`` when the assistant answers ``completion``."""
     head = render(tokenizer, prompt, True, where)
     full = render(tokenizer, [*prompt, {"role": "assistant", "content": completion}], False, where)
@@ -130,7 +148,9 @@ def completion_after_prompt(tokenizer: Any, prompt: list[Message], completion: s
     return full[len(head) :]
 
 
-def _turn_renders(tokenizer: Any, messages: list[Message], where: str) -> list[tuple[int, str, str]]:
+def _turn_renders(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], where: str
+) -> list[tuple[int, str, str]]:
     """(i, before, through) for each assistant message i: the rendering of messages[:i] with the generation
     prompt, and of messages[:i+1] without."""
     out = []
@@ -162,7 +182,9 @@ def _pieces(full: str, turns: list[tuple[int, str, str]], where: str) -> list[tu
     return [(text, is_assistant) for text, is_assistant in pieces if text]
 
 
-def conversation_pieces(tokenizer: Any, messages: list[Message], where: str) -> list[tuple[str, bool]]:
+def conversation_pieces(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], where: str
+) -> list[tuple[str, bool]]:
     """Split the rendered conversation into consecutive (text, is_assistant) pieces that join to the whole.
     Raises ``NotIncremental`` (a ``DataError``) when the template does not render incrementally."""
     full = render(tokenizer, messages, False, where)
@@ -175,7 +197,7 @@ def turn_where(where: str, n: int) -> str:
 
 
 def conversation_sequences(
-    tokenizer: Any, messages: list[Message], where: str
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], where: str
 ) -> list[tuple[str, list[tuple[str, bool]]]]:
     """The training sequences of a conversation, each as (where, [(text, is_assistant), ...]).
 
@@ -206,7 +228,7 @@ def conversation_sequences(
     return out
 
 
-def has_generation_markers(tokenizer: Any) -> bool:
+def has_generation_markers(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True when the template marks assistant text with ``{% generation %}`` and transformers can turn the
     marks into a token mask (that needs a fast tokenizer's offsets)."""
     if not getattr(tokenizer, "chat_template", None) or not getattr(tokenizer, "is_fast", False):
@@ -218,7 +240,9 @@ def has_generation_markers(tokenizer: Any) -> bool:
     return isinstance(template, str) and bool(_GENERATION_TAG.search(template))
 
 
-def assistant_token_mask(tokenizer: Any, messages: list[Message], where: str) -> tuple[list[int], list[bool]]:
+def assistant_token_mask(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], where: str
+) -> tuple[list[int], list[bool]]:
     """Token ids of the whole conversation and, per token, whether the template's ``{% generation %}``
     markers put it in assistant text (transformers' ``return_assistant_tokens_mask``).
 
@@ -235,6 +259,8 @@ def assistant_token_mask(tokenizer: Any, messages: list[Message], where: str) ->
             return_assistant_tokens_mask=True,
             add_generation_prompt=False,
         )
+        if not isinstance(out, Mapping):  # return_dict=True gives a BatchEncoding, which is a mapping
+            raise TypeError(f"apply_chat_template returned {type(out).__name__}, not a mapping")
         ids, mask = list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
     except Exception as e:
         raise DataError(
@@ -250,7 +276,7 @@ def assistant_token_mask(tokenizer: Any, messages: list[Message], where: str) ->
 _PROBE = "XyZq7RlftProbe"
 
 
-def end_of_turn_token_ids(tokenizer: Any) -> list[int]:
+def end_of_turn_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The ids that end an assistant turn: the template's end-of-turn token (when it is a special token,
     like ``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``, ``<|end|>``), then ``eos_token_id``.
 
@@ -276,7 +302,7 @@ def end_of_turn_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def _is_special(tokenizer: Any, token_id: int) -> bool:
+def _is_special(tokenizer: PreTrainedTokenizerBase, token_id: int) -> bool:
     # Plain text after the turn (e.g. a newline) is not a stop signal: stopping on it would cut answers.
     if token_id in (getattr(tokenizer, "all_special_ids", None) or []):
         return True

@@ -32,6 +32,9 @@ from .errors import DataError, show
 
 Message = dict[str, Any]  # {"role": ..., "content": ...}; other keys are kept for the chat template
 Prompt = str | list[Message]
+# A completion as a reward function or a task receives it: its text, or TRL's conversational form
+# [{"role": "assistant", "content": text}] (a reward spec's ``reward_format: messages``).
+Completion = str | list[Message]
 ROLES = ("system", "user", "assistant")
 
 
@@ -123,7 +126,7 @@ Record = (
     | UnpairedRecord
 )
 
-RECORD_TYPES: dict[str, type] = {
+RECORD_TYPES: dict[str, type[Record]] = {
     cls.FORMAT: cls
     for cls in (
         PromptRecord,
@@ -157,7 +160,7 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def detect_format(row: Mapping[str, Any], where: str = "record") -> str:
+def detect_format(row: object, where: str = "record") -> str:
     """The format a row's keys suggest. The most specific format wins, so extra fields never change the
     answer for complete rows; a row missing a required field is detected by the fields it has and then
     fails validation naming the missing one."""
@@ -191,12 +194,12 @@ def _fail(where: str, name: str, problem: str) -> DataError:
     return DataError(f"{where}: field '{name}': {problem}")
 
 
-def _present(row: Mapping[str, Any], name: str) -> bool:
+def _present(row: Mapping[str, object], name: str) -> bool:
     # A null cell (CSV blank, Parquet/Arrow null) counts as missing, like an absent key.
     return row.get(name) is not None
 
 
-def _text(value: Any, name: str, where: str) -> str:
+def _text(value: object, name: str, where: str) -> str:
     if not isinstance(value, str):
         raise _fail(where, name, f"expected a string, got {show(value)}")
     if value == "":
@@ -204,18 +207,18 @@ def _text(value: Any, name: str, where: str) -> str:
     return value
 
 
-def _required_text(row: Mapping[str, Any], name: str, fmt: str, where: str) -> str:
+def _required_text(row: Mapping[str, object], name: str, fmt: str, where: str) -> str:
     if not _present(row, name):
         raise _fail(where, name, f"missing (expected a string for {fmt} data)")
     return _text(row[name], name, where)
 
 
-def _messages(value: Any, name: str, where: str) -> list[Message]:
+def _messages(value: object, name: str, where: str) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise _fail(
             where, name, f"expected a non-empty list of messages {{role, content}}, got {show(value)}"
         )
-    out = []
+    out: list[Message] = []
     for i, msg in enumerate(value):
         item = f"{name}[{i}]"
         if not isinstance(msg, Mapping):
@@ -231,7 +234,7 @@ def _messages(value: Any, name: str, where: str) -> list[Message]:
     return out
 
 
-def _prompt(row: Mapping[str, Any], fmt: str, where: str) -> Prompt:
+def _prompt(row: Mapping[str, object], fmt: str, where: str) -> Prompt:
     if not _present(row, "prompt"):
         raise _fail(where, "prompt", f"missing (expected a string or a list of messages for {fmt} data)")
     value = row["prompt"]
@@ -242,7 +245,7 @@ def _prompt(row: Mapping[str, Any], fmt: str, where: str) -> Prompt:
     return _text(value, "prompt", where)
 
 
-def _completion(row: Mapping[str, Any], name: str, fmt: str, where: str) -> str:
+def _completion(row: Mapping[str, object], name: str, fmt: str, where: str) -> str:
     """A completion-side string; TRL's ``[{"role": "assistant", "content": ...}]`` becomes its content."""
     if not _present(row, name):
         raise _fail(where, name, f"missing (expected a string for {fmt} data)")
@@ -251,17 +254,18 @@ def _completion(row: Mapping[str, Any], name: str, fmt: str, where: str) -> str:
         msgs = _messages(value, name, where)
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise _fail(where, name, f"expected a string or one assistant message, got {len(msgs)} messages")
-        return msgs[0]["content"]
+        content: str = msgs[0]["content"]  # a non-empty string: _messages checked it
+        return content
     return _text(value, name, where)
 
 
-def _number(value: Any, name: str, where: str) -> float:
+def _number(value: object, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise _fail(where, name, f"expected a finite number, got {show(value)}")
     return float(value)
 
 
-def _label(row: Mapping[str, Any], where: str) -> bool:
+def _label(row: Mapping[str, object], where: str) -> bool:
     if not _present(row, "label"):
         raise _fail(where, "label", "missing (expected true or false for unpaired data)")
     value = row["label"]
@@ -271,7 +275,7 @@ def _label(row: Mapping[str, Any], where: str) -> bool:
     raise _fail(where, "label", f"expected true or false, got {show(value)}")
 
 
-def _responses(row: Mapping[str, Any], where: str) -> list[str]:
+def _responses(row: Mapping[str, object], where: str) -> list[str]:
     value = row.get("responses")
     if value is None:
         raise _fail(where, "responses", "missing (expected a list of at least 2 strings for ranked data)")
@@ -282,7 +286,7 @@ def _responses(row: Mapping[str, Any], where: str) -> list[str]:
     return [_text(v, f"responses[{i}]", where) for i, v in enumerate(value)]
 
 
-def _scores(row: Mapping[str, Any], k: int, where: str) -> list[float]:
+def _scores(row: Mapping[str, object], k: int, where: str) -> list[float]:
     expected = f"expected a list of {k} numbers (one per response)"
     value = row.get("scores")
     if value is None:
@@ -297,7 +301,7 @@ def _scores(row: Mapping[str, Any], k: int, where: str) -> list[float]:
 # --- per-format validators -----------------------------------------------------------------------------
 
 
-def validate_record(row: Mapping[str, Any], fmt: str, where: str) -> Record:
+def validate_record(row: object, fmt: str, where: str) -> Record:
     """Check ``row`` against ``fmt`` and return its record; fields the format does not use go to ``extra``.
 
     Raises a one-line ``DataError`` such as

@@ -13,11 +13,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rlft.run import ConfigError
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 OVERFLOW_MODES = ("truncate", "drop", "error")
 # A token spans a few characters (4 on average for English BPE); text longer than this many characters per
@@ -36,7 +39,9 @@ _CONTEXT_KEYS = (
 )
 
 
-def context_length(model: Any, tokenizer: Any = None) -> int | None:
+def context_length(
+    model: str | Path | PreTrainedConfig | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None
+) -> int | None:
     """The longest sequence ``model`` handles: its config's position budget (``max_position_embeddings``,
     ``n_positions``, ``max_seq_len``, ...), else the tokenizer's ``model_max_length`` when that is a real
     number; None when neither says.
@@ -53,17 +58,19 @@ def context_length(model: Any, tokenizer: Any = None) -> int | None:
     return found
 
 
-def _auto_config(model: str | Path) -> Any:
+def _auto_config(model: str | Path) -> PreTrainedConfig | None:
     from transformers import AutoConfig  # deferred: transformers is heavy and the data layer runs without it
 
     try:
         # Only what is on disk: a hub id the loader has not fetched yet gives None rather than network retries.
-        return AutoConfig.from_pretrained(str(model), local_files_only=True)
+        config: PreTrainedConfig = AutoConfig.from_pretrained(str(model), local_files_only=True)
     except Exception:  # not a model directory, an unknown architecture, no network: the caller gets None
         return None
+    return config
 
 
-def _config_context(config: Any) -> int | None:
+def _config_context(config: object) -> int | None:
+    # Read by attribute name: architectures name their context length differently (_CONTEXT_KEYS).
     get_text = getattr(config, "get_text_config", None)
     # Multimodal configs keep the language model's positions in their text config.
     for cfg in (config, get_text() if callable(get_text) else None):
@@ -74,9 +81,10 @@ def _config_context(config: Any) -> int | None:
     return None
 
 
-def _sane(value: Any) -> int | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT
-    return value if ok else None
+def _sane(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT:
+        return value
+    return None
 
 
 def cap_length(configured: int | None, context: int | None) -> int | None:
@@ -85,15 +93,17 @@ def cap_length(configured: int | None, context: int | None) -> int | None:
     return min(limits) if limits else None
 
 
-def prompt_budget(configured: int | None, context: int | None, new_tokens: int) -> int | None:
+def prompt_budget(
+    configured: int | None, context: int | None, new_tokens: int, key: str = "max_new_tokens"
+) -> int | None:
     """The prompt limit of generation: the configured ``max_prompt_tokens``, held to what the model's context
-    leaves after ``new_tokens`` generated tokens. A ConfigError when the context leaves no room at all."""
+    leaves after ``new_tokens`` generated tokens. A ConfigError naming the config key ``key`` (the one that
+    set ``new_tokens``) when the context leaves no room at all."""
     if context is None:
         return configured
     if context - new_tokens < 1:
         raise ConfigError(
-            f"config key 'max_new_tokens': expected fewer than the model's context length {context}, "
-            f"got {new_tokens}"
+            f"config key '{key}': expected fewer than the model's context length {context}, got {new_tokens}"
         )
     return cap_length(configured, context - new_tokens)
 
@@ -116,7 +126,7 @@ class LengthLimits:
     def within(self, context: int | None) -> LengthLimits:
         """These limits with the total held to a model's context length too (None: no context known)."""
         total = cap_length(self.max_total_tokens, context)
-        if total == self.max_total_tokens:
+        if total is None or total == self.max_total_tokens:  # None: neither limit is set
             return self
         if self.max_prompt_tokens is not None and self.max_prompt_tokens >= total:
             raise ConfigError(
@@ -154,7 +164,7 @@ class LengthReport:
     kept: int = 0
     truncated: int = 0
     dropped: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:

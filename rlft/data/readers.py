@@ -14,15 +14,14 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from rlft.run.config_types import utf8_encodable
 
 from .errors import DataError, one_line, show
 
-Rows = Iterator[tuple[str, Any]]
+Rows = Iterator[tuple[str, object]]  # (where, the row as parsed: validation says what it must be)
 
 FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv")
 
@@ -46,13 +45,13 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _BOM = "\ufeff"
 
 
-class _DuplicateKey(dict):
+class _DuplicateKey(dict[str, object]):
     """A parsed JSON object that repeated a key; ``duplicate`` is the first repeated one."""
 
     duplicate: str = ""
 
 
-def _object_pairs(pairs: list[tuple[str, Any]]) -> dict:
+def _object_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
     # json.loads silently keeps the last value of a repeated key; a record with two prompts is an error, so
     # the object is flagged here and reported, with its location, by _problem.
     obj = dict(pairs)
@@ -60,15 +59,19 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict:
         return obj
     seen: set[str] = set()
     flagged = _DuplicateKey(obj)
-    flagged.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+    for k, _ in pairs:
+        if k in seen:
+            flagged.duplicate = k
+            break
+        seen.add(k)
     return flagged
 
 
-def _loads(text: str) -> tuple[Any, bool]:
+def _loads(text: str) -> tuple[object, bool]:
     """Parse JSON text; also say whether the value needs the structural walk of ``_problem``."""
     flagged: list[bool] = []
 
-    def hook(pairs: list[tuple[str, Any]]) -> dict:
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
         obj = _object_pairs(pairs)
         if isinstance(obj, _DuplicateKey):
             flagged.append(True)
@@ -80,10 +83,10 @@ def _loads(text: str) -> tuple[Any, bool]:
     return value, bool(flagged) or deep or surrogate
 
 
-def _problem(value: Any) -> str | None:
+def _problem(value: object) -> str | None:
     """The first structural problem of a parsed JSON value: nesting deeper than MAX_DEPTH, a repeated key,
     or a string (or key) holding a lone UTF-16 surrogate; None when there is none."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -185,7 +188,7 @@ def read_json(path: Path) -> Rows:
         yield where, row
 
 
-def read_text_lines(path: Path) -> Rows:
+def read_text_lines(path: Path) -> Iterator[tuple[str, str]]:
     """One string per non-blank line of a plain-text file (trailing CR/LF removed), e.g. a prompts file."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -204,7 +207,7 @@ _CSV_JSON_FIELDS = {"messages", "responses", "scores", "label", "margin"}
 _CSV_MESSAGE_FIELDS = {"prompt", "completion", "chosen", "rejected"}
 
 
-def _cell_json(name: str, text: str) -> Any:
+def _cell_json(name: str, text: str) -> object:
     """A cell's JSON value; a cell that is not JSON stays its text (validation then says what was expected),
     but a well-formed value with a structural problem (repeated key, lone surrogate, deep nesting) raises."""
     try:
@@ -216,7 +219,7 @@ def _cell_json(name: str, text: str) -> Any:
     return value
 
 
-def _csv_cell(name: str, value: str | None) -> Any:
+def _csv_cell(name: str, value: str | None) -> object:
     if value is None:
         return None
     if name in _CSV_JSON_FIELDS:
@@ -245,7 +248,7 @@ def read_csv(path: Path) -> Rows:
             where = f"{path}:row {i}"
             if None in row:  # DictReader files surplus cells under the key None
                 n_cells = len(row) - 1 + len(row[None])
-                raise DataError(f"{where}: {n_cells} cells, but the header has {len(reader.fieldnames)}")
+                raise DataError(f"{where}: {n_cells} cells, but the header has {len(header)}")
             try:
                 cells = {k: _csv_cell(k, v) for k, v in row.items()}
             except DataError as e:
@@ -272,7 +275,7 @@ def read_parquet(path: Path) -> Rows:
         raise DataError(f"{path}: not a readable Parquet file ({one_line(e)})") from None
 
 
-def _dataset_rows(ds: Any, where_prefix: str) -> Rows:
+def _dataset_rows(ds: Iterable[object], where_prefix: str) -> Rows:
     for i, row in enumerate(ds):
         yield f"{where_prefix}:index {i}", row
 

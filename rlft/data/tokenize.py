@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .chat import (
     assistant_token_mask,
@@ -42,9 +42,15 @@ from .formats import (
 )
 from .lengths import LengthFitter, LengthLimits, LengthReport
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and every HF model) skips
 
 T = TypeVar("T")
+# The records that have a prompt, which the prompt-based encoders take.
+PromptedRecord = PromptRecord | PromptCompletionRecord | PreferenceRecord | RankedRecord | UnpairedRecord
+R = TypeVar("R", bound=PromptedRecord)
 
 
 class Encoded(list[T], Generic[T]):
@@ -110,7 +116,7 @@ class UnpairedExample:
 Piece = tuple[str, bool]  # (text, add_special_tokens)
 
 
-def _tokenize(tokenizer: Any, pieces: Sequence[Piece]) -> list[list[int]]:
+def _tokenize(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[Piece]) -> list[list[int]]:
     """Tokenize many pieces with one batched call per special-token setting (fast tokenizers batch in Rust)."""
     out: list[list[int]] = [[] for _ in pieces]
     for special in (True, False):
@@ -122,7 +128,7 @@ def _tokenize(tokenizer: Any, pieces: Sequence[Piece]) -> list[list[int]]:
     return out
 
 
-def _eos_id(tokenizer: Any, add_eos: bool) -> int | None:
+def _eos_id(tokenizer: PreTrainedTokenizerBase, add_eos: bool) -> int | None:
     eos = getattr(tokenizer, "eos_token_id", None)
     if add_eos and eos is None:
         raise DataError("the tokenizer has no eos_token; set tokenizer.eos_token so completions can end")
@@ -135,13 +141,15 @@ def _with_eos(ids: list[int], eos: int | None, chat: bool) -> list[int]:
     return [*ids, eos]
 
 
-def _prompt_piece(tokenizer: Any, prompt: Prompt, where: str) -> Piece:
+def _prompt_piece(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, where: str) -> Piece:
     if isinstance(prompt, str):
         return prompt, True
     return render(tokenizer, prompt, True, where), False
 
 
-def _completion_piece(tokenizer: Any, prompt: Prompt, completion: str, where: str) -> Piece:
+def _completion_piece(
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: str, where: str
+) -> Piece:
     if isinstance(prompt, str):
         return completion, False
     return completion_after_prompt(tokenizer, prompt, completion, where), False
@@ -149,19 +157,19 @@ def _completion_piece(tokenizer: Any, prompt: Prompt, completion: str, where: st
 
 def _encode_prompted(
     records: Sequence[Record],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     limits: LengthLimits | None,
-    want: type | tuple[type, ...],
+    want: type[R] | tuple[type[R], ...],
     what: str,
-    completions_of: Callable[[Any], list[tuple[str, str]]],
+    completions_of: Callable[[R], list[tuple[str, str]]],
     add_eos: bool,
-) -> tuple[list[tuple[Any, list[int], list[list[int]]]], LengthReport]:
+) -> tuple[list[tuple[R, list[int], list[list[int]]]], LengthReport]:
     """Shared path of the prompt-based encoders: tokenize each record's prompt and its named completions,
     fit them to ``limits``; return (record, prompt_ids, completion_ids) for the kept records."""
     eos = _eos_id(tokenizer, add_eos)
     fitter = LengthFitter(limits, getattr(tokenizer, "bos_token_id", None))
     pieces: list[Piece] = []
-    layout = []
+    layout: list[tuple[R, list[str]]] = []
     for r in records:
         if not isinstance(r, want):
             raise DataError(
@@ -177,7 +185,7 @@ def _encode_prompted(
         pieces += bounded
         layout.append((r, [name for name, _ in named]))
     ids = _tokenize(tokenizer, pieces)
-    out = []
+    out: list[tuple[R, list[int], list[list[int]]]] = []
     pos = 0
     for r, names in layout:
         prompt_ids, comp_ids = ids[pos], ids[pos + 1 : pos + 1 + len(names)]
@@ -210,7 +218,7 @@ def _bound_messages(fitter: LengthFitter, r: ConversationRecord) -> list[Message
     return [{**m, "content": text} for m, text in zip(r.messages, bounded, strict=True)]
 
 
-def _names(want: type | tuple[type, ...]) -> str:
+def _names(want: type[R] | tuple[type[R], ...]) -> str:
     types = want if isinstance(want, tuple) else (want,)
     return " or ".join(t.FORMAT for t in types)
 
@@ -220,7 +228,7 @@ def _names(want: type | tuple[type, ...]) -> str:
 
 def encode_sft(
     records: Sequence[Record],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     limits: LengthLimits | None = None,
     completion_only_loss: bool = True,
     add_eos: bool = True,
@@ -320,7 +328,7 @@ def encode_sft(
 
 
 def encode_prompts(
-    records: Sequence[Record], tokenizer: Any, limits: LengthLimits | None = None
+    records: Sequence[Record], tokenizer: PreTrainedTokenizerBase, limits: LengthLimits | None = None
 ) -> Encoded[PromptExample]:
     """Prompt ids for online RL. Any record with a prompt works; its other fields (``answer``, or a
     reference ``completion``) travel in ``extra`` for the reward functions."""
@@ -339,7 +347,10 @@ def encode_prompts(
 
 
 def encode_preference(
-    records: Sequence[Record], tokenizer: Any, limits: LengthLimits | None = None, add_eos: bool = True
+    records: Sequence[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    limits: LengthLimits | None = None,
+    add_eos: bool = True,
 ) -> Encoded[PreferenceExample]:
     """Prompt, chosen and rejected ids of preference pairs; a pair is dropped or truncated as a whole.
 
@@ -383,7 +394,10 @@ def source_of(where: str) -> str:
 
 
 def encode_ranked(
-    records: Sequence[Record], tokenizer: Any, limits: LengthLimits | None = None, add_eos: bool = True
+    records: Sequence[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    limits: LengthLimits | None = None,
+    add_eos: bool = True,
 ) -> Encoded[RankedExample]:
     """Prompt ids and the ids of every ranked response, with their scores."""
     fitted, report = _encode_prompted(
@@ -400,7 +414,10 @@ def encode_ranked(
 
 
 def encode_unpaired(
-    records: Sequence[Record], tokenizer: Any, limits: LengthLimits | None = None, add_eos: bool = True
+    records: Sequence[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    limits: LengthLimits | None = None,
+    add_eos: bool = True,
 ) -> Encoded[UnpairedExample]:
     """Prompt and completion ids with the desirable/undesirable label (KTO)."""
     fitted, report = _encode_prompted(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from .kv_cache import cache_argument, cache_is_plain, make_cache
 from .lm_head import apply_lm_head
@@ -32,7 +32,7 @@ class HFDecoder:
         self.model = model
         self.body = model.get_decoder()
         self.max_new_tokens = max_new_tokens
-        self.cache = None
+        self.cache: DynamicCache | None = None  # made by `start` for each batch
         self.length = 0  # number of key positions filled (prompt width + tokens fed so far)
 
     def start(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -64,7 +64,7 @@ class HFDecoder:
     def _setup_step_masks(self) -> None:
         """Pick the cheapest correct mask form for one-token steps (see class docstring)."""
         attn = getattr(self.model.config, "_attn_implementation", None)
-        plain = cache_is_plain(self.cache)
+        plain = self.cache is not None and cache_is_plain(self.cache)
         self.mask_kind = "2d"
         if plain and attn == "sdpa":
             self.mask_kind = "bool"
@@ -103,7 +103,8 @@ class HFDecoder:
 
     def select(self, rows: Tensor) -> None:
         """Keep only batch rows ``rows`` (compaction after some sequences finished)."""
-        self.cache.batch_select_indices(rows)
+        if self.cache is not None:  # None only before the first batch
+            self.cache.batch_select_indices(rows)
         self.key_valid = self.key_valid.index_select(0, rows)
         if self.mask_kind == "additive":
             self.key_bias = self.key_bias.index_select(0, rows)

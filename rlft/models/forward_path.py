@@ -15,9 +15,13 @@ which path it took: :func:`plan_for` composes the same predicates the code paths
 :class:`ForwardPlan`, and :func:`record_forward` keeps its one-line ``description`` as ``RUN/forward.txt``
 and hands it back for the trainer's log.
 
-The predicates stay where the paths are taken (:func:`decoder_choice` is what ``make_decoder`` calls;
-``use_fused_forward`` is what the log-prob functions and ``packed_reference`` call); this module only
-composes them, so a plan cannot disagree with the path a pass actually takes.
+The plan is the decision, not only its description: trainers build it once at start and take every
+path from it — the sampler's ``decoder`` (:attr:`ForwardPlan.decoder`), the ``forward=`` of the policy's
+and the reference's log-prob passes (:attr:`ForwardPlan.training_forward`,
+:attr:`ForwardPlan.reference_forward`), whether the reference is packed once
+(:meth:`ForwardPlan.frozen_reference`) and whether the oneDNN linears are installed
+(:attr:`ForwardPlan.onednn`). The plan is composed from the same predicates the code paths check
+(:func:`decoder_choice`, ``use_fused_forward``), so passing its choice on never changes a result.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from transformers import PreTrainedModel
 from rlft.run.atomic import atomic_write_text
 
 from .errors import ModelError
+from .fused.frozen import FrozenForward
 from .fused.kernels import kernels, unavailable_reason
 from .fused.kernels.training import train_kernels
 from .fused.llama_decoder import fast_path_blocker
@@ -91,7 +96,8 @@ class ForwardPlan:
     not sample. ``training``: "fused" (the fused Llama body) or "hf" (the model's own). ``reference``: None
     (no reference pass), "packed" (the frozen fused body with weights packed once), "fused", "hf",
     "policy" (the policy with its LoRA adapters disabled) or "table" (log-probs precomputed at start).
-    ``dtype``: the matmul dtype of the training and reference passes.
+    ``dtype``: the matmul dtype of the training and reference passes. ``onednn``: the Hugging Face bodies'
+    ``nn.Linear`` layers go to oneDNN (float32). ``forward_option``: the run's ``forward`` option as given.
     """
 
     decoder: str | None
@@ -99,6 +105,27 @@ class ForwardPlan:
     reference: str | None
     dtype: torch.dtype
     description: str
+    onednn: bool = False
+    forward_option: str | None = None
+
+    @property
+    def training_forward(self) -> str:
+        """The ``forward=`` of the policy's passes: "fast" for the fused body, else "hf" — except that a
+        refused ``forward: fast`` stays "fast", so the first pass raises the error naming why."""
+        return "fast" if self.training == "fused" or self.forward_option == "fast" else "hf"
+
+    @property
+    def reference_forward(self) -> str:
+        """The ``forward=`` of the reference's passes (its own architecture may differ from the policy's)."""
+        if self.reference in ("packed", "fused"):
+            return "fast"
+        if self.reference == "policy":
+            return self.training_forward
+        return "fast" if self.forward_option == "fast" else "hf"
+
+    def frozen_reference(self, model: PreTrainedModel, bf16: bool) -> FrozenForward | None:
+        """The reference's fused body with its weights packed once, when the plan says so (else None)."""
+        return FrozenForward(model, bf16=bf16) if self.reference == "packed" else None
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
@@ -167,7 +194,7 @@ def forward_plan(
     (default ``bf16``): bfloat16 autocast while sampling. ``forward``: the training/reference passes'
     option ("auto" | "fast" | "hf", as ``use_fused_forward``), or None for a trainer that always runs
     the model's own forward (SFT, reward models). ``bf16``: bfloat16 matmuls in those passes.
-    ``onednn_linear``: the Hugging Face body's ``nn.Linear`` layers were routed to oneDNN.
+    ``onednn_linear``: route the Hugging Face bodies' ``nn.Linear`` layers to oneDNN (where torch has it).
     ``share_prompts``: completions of one prompt share its computation in the fused body. ``grouped``:
     the passes are ``grouped_logprob_sums`` (offline preference data), whose packed reference body is
     used only for the shared-prompt layout; otherwise they are ``rollout_logprobs`` (rollouts), which use
@@ -194,6 +221,7 @@ def forward_plan(
         said.add(reason)
         parts.append(f"sampling: {text}")
 
+    why: str | None  # why the training pass is not fused (None when it is)
     if forward is None:
         training, why = "hf", "this trainer runs the model's own forward"
     else:
@@ -236,6 +264,8 @@ def forward_plan(
         reference=ref_kind,
         dtype=dtype,
         description="forward — " + "; ".join(parts),
+        onednn=onednn_linear and onednn_linear_available(),
+        forward_option=forward,
     )
 
 
@@ -263,7 +293,8 @@ def plan_for(
     - "rm": the model's own forward (a scalar-head model); never samples;
     - "dpo": ``forward``, ``bf16``, ``share_prompts`` over ``grouped_logprob_sums``; samples (win rate)
       in float32 when ``sampling``;
-    - "rl": ``forward``, ``bf16`` (autocast for sampling too), ``onednn_linear``, ``share_prompts``.
+    - "rl": ``performance.forward``, ``performance.bf16`` (autocast for sampling too),
+      ``performance.onednn_linear``, ``performance.share_prompts``.
 
     ``reference``: the trainer's reference — None, a frozen model, or its ``Reference`` wrapper (see
     :func:`_reference_of`). ``sampling`` None: the trainer's default above. Options are read by name, so a
@@ -287,13 +318,14 @@ def plan_for(
             grouped=True,
             reference=ref,
         )
+    perf = cfg.performance  # RLConfig keeps these in its performance section
     return forward_plan(
         model,
         sampling=True if sampling is None else sampling,
-        forward=cfg.forward,
-        bf16=cfg.bf16,
-        onednn_linear=cfg.onednn_linear,
-        share_prompts=cfg.share_prompts,
+        forward=perf.forward,
+        bf16=perf.bf16,
+        onednn_linear=perf.onednn_linear,
+        share_prompts=perf.share_prompts,
         reference=ref,
     )
 

@@ -128,14 +128,15 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32") -> PreTrainedModel
     """
     _check_source(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             str(Path(name_or_path).expanduser()), dtype=parse_dtype(dtype), trust_remote_code=False
         )
     except (OSError, ValueError) as err:  # OSError: "not a model repo / no config"
         if isinstance(err, ModelError):
             raise
         raise load_error(str(name_or_path), "model", err) from err
-    return model.eval()
+    model.eval()
+    return model
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -173,7 +174,8 @@ def training_mode(model: torch.nn.Module, keep_dropout: bool = False) -> torch.n
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
             if isinstance(getattr(module, "attention_dropout", None), float):
-                module.attention_dropout = 0.0
+                # a float attribute, where nn.Module's attribute types allow only tensors and modules
+                module.attention_dropout = 0.0  # type: ignore[assignment]
     return model
 
 

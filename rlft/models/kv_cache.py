@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ class GrowableLayer(DynamicLayer):
     them (``get_seq_length``, ``get_mask_sizes``, …) keeps working unchanged.
     """
 
-    def __init__(self, capacity: int = 64, **kwargs) -> None:
+    def __init__(self, capacity: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.capacity = max(int(capacity), 1)
         self.length = 0
@@ -56,23 +57,28 @@ class GrowableLayer(DynamicLayer):
             setattr(self, name, new)
         self.capacity = capacity
 
-    def _refresh_views(self) -> None:
+    def _refresh_views(self) -> tuple[Tensor, Tensor]:
+        """Point ``keys`` / ``values`` at the filled part; returns the two views."""
+        assert self.key_buffer is not None and self.value_buffer is not None, "the layer is not initialized"
         # narrow, not [:, :, :n]: same view, a fraction of the Python indexing cost (this runs per layer per token)
-        self.keys = self.key_buffer.narrow(2, 0, self.length)
-        self.values = self.value_buffer.narrow(2, 0, self.length)
+        self.keys = keys = self.key_buffer.narrow(2, 0, self.length)
+        self.values = values = self.value_buffer.narrow(2, 0, self.length)
+        return keys, values
 
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: object, **kwargs: object
+    ) -> tuple[Tensor, Tensor]:
         """Write the new (B, H_kv, q, D) states after the filled part; return views of all filled states."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             self._grow(end)
+        assert self.key_buffer is not None and self.value_buffer is not None  # set by lazy_initialization
         self.key_buffer.narrow(2, self.length, end - self.length).copy_(key_states)
         self.value_buffer.narrow(2, self.length, end - self.length).copy_(value_states)
         self.length = end
-        self._refresh_views()
-        return self.keys, self.values
+        return self._refresh_views()
 
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0
@@ -81,6 +87,7 @@ class GrowableLayer(DynamicLayer):
         """Keep only rows ``indices`` (batch compaction)."""
         if not self.is_initialized:
             return
+        assert self.key_buffer is not None and self.value_buffer is not None  # initialized
         # Selecting from the whole buffer (at most 2× the filled part) is one op and no temporary.
         self.key_buffer = self.key_buffer.index_select(0, indices)
         self.value_buffer = self.value_buffer.index_select(0, indices)
@@ -103,6 +110,7 @@ class GrowableLayer(DynamicLayer):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
+            assert self.key_buffer is not None and self.value_buffer is not None  # initialized
             self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
             self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
             self._refresh_views()
@@ -119,12 +127,13 @@ def make_cache(model: PreTrainedModel, capacity: int) -> DynamicCache:
             GrowableLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers
         ]
     else:  # layers are created lazily: make the lazily created ones growable
-        cache.layer_class_to_replicate = lambda: GrowableLayer(capacity)
+        # transformers only calls it (`layer_class_to_replicate()`), so a factory does where it declares a class
+        cache.layer_class_to_replicate = lambda: GrowableLayer(capacity)  # type: ignore[assignment]
     return cache
 
 
 @functools.cache
-def _cache_parameter(forward_owner: type) -> str:
+def _cache_parameter(forward_owner: type[torch.nn.Module]) -> str:
     params = inspect.signature(forward_owner.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -136,7 +145,8 @@ def cache_argument(body: torch.nn.Module, cache: DynamicCache | None) -> dict[st
     Read once per model class from the forward's signature, so both sides of the rename work without a
     version check and without the deprecation warning.
     """
-    return {_cache_parameter(type(body)): cache}
+    # A class is hashable; mypy checks nn.Module's instance __hash__ against functools.cache's Hashable
+    return {_cache_parameter(type(body)): cache}  # type: ignore[arg-type]
 
 
 def cache_is_plain(cache: DynamicCache) -> bool:

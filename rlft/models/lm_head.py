@@ -17,7 +17,7 @@ def apply_lm_head(model: PreTrainedModel, hidden: Tensor) -> Tensor:
     Covers the plain head (Llama, Qwen, Mistral, GPT-2, …) and the post-head scalings some families
     add in their ``forward`` (Gemma 2/3 soft-capping, Cohere ``logit_scale``, Granite ``logits_scaling``).
     """
-    logits = model.get_output_embeddings()(hidden)
+    logits: Tensor = model.get_output_embeddings()(hidden)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:

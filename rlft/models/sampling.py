@@ -144,7 +144,7 @@ class HFSampler:
 
 
 def _vocab_size(model: PreTrainedModel) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+    return int(model.get_output_embeddings().weight.shape[0])
 
 
 def encode_prompts(
@@ -264,7 +264,7 @@ def make_decoder(model: PreTrainedModel, params: SamplingParams, decoder: str = 
     """The decoder for ``model``: the Llama fast path where it applies ("auto"), or as asked — the choice
     of :func:`~rlft.models.forward_path.decoder_choice`, which also describes it for a run's forward.txt."""
     choice = decoder_choice(model, decoder, params.bf16)
-    if choice.kind == "fast":
+    if choice.kind == "fast" and choice.weight_dtype is not None:  # a "fast" choice always has its dtype
         return FastLlamaDecoder(model, params.max_new_tokens, choice.weight_dtype)
     return HFDecoder(model, params.max_new_tokens)
 

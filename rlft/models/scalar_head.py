@@ -34,7 +34,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .errors import ModelError
 from .hf import _check_source, load_causal_lm, load_error, load_tokenizer, parse_dtype, save_pretrained_atomic
@@ -57,7 +62,7 @@ __all__ = [
 NORM_KEY = "rlft_reward_norm"
 
 
-def _check_norm(norm: Any) -> dict[str, float] | None:
+def _check_norm(norm: Any) -> dict[str, float] | None:  # Any: read from a config.json
     if norm is None:
         return None
     try:
@@ -86,7 +91,7 @@ def _head(model: PreTrainedModel) -> torch.nn.Linear | None:
 
 
 def _body(model: PreTrainedModel) -> torch.nn.Module:
-    body = getattr(model, model.base_model_prefix, None)
+    body: torch.nn.Module | None = getattr(model, model.base_model_prefix, None)
     if body is None:
         raise ModelError(
             f"{type(model).__name__} has no '{model.base_model_prefix}' body to read hidden states from"
@@ -96,7 +101,7 @@ def _body(model: PreTrainedModel) -> torch.nn.Module:
 
 def load_reward_model(
     path: str | Path, dtype: str = "float32"
-) -> tuple[PreTrainedModel, Any, dict[str, float] | None]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, float] | None]:
     """(model, tokenizer, norm) of a sequence-classification model with ``num_labels=1``, in eval mode.
 
     A plain causal LM is refused rather than given a random head: use :func:`reward_model_from_causal_lm`
@@ -116,7 +121,7 @@ def load_reward_model(
     if config.num_labels != 1:
         raise ModelError(f"{path}: a reward model has num_labels=1, this one has {config.num_labels}")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
             str(path), dtype=parse_dtype(dtype), trust_remote_code=False
         )
     except (OSError, ValueError) as err:
@@ -127,7 +132,8 @@ def load_reward_model(
     # A checkpoint without a pad id keeps none: transformers then pools the last token (batch of one),
     # which is what sequence_scores does too; filling in the tokenizer's pad (= EOS when it has none)
     # would move the pooled token off a final EOS and change the model's scores.
-    return model.eval(), tokenizer, reward_norm(model)
+    model.eval()
+    return model, tokenizer, reward_norm(model)
 
 
 def pad_token_id_of(model: PreTrainedModel) -> int | None:
@@ -185,7 +191,7 @@ def reward_model_from_causal_lm(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
+            model: PreTrainedModel = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
             head = _head(model)
             if head is None:
                 raise ModelError(f"{type(model).__name__} has no linear 'score' head (expected a decoder LM)")
@@ -200,7 +206,8 @@ def reward_model_from_causal_lm(
     # Set after construction: a pad id in the config given to from_config becomes the embedding's
     # padding_idx, which would freeze that row (the EOS, often) where the LM itself trains it.
     set_pad_token_id(model, _resolve_pad_id(causal_lm, lm, pad_token_id))
-    return model.eval()
+    model.eval()
+    return model
 
 
 def token_values(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -223,7 +230,8 @@ def token_values(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tens
         use_cache=False,
     )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    return head(hidden).squeeze(-1).float()
+    scores: Tensor = head(hidden)
+    return scores.squeeze(-1).float()
 
 
 def pooled_positions(input_ids: Tensor, attention_mask: Tensor, pad_token_id: int | None) -> Tensor:
@@ -252,7 +260,8 @@ def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: T
     """The reward (B,): the head at each row's :func:`pooled_positions` (left or right padding), the
     token ``AutoModelForSequenceClassification`` pools for the same ids and ``config.pad_token_id``."""
     if _head(model) is None:  # an encoder classifier (BERT-style): its own pooling is the right one
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        logits: Tensor = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, 0].float()
     if bool((attention_mask.sum(-1) == 0).any()):
         raise ModelError("sequence_scores: a row has no tokens (attention_mask all zero)")
     values = token_values(model, input_ids, attention_mask)
@@ -261,7 +270,10 @@ def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: T
 
 
 def save_reward_model(
-    model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, norm: dict[str, float] | None = None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    norm: dict[str, float] | None = None,
 ) -> Path:
     """Save in HF format (safetensors), atomically; ``norm`` goes into config.json (None keeps the
     model's current statistics).

@@ -165,7 +165,11 @@ def init_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model.to(torch.float32).eval()
+    # In place, as Module.to always is. transformers declares `to` through functools.wraps(Module.to), which
+    # mypy binds without `self`.
+    model.to(torch.float32)  # type: ignore[arg-type]
+    model.eval()
+    return model
 
 
 def build_tiny_model(

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from rlft.algos.registry import Registry
+from rlft.data.formats import Completion, Prompt
 from rlft.data.tasks.base import text_of
 
 from .errors import RewardError
@@ -35,8 +36,17 @@ __all__ = [
     "repetition_penalty",
 ]
 
-RewardFn = Callable[..., Sequence[Any]]
-REWARD_FUNCTIONS: Registry = Registry("reward function")
+
+class RewardFn(Protocol):
+    """A built reward function: one value per completion, None for "no reward for this sample"."""
+
+    def __call__(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any
+    ) -> Sequence[float | None]: ...
+
+
+# name → the factory that builds the function from the spec's options
+REWARD_FUNCTIONS: Registry[Callable[..., RewardFn]] = Registry("reward function")
 UNITS = ("tokens", "words", "chars")
 
 # A decimal number: optional sign, digits with optional thousands commas, optional fraction and exponent.
@@ -45,11 +55,12 @@ _NUMBER = re.compile(
 )
 
 
-def _field(fields: dict[str, Any], name: str, fn: str) -> Sequence[Any]:
+def _field(fields: dict[str, Any], name: str, fn: str) -> Sequence[object]:
     if name not in fields:
         have = ", ".join(sorted(k for k in fields if k != "completion_lengths")) or "none"
         raise RewardError(f"{fn}: needs the row field {name!r} (fields given: {have})")
-    return fields[name]
+    values: Sequence[object] = fields[name]  # one value per completion: RewardSet checked the length
+    return values
 
 
 def _check_unit(unit: str, fn: str) -> None:
@@ -57,7 +68,7 @@ def _check_unit(unit: str, fn: str) -> None:
         raise RewardError(f"{fn}: option unit={unit!r}: expected one of {', '.join(UNITS)}")
 
 
-def completion_length(completion: Any, unit: str, i: int, fields: dict[str, Any], fn: str) -> int:
+def completion_length(completion: Completion, unit: str, i: int, fields: dict[str, Any], fn: str) -> int:
     """Length of completion ``i`` in tokens (from ``completion_lengths``), words or characters."""
     if unit == "tokens":
         lengths = fields.get("completion_lengths")
@@ -71,7 +82,7 @@ def completion_length(completion: Any, unit: str, i: int, fields: dict[str, Any]
     return len(text.split()) if unit == "words" else len(text)
 
 
-def _number(value: Any, fn: str) -> float:
+def _number(value: object, fn: str) -> float:
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{fn}: answer {value!r} is not a number")
     if isinstance(value, int | float):
@@ -136,7 +147,9 @@ def exact_match(
         text = " ".join(text.split())
         return text.casefold() if ignore_case else text
 
-    def exact_match(prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> list[float | None]:
+    def exact_match(
+        prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any
+    ) -> list[float | None]:
         answers = _field(fields, field, "exact_match")
         out: list[float | None] = []
         for completion, answer in zip(completions, answers, strict=True):
@@ -172,7 +185,7 @@ def numeric_match(
     pattern = _extractor(extract, "numeric_match")
 
     def numeric_match(
-        prompts: Sequence[Any], completions: Sequence[Any], **fields: Any
+        prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any
     ) -> list[float | None]:
         answers = _field(fields, field, "numeric_match")
         out: list[float | None] = []
@@ -215,7 +228,7 @@ def regex_format(
         ) from None
     test = getattr(compiled, mode)
 
-    def regex_format(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    def regex_format(prompts: Sequence[Prompt], completions: Sequence[Completion], **_: Any) -> list[float]:
         return [match if test(text_of(c)) else no_match for c in completions]
 
     return regex_format
@@ -232,7 +245,7 @@ def length(
             f"length: options coef={coef!r}, max_penalty={max_penalty!r}: expected numbers >= 0"
         )
 
-    def length(prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> list[float]:
+    def length(prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any) -> list[float]:
         out = []
         for i, c in enumerate(completions):
             r = -coef * abs(completion_length(c, unit, i, fields, "length") - target)
@@ -271,7 +284,7 @@ def overlong(max_len: int = 0, cache: int = 0, penalty_factor: float = 1.0, unit
     if penalty_factor < 0:
         raise RewardError(f"overlong: option penalty_factor={penalty_factor!r}: expected a number >= 0")
 
-    def overlong(prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> list[float]:
+    def overlong(prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any) -> list[float]:
         return [
             dapo_overlong_penalty(
                 completion_length(c, unit, i, fields, "overlong"), max_len, cache, penalty_factor
@@ -301,7 +314,7 @@ def repetition(ngram_size: int = 3, max_penalty: float = -1.0) -> RewardFn:
     if max_penalty > 0:
         raise RewardError(f"repetition: option max_penalty={max_penalty!r}: expected a number <= 0")
 
-    def repetition(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    def repetition(prompts: Sequence[Prompt], completions: Sequence[Completion], **_: Any) -> list[float]:
         return [repetition_penalty(text_of(c), ngram_size, max_penalty) for c in completions]
 
     return repetition

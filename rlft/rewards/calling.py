@@ -25,22 +25,25 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+
+from rlft.data.formats import Completion, Prompt
 
 from .errors import RewardError
 
 __all__ = ["call_reward", "describe_sample", "slice_fields", "timeout_error", "to_values"]
 
 
-def describe_sample(prompts: Sequence[Any], completions: Sequence[Any], i: int, offset: int = 0) -> str:
-    def short(value: Any) -> str:
+def describe_sample(
+    prompts: Sequence[Prompt], completions: Sequence[Completion], i: int, offset: int = 0
+) -> str:
+    def short(value: object) -> str:
         text = repr(value)
         return text if len(text) <= 60 else text[:57] + "..."
 
     return f"sample {offset + i} (prompt {short(prompts[i])}, completion {short(completions[i])})"
 
 
-def slice_fields(fields: dict[str, Any], n: int, start: int, stop: int) -> dict[str, Any]:
+def slice_fields(fields: dict[str, object], n: int, start: int, stop: int) -> dict[str, object]:
     """Per-sample fields (sequences of length ``n``) cut to ``start:stop``; anything else passed as is."""
     return {
         k: v[start:stop] if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == n else v
@@ -49,14 +52,14 @@ def slice_fields(fields: dict[str, Any], n: int, start: int, stop: int) -> dict[
 
 
 def call_reward(
-    fn: Callable[..., Any],
+    fn: Callable[..., object],
     name: str,
-    prompts: Sequence[Any],
-    completions: Sequence[Any],
-    fields: dict[str, Any],
+    prompts: Sequence[Prompt],
+    completions: Sequence[Completion],
+    fields: dict[str, object],
     offset: int = 0,
     timeout: float | None = None,
-) -> list[Any]:
+) -> list[object]:
     """``fn(prompts, completions, **fields)`` as a plain list, called exactly once. A raise becomes a
     RewardError naming the function, the exception, the batch (samples from ``offset``) and where in the
     function's file it was raised; ``timeout`` (seconds, None or 0 = none) bounds the call."""
@@ -92,49 +95,50 @@ def timeout_error(name: str, timeout: float, n: int) -> RewardError:
 
 
 def _call_within(
-    fn: Callable[..., Any],
+    fn: Callable[..., object],
     name: str,
-    args: tuple[Any, ...],
-    fields: dict[str, Any],
+    args: tuple[object, ...],
+    fields: dict[str, object],
     timeout: float | None,
     n: int,
-) -> Any:
+) -> object:
     """``fn(*args, **fields)``; with a timeout, in a daemon thread the caller waits on for at most that long."""
     if not timeout:
         return fn(*args, **fields)
-    outcome: dict[str, Any] = {}
+    returned: list[object] = []  # what the call returned, once it has
+    raised: list[BaseException] = []  # or what it raised
     done = threading.Event()
     context = contextvars.copy_context()  # the caller's context variables, as a direct call would see them
     torch = sys.modules.get("torch")  # grad mode is per thread: keep the caller's (no_grad in the trainer)
     grad = torch.is_grad_enabled() if torch is not None else None
 
-    def call() -> Any:
-        if grad is None:
+    def call() -> object:
+        if torch is None:
             return fn(*args, **fields)
         with torch.set_grad_enabled(grad):
             return fn(*args, **fields)
 
     def run() -> None:
         try:
-            outcome["value"] = context.run(call)
+            returned.append(context.run(call))
         except BaseException as err:  # re-raised in the caller, traceback included
-            outcome["error"] = err
+            raised.append(err)
         finally:
             done.set()
 
     threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
     if not done.wait(timeout):
         raise timeout_error(name, timeout, n)
-    if "error" in outcome:
-        error = outcome.pop("error")
+    if raised:
+        error = raised.pop()
         try:
             raise error
         finally:
             del error  # no reference cycle through this frame
-    return outcome["value"]
+    return returned[0]
 
 
-def _function_file(fn: Callable[..., Any]) -> str | None:
+def _function_file(fn: Callable[..., object]) -> str | None:
     """The source file of the user's function behind ``fn`` (``fn.user_function`` for a bound wrapper)."""
     target = getattr(fn, "user_function", fn)
     for candidate in (target, type(target)):
@@ -169,7 +173,7 @@ def _line(err: BaseException) -> str:
 
 
 def to_values(
-    name: str, raw: Sequence[Any], prompts: Sequence[Any], completions: Sequence[Any]
+    name: str, raw: Sequence[object], prompts: Sequence[Prompt], completions: Sequence[Completion]
 ) -> list[float | None]:
     """Numbers → float, None stays None (no reward); anything else is an error naming the sample.
     NaN and inf pass through here: whether they are errors or skips is the caller's policy."""

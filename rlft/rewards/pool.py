@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+
+from rlft.data.formats import Completion, Prompt
 
 from .calling import call_reward, slice_fields, timeout_error
 from .errors import RewardError
@@ -39,7 +40,7 @@ from .spec import RewardSpec, make_function
 
 __all__ = ["RewardPool"]
 
-_BUILT: dict[str, Callable[..., Any]] = {}  # per worker process: spec key → built function
+_BUILT: dict[str, Callable[..., object]] = {}  # per worker process: spec key → built function
 WATCH_INTERVAL = 0.5  # seconds between a worker's checks that its creator is alive
 CLOSE_GRACE = 2.0  # seconds close() lets workers finish before killing them
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -91,11 +92,11 @@ def _exit_with_creator(pid: int, started: str | None) -> None:
 def _run_chunk(
     spec: RewardSpec,
     name: str,
-    prompts: list[Any],
-    completions: list[Any],
-    fields: dict[str, Any],
+    prompts: list[Prompt],
+    completions: list[Completion],
+    fields: dict[str, object],
     offset: int,
-) -> list[Any]:
+) -> list[object]:
     key = spec.key()
     if key not in _BUILT:
         _BUILT[key] = make_function(spec)
@@ -126,8 +127,8 @@ class RewardPool:
         return list(getattr(self.executor, "_processes", None) or {})
 
     def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], fields: dict[str, Any]
-    ) -> list[Any]:
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], fields: dict[str, object]
+    ) -> list[object]:
         if self.executor is None:  # closed, or killed after a timeout
             self.executor = self._new_executor()
         executor = self.executor
@@ -146,7 +147,7 @@ class RewardPool:
             for s in range(0, n, size)
         ]
         deadline = time.monotonic() + self.timeout if self.timeout else None
-        out: list[Any] = []
+        out: list[object] = []
         for future in futures:  # in order; the first failing chunk's RewardError propagates
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:

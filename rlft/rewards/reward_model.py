@@ -12,24 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlft.data import LengthLimits, PromptCompletionRecord, encode_sft, pad_sequences
+from rlft.data.formats import Completion, Prompt
 from rlft.data.tasks.base import text_of
 
 from .errors import RewardError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["RewardModelFunction", "score_texts"]
 
 
 @torch.no_grad()
 def score_texts(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Any],
-    completions: Sequence[Any],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    completions: Sequence[Completion],
     batch_size: int = 32,
     max_length: int | None = None,
 ) -> torch.Tensor:
@@ -75,7 +79,7 @@ class RewardModelFunction:
         normalize: bool = False,
         max_length: int | None = None,
         dtype: str = "float32",
-        chat_template_kwargs: dict | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ):
         from rlft.data import DataError, set_chat_template_kwargs
         from rlft.models import ModelError
@@ -108,10 +112,10 @@ class RewardModelFunction:
         )
         self.__name__ = "reward_model"
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[Completion], **_: Any) -> list[float]:
         scores = score_texts(
             self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length
         )
-        if self.normalize:
+        if self.normalize and self.norm is not None:  # __init__ refused normalize without a norm
             scores = (scores - self.norm["mean"]) / self.norm["std"]
         return scores.tolist()

@@ -12,11 +12,12 @@ with ``on_invalid="skip"`` the affected samples are instead marked invalid (tota
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from rlft.data.formats import Completion, Prompt
 
 from .calling import call_reward, describe_sample, to_values
 from .errors import RewardError
@@ -56,7 +57,7 @@ class RewardSet:
             raise RewardError("no reward functions given (expected at least one spec)")
         self.on_invalid = on_invalid
         self.specs = specs
-        self.functions: list[Any] = []
+        self.functions: list[Callable[..., object]] = []
         self.pools: dict[str, RewardPool] = {}
         self.names: list[str] = []
         self.weights: dict[str, float] = {}
@@ -77,9 +78,9 @@ class RewardSet:
 
     def __call__(
         self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        rows: dict[str, Sequence[Any]] | None = None,
+        prompts: Sequence[Prompt],
+        completions: Sequence[Completion],
+        rows: dict[str, Sequence[object]] | None = None,
         completion_lengths: Sequence[int] | None = None,
     ) -> RewardResult:
         n = len(completions)
@@ -87,7 +88,7 @@ class RewardSet:
             raise RewardError(
                 f"got {len(prompts)} prompts for {n} completions (expected one prompt per completion)"
             )
-        fields: dict[str, Any] = {}
+        fields: dict[str, object] = {}
         for key, values in (rows or {}).items():
             if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != n:
                 got = len(values) if isinstance(values, Sequence) else type(values).__name__
@@ -159,7 +160,7 @@ class RewardSet:
         return f"RewardSet({' + '.join(parts)}, on_invalid={self.on_invalid!r})"
 
 
-def build_rewards(specs: Any, on_invalid: str = "error") -> RewardSet:
+def build_rewards(specs: object, on_invalid: str = "error") -> RewardSet:
     """A :class:`RewardSet` from a list of specs (strings or mappings, straight from YAML; a single spec
     is accepted too). See ``rlft.rewards.spec`` for the forms."""
     if isinstance(specs, str | dict):

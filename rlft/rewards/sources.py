@@ -13,7 +13,6 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from .errors import RewardError
 from .spec import RewardSpec, parse_spec
@@ -48,10 +47,10 @@ def _pin_ref(ref: str) -> str:
     return ref if path is None else f"{_absolute(path)}:{ref.rpartition(':')[2]}"
 
 
-def pin_reward_files(specs: Sequence[Any]) -> list[Any]:
+def pin_reward_files(specs: Sequence[object]) -> list[object]:
     """A copy of raw specs (strings or mappings, as in YAML) whose ``file.py:function`` references name
     their file by absolute path (resolved against the current directory, as loading them would)."""
-    out: list[Any] = []
+    out: list[object] = []
     for spec in specs:
         if isinstance(spec, str) and not spec.startswith("task:"):
             out.append(_pin_ref(spec))
@@ -70,7 +69,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def reward_files(specs: Sequence[Any]) -> list[tuple[RewardSpec, str]]:
+def reward_files(specs: Sequence[object]) -> list[tuple[RewardSpec, str]]:
     """(spec, absolute path) of every ``file.py:function`` spec, parsed :class:`RewardSpec` or raw."""
     out = []
     for i, spec in enumerate(specs):
@@ -81,7 +80,7 @@ def reward_files(specs: Sequence[Any]) -> list[tuple[RewardSpec, str]]:
     return out
 
 
-def reward_sources(specs: Sequence[Any]) -> list[dict[str, str]]:
+def reward_sources(specs: Sequence[object]) -> list[dict[str, str]]:
     """``{"where", "function", "path", "sha256"}`` for every ``file.py:function`` spec (parsed
     :class:`RewardSpec` or raw), with the file's absolute path; an error names a spec whose file is missing."""
     out = []
@@ -93,7 +92,7 @@ def reward_sources(specs: Sequence[Any]) -> list[dict[str, str]]:
 
 
 def check_reward_sources(
-    stored: Any, origin: str = REWARD_SOURCES, paths: Sequence[str] | None = None
+    stored: object, origin: str = REWARD_SOURCES, paths: Sequence[str] | None = None
 ) -> None:
     """Stop with one line when a file recorded in ``stored`` (:func:`reward_sources` of the run) is gone or
     its content changed; with ``paths``, only the recorded files among them are checked (those the resumed

@@ -26,12 +26,13 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlft.data import DataError
-from rlft.data.tasks import get_task, parse_task_source
+from rlft.data.formats import Completion, Prompt
+from rlft.data.tasks import Task, get_task, parse_task_source
 
 from .builtins import REWARD_FUNCTIONS
 from .errors import RewardError
@@ -63,7 +64,7 @@ class RewardSpec:
         return json.dumps([self.kind, self.source, self.options], sort_keys=True, default=str)
 
 
-def parse_spec(spec: Any, index: int = 0) -> RewardSpec:
+def parse_spec(spec: object, index: int = 0) -> RewardSpec:
     """Check one spec (a string or a mapping) and return it parsed; errors name ``rewards[index]``."""
     where = f"rewards[{index}]"
     if isinstance(spec, str):
@@ -123,7 +124,7 @@ def parse_spec(spec: Any, index: int = 0) -> RewardSpec:
     return RewardSpec(kind, source, options, float(weight), alias, processes, where, limit)
 
 
-def _check_options(spec: RewardSpec, factory: Callable[..., Any], what: str) -> None:
+def _check_options(spec: RewardSpec, factory: Callable[..., object], what: str) -> None:
     params = inspect.signature(factory).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
@@ -144,7 +145,7 @@ class _Bound:
     """A user function with its spec's extra options bound as keyword arguments, called with only the
     row fields it accepts (all of them when it takes ``**kwargs``)."""
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any], spec: RewardSpec):
+    def __init__(self, fn: Callable[..., object], options: dict[str, Any], spec: RewardSpec):
         options = dict(options)
         self.format = options.pop("reward_format", "text")
         if self.format not in REWARD_FORMATS:
@@ -159,7 +160,7 @@ class _Bound:
         if self.fields is not None and (extra := sorted(set(options) - self.fields)):
             raise RewardError(f"{spec.where}: function {spec.source!r} takes no argument {extra[0]!r}")
 
-    def __call__(self, prompts: Any, completions: Any, **fields: Any) -> Any:
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any) -> object:
         if self.fields is not None:
             fields = {k: v for k, v in fields.items() if k in self.fields}
         chat = [not isinstance(p, str) for p in prompts]
@@ -180,16 +181,18 @@ class _Bound:
 
 
 class _TaskReward:
-    def __init__(self, task: Any):
+    def __init__(self, task: Task):
         self.task = task
         self.__name__ = task.name
 
-    def __call__(self, prompts: Any, completions: Any, **fields: Any) -> Any:
+    def __call__(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **fields: Any
+    ) -> list[float]:
         fields.pop("completion_lengths", None)
         return self.task.reward(prompts, completions, **fields)
 
 
-def make_function(spec: RewardSpec) -> Callable[..., Any]:
+def make_function(spec: RewardSpec) -> Callable[..., object]:
     """Build the callable ``f(prompts, completions, **fields)`` a spec describes (loads models/modules)."""
     if spec.kind == "builtin":
         factory = REWARD_FUNCTIONS.get(spec.source)
@@ -213,7 +216,7 @@ def make_function(spec: RewardSpec) -> Callable[..., Any]:
         raise RewardError(f"{spec.where}: {err}") from None
 
 
-def default_name(spec: RewardSpec, fn: Callable[..., Any]) -> str:
+def default_name(spec: RewardSpec, fn: Callable[..., object]) -> str:
     if spec.alias:
         return spec.alias
     if spec.kind == "builtin":

@@ -14,7 +14,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from .errors import RewardError
 
@@ -27,7 +27,7 @@ def is_function_ref(text: str) -> bool:
     return bool(sep and module and name and not text.startswith("task:") and name.isidentifier())
 
 
-def _module_from_file(path: Path, ref: str) -> Any:
+def _module_from_file(path: Path, ref: str) -> ModuleType:
     if not path.is_file():
         raise RewardError(f"reward function {ref!r}: no file {path}")
     resolved = path.resolve()
@@ -50,7 +50,7 @@ def _module_from_file(path: Path, ref: str) -> Any:
     return module
 
 
-def load_function(ref: str) -> Callable[..., Any]:
+def load_function(ref: str) -> Callable[..., object]:
     """The callable named by ``ref`` (``module:function`` or ``file.py:function``, dotted attributes ok)."""
     if not isinstance(ref, str) or not is_function_ref(ref):
         raise RewardError(
@@ -64,7 +64,7 @@ def load_function(ref: str) -> Callable[..., Any]:
             module = importlib.import_module(where)
         except ImportError as err:
             raise RewardError(f"reward function {ref!r}: cannot import module {where!r}: {err}") from None
-    obj: Any = module
+    obj: object = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise RewardError(f"reward function {ref!r}: {where} has no attribute {attr!r}")
@@ -74,7 +74,7 @@ def load_function(ref: str) -> Callable[..., Any]:
     return obj
 
 
-def accepted_fields(fn: Callable[..., Any]) -> set[str] | None:
+def accepted_fields(fn: Callable[..., object]) -> set[str] | None:
     """Keyword names ``fn`` accepts beyond (prompts, completions); None when it takes ``**kwargs``."""
     try:
         params = list(inspect.signature(fn).parameters.values())

@@ -7,13 +7,14 @@ exact match on the leading integer of the completion.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import DataError
-from ..formats import PromptCompletionRecord, PromptRecord
+from ..formats import Completion, Prompt, PromptCompletionRecord, PromptRecord
 from .base import check_count, check_same_length, normalize_split, record_where, rng_for, split_of, text_of
 from .registry import TASKS
 
@@ -27,7 +28,7 @@ def leading_integer(text: str) -> int | None:
 
 
 def exact_match_reward(
-    prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any], **_: Any
+    prompts: Sequence[Prompt] | None, completions: Sequence[Completion], answer: Sequence[object], **_: Any
 ) -> list[float]:
     """1.0 where the completion's leading integer equals the answer, else 0.0.
 
@@ -46,7 +47,7 @@ def exact_match_reward(
     return rewards
 
 
-def accuracy(completions: Sequence[Any], answers: Sequence[Any]) -> float:
+def accuracy(completions: Sequence[Completion], answers: Sequence[object]) -> float:
     """Fraction of completions whose exact-match reward is 1."""
     if not completions:
         raise DataError("accuracy: no completions to score")
@@ -87,7 +88,7 @@ class ArithmeticTask:
 
     # --- problems --------------------------------------------------------------------------------------
 
-    def _problem(self, rng: Any) -> tuple[str, int]:
+    def _problem(self, rng: random.Random) -> tuple[str, int]:
         nums = [rng.randint(self.min_operand, self.max_operand) for _ in range(self.operands)]
         ops = [rng.choice(self.ops) for _ in range(self.operands - 1)]
         value = nums[0]
@@ -136,13 +137,17 @@ class ArithmeticTask:
         """Solved problems such as "23+58=81" (train split) for tokenizer training."""
         return [p + a for p, a in self.problems(n, seed, "train")]
 
-    def reward(self, prompts: Sequence[Any], completions: Sequence[Any], **extra: Any) -> list[float]:
+    def reward(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **extra: Any
+    ) -> list[float]:
         if "answer" not in extra:
             raise DataError("task 'arithmetic': reward needs the records' 'answer' field")
         return exact_match_reward(prompts, completions, extra["answer"])
 
-    def evaluate(self, prompts: Sequence[Any], completions: Sequence[Any], **extra: Any) -> dict[str, float]:
+    def evaluate(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **extra: Any
+    ) -> dict[str, float]:
         return {"accuracy": sum(self.reward(prompts, completions, **extra)) / max(len(completions), 1)}
 
-    def accuracy(self, completions: Sequence[Any], answers: Sequence[Any]) -> float:
+    def accuracy(self, completions: Sequence[Completion], answers: Sequence[object]) -> float:
         return accuracy(completions, answers)

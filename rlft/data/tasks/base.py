@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..errors import DataError
-from ..formats import PromptCompletionRecord, PromptRecord
+from ..formats import Completion, Prompt, PromptCompletionRecord, PromptRecord
 
 _SPLITS = {"train": "train", "eval": "eval", "test": "eval", "validation": "eval", "valid": "eval"}
 
 
 class Task(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # a read-only property, so a task's ClassVar name satisfies it
 
     def sft_records(self, n: int, seed: int = 0, split: str = "train") -> list[PromptCompletionRecord]: ...
 
@@ -36,10 +37,12 @@ class Task(Protocol):
 
     def corpus(self, n: int, seed: int = 0) -> list[str]: ...
 
-    def reward(self, prompts: Sequence[Any], completions: Sequence[Any], **extra: Any) -> list[float]: ...
+    def reward(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **extra: Any
+    ) -> list[float]: ...
 
     def evaluate(
-        self, prompts: Sequence[Any], completions: Sequence[Any], **extra: Any
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **extra: Any
     ) -> dict[str, float]: ...
 
 
@@ -61,7 +64,7 @@ def rng_for(task: str, purpose: str, seed: int, split: str) -> random.Random:
     return random.Random(f"{task}/{purpose}/{split}/{seed}")
 
 
-def text_of(value: Any) -> str:
+def text_of(value: object) -> str:
     """The text of a prompt or completion: a string as is, a list of messages → the last message's content."""
     if isinstance(value, str):
         return value
@@ -75,7 +78,7 @@ def check_count(n: int, what: str) -> None:
         raise DataError(f"{what}: n must be a positive integer, got {n!r}")
 
 
-def check_same_length(**lists: Sequence[Any]) -> int:
+def check_same_length(**lists: Sequence[object]) -> int:
     lengths = {name: len(values) for name, values in lists.items()}
     if len(set(lengths.values())) > 1:
         raise DataError(

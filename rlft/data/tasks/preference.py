@@ -46,7 +46,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import DataError
-from ..formats import PreferenceRecord, PromptCompletionRecord, PromptRecord, RankedRecord, UnpairedRecord
+from ..formats import (
+    Completion,
+    PreferenceRecord,
+    Prompt,
+    PromptCompletionRecord,
+    PromptRecord,
+    RankedRecord,
+    UnpairedRecord,
+)
 from .base import check_count, check_same_length, normalize_split, record_where, rng_for, split_of, text_of
 from .registry import TASKS
 
@@ -142,7 +150,7 @@ def _gold(prompt: str, completion: str) -> float:
 
 @functools.cache
 def _split_prompts(eval_fraction: float) -> dict[str, tuple[str, ...]]:
-    split = {"train": [], "eval": []}
+    split: dict[str, list[str]] = {"train": [], "eval": []}
     for prompt in PROMPTS:
         split[split_of(prompt, eval_fraction)].append(prompt)
     return {k: tuple(v) for k, v in split.items()}
@@ -198,13 +206,16 @@ class PreferenceTask:
 
     # --- gold ------------------------------------------------------------------------------------------
 
-    def gold_score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
+    def gold_score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[float]:
         """The hidden gold score in [-1, 1] of each completion (definition in the module docstring)."""
         check_same_length(prompts=prompts, completions=completions)
         return [_gold(text_of(p), text_of(c)) for p, c in zip(prompts, completions, strict=True)]
 
     def win_rate(
-        self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
+        self,
+        prompts: Sequence[Prompt],
+        completions_a: Sequence[Completion],
+        completions_b: Sequence[Completion],
     ) -> float:
         """Fraction of prompts where a's gold score beats b's (ties count one half)."""
         check_same_length(prompts=prompts, completions_a=completions_a, completions_b=completions_b)
@@ -319,11 +330,15 @@ class PreferenceTask:
         prompts = list(PROMPTS)
         return [prompts[i % len(prompts)] + self.sample_completion(rng) for i in range(n)]
 
-    def reward(self, prompts: Sequence[Any], completions: Sequence[Any], **extra: Any) -> list[float]:
+    def reward(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **extra: Any
+    ) -> list[float]:
         """The gold score as a reward (an oracle baseline; the RLHF path learns a reward model instead)."""
         return self.gold_score(prompts, completions)
 
-    def evaluate(self, prompts: Sequence[Any], completions: Sequence[Any], **extra: Any) -> dict[str, float]:
+    def evaluate(
+        self, prompts: Sequence[Prompt], completions: Sequence[Completion], **extra: Any
+    ) -> dict[str, float]:
         """Mean gold score, mean word count and mean share of distinct words (a repetition alarm)."""
         if not completions:
             raise DataError("task 'preference': evaluate needs at least one completion")
@@ -339,7 +354,7 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def _check_noise(label_noise: Any) -> float:
+def _check_noise(label_noise: object) -> float:
     if (
         isinstance(label_noise, bool)
         or not isinstance(label_noise, int | float)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from rlft.algos.registry import Registry, UnknownNameError
 
 from ..errors import DataError
 from ..formats import Record, TextRecord, check_format
+from .base import Task
 
-TASKS: Registry = Registry("task")
+TASKS: Registry[Callable[..., Task]] = Registry("task")  # name → the task's dataclass
 
 _GENERATORS = {
     "prompt_completion": "sft_records",
@@ -36,13 +38,15 @@ _GENERATORS = {
 DEFAULT_COUNT = 1000
 
 
-def get_task(name: str, **options: Any) -> Any:
+def get_task(name: str, **options: Any) -> Task:
     """The built-in task ``name`` built with ``options`` (its dataclass fields)."""
     try:
         factory = TASKS.get(name)
     except UnknownNameError as e:
         raise DataError(str(e)) from None
-    known = [f.name for f in dataclasses.fields(factory)] if dataclasses.is_dataclass(factory) else []
+    known: list[str] = (
+        [f.name for f in dataclasses.fields(factory)] if dataclasses.is_dataclass(factory) else []
+    )
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise DataError(
@@ -51,7 +55,7 @@ def get_task(name: str, **options: Any) -> Any:
     return factory(**options)
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str) -> bool | int | float | str:
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for convert in (int, float):
@@ -76,7 +80,7 @@ def parse_task_source(source: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def task_of(source: str) -> Any:
+def task_of(source: str) -> Task | None:
     """The task object of a ``task:`` source (its own options only), else None."""
     if not source.startswith("task:"):
         return None
@@ -87,7 +91,7 @@ def task_of(source: str) -> Any:
 
 
 def task_records(
-    task: Any, fmt: str, n: int, seed: int = 0, split: str = "train", **method_options: Any
+    task: Task, fmt: str, n: int, seed: int = 0, split: str = "train", **method_options: Any
 ) -> list[Record]:
     """``n`` records of format ``fmt`` from ``task`` (see the module docstring for which generator)."""
     check_format(fmt)
@@ -100,7 +104,8 @@ def task_records(
             TextRecord(text=t, where=f"task:{task.name}:record {i + 1}")
             for i, t in enumerate(method(n, seed))
         ]
-    return method(n=n, seed=seed, split=split, **method_options)
+    records: list[Record] = method(n=n, seed=seed, split=split, **method_options)
+    return records
 
 
 def load_task_records(

@@ -28,6 +28,7 @@ forward to float32 rounding (tested against ``token_logprobs``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -146,7 +147,9 @@ def _bias(linear: nn.Linear) -> Tensor:
     return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
 
 
-def cat_bias(*linears: nn.Linear, scales: tuple[float, ...], orders: tuple | None = None) -> Tensor | None:
+def cat_bias(
+    *linears: nn.Linear, scales: tuple[float, ...], orders: tuple[Tensor | None, ...] | None = None
+) -> Tensor | None:
     """The bias of the fused matmul of ``linears``: [s₁·b₁ | s₂·b₂ | …] with a missing bias as zeros and
     part i's rows in ``orders[i]`` where given, or None when none of them has a bias."""
     if all(lin.bias is None for lin in linears):
@@ -259,11 +262,11 @@ class FastLlamaDecoder(HFDecoder):
     def _set_key_bias(self) -> None:
         """(B·H_kv, 1, capacity) additive mask of the decode steps: 0 for real keys, float32 min for
         left padding; None when no row is padded (then no mask op at all)."""
-        self.key_bias = None
+        self.kv_key_bias: Tensor | None = None
         if not bool(self.key_valid[:, : self.length].all()):
             bias = torch.zeros(self.key_valid.shape, dtype=torch.float32)
             bias.masked_fill_(~self.key_valid, torch.finfo(torch.float32).min)
-            self.key_bias = bias.repeat_interleave(self.weights.kv_heads, dim=0)[:, None]
+            self.kv_key_bias = bias.repeat_interleave(self.weights.kv_heads, dim=0)[:, None]
 
     def prefill(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The prompts through the same fused block (oneDNN matmuls, SDPA attention), into the cache."""
@@ -321,16 +324,18 @@ class FastLlamaDecoder(HFDecoder):
         x = F.embedding(tokens.reshape(-1), w.embed).float()  # (B·T, d) residual stream, float32
         cis = self._rope(positions).view(batch, steps, 1, w.head_dim // 2)
         lib = kernels() if self.exact else None
+        norm: Callable[[Tensor, Tensor | None, float], Tensor]
+        act: Callable[[Tensor], Tensor]
         if lib is not None:
             norm, act = functools.partial(add_rms_norm, lib), functools.partial(swiglu, lib)
             cis_rows = torch.view_as_real(cis.view(batch, -1)) if steps == 1 else None  # (B, D/2, 2)
-            bias_rows = None if self.key_bias is None else self.key_bias[:, 0]  # (B·H_kv, capacity)
+            bias_rows = None if self.kv_key_bias is None else self.kv_key_bias[:, 0]  # (B·H_kv, capacity)
         else:
             norm, act = reference_add_rms_norm, reference_swiglu
         n = norm(x, None, w.layers[0].eps1)
         for i, layer in enumerate(w.layers):
             qkv = layer.qkv(n)  # (B·T, (H + 2·H_kv)·D)
-            if lib is not None and prefill_mask is None:
+            if lib is not None and cis_rows is not None and prefill_mask is None:  # a decode step
                 keys, values = self.kv.keys[i], self.kv.values[i]
                 attn = decode_attention(lib, qkv, cis_rows, keys, values, bias_rows, w.heads, start)
             else:
@@ -376,7 +381,7 @@ class FastLlamaDecoder(HFDecoder):
         end = start + 1
         q3 = q.reshape(batch * kv_heads, group, dim)
         keys = kv.keys3[i].narrow(2, 0, end)  # (B·H_kv, D, L); the 1/√D scale is in W_q
-        bias = None if self.key_bias is None else self.key_bias.narrow(2, 0, end)
+        bias = None if self.kv_key_bias is None else self.kv_key_bias.narrow(2, 0, end)
         if bias is None:
             scores = torch.bmm(q3, keys)
         elif exact:

@@ -47,7 +47,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, bf16: bool = F
     if bf16:
         return F.linear(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias)
     if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_linear_available():
-        return OneDNNLinear.apply(x, weight, bias)
+        y: Tensor = OneDNNLinear.apply(x, weight, bias)
+        return y
     return F.linear(x, weight, bias)
 
 
@@ -135,7 +136,8 @@ def attend_rows(
     ``allowed`` is ``layout.allowed()`` for shared prompts (computed once per forward, not per layer)."""
     if not isinstance(layout, SharedPrompts):
         batch, width = layout
-        return _rows(_attention(*(_heads(t, batch, width) for t in (q, k, v)), group, None))
+        q4, k4, v4 = (_heads(t, batch, width) for t in (q, k, v))
+        return _rows(_attention(q4, k4, v4, group, None))
     n_prompt = layout.prompts * layout.prompt_width
     qp, kp, vp = (_heads(t[:n_prompt], layout.prompts, layout.prompt_width) for t in (q, k, v))
     qc, kc, vc = (_heads(t[n_prompt:], layout.completions, layout.completion_width) for t in (q, k, v))

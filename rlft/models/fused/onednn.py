@@ -21,12 +21,14 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 
 def _linear_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x·Wᵀ + b for 2-D x and W (out, in), plain or prepacked; strided (transposed) operands are read in
     place."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    y: Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return y
 
 
 @functools.cache
@@ -63,9 +65,9 @@ class PackedLinear:
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, batch_hint: int = 64) -> None:
         self.dtype = dtype
-        self.weight = weight.detach().to(dtype).contiguous()
+        self.weight: Tensor | None = weight.detach().to(dtype).contiguous()
         self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
-        self.packed = None
+        self.packed: Tensor | None = None
         if dtype in (torch.float32, torch.bfloat16) and onednn_linear_available():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch_hint)
             self.weight = None  # the packed copy is all that is used
@@ -74,7 +76,17 @@ class PackedLinear:
         x = x.to(self.dtype)
         if self.packed is not None:
             return _linear_pointwise(x, self.packed, self.bias)
+        assert self.weight is not None  # dropped only when packed
         return F.linear(x, self.weight, self.bias)
+
+
+class _LinearCtx(FunctionCtx):
+    """Autograd's context as :class:`OneDNNLinear` uses it (for the type checker: autograd passes its own
+    object, which takes any attribute)."""
+
+    saved_tensors: tuple[Tensor, ...]
+    needs_input_grad: tuple[bool, ...]
+    has_bias: bool
 
 
 class OneDNNLinear(torch.autograd.Function):
@@ -86,14 +98,14 @@ class OneDNNLinear(torch.autograd.Function):
     copies. Agrees with ``F.linear`` to float32 rounding."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx: _LinearCtx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         ctx.save_for_backward(rows, weight)
         ctx.has_bias = bias is not None
         return _linear_pointwise(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(ctx: _LinearCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         rows, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).contiguous()  # a no-op unless autograd hands an expanded grad
         grad_x = grad_w = grad_b = None

@@ -51,4 +51,5 @@ def rotate_half_split(x: Tensor, rot: Tensor) -> Tensor:
     """:func:`rotate_pairs` on HF's layout, where x_j pairs with x_{j+D/2}:
     (x_j, x_{j+D/2}) ↦ (x_j·cos − x_{j+D/2}·sin, x_j·sin + x_{j+D/2}·cos)."""
     adjacent = x.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
-    return rotate_pairs(adjacent, rot).unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+    rotated: Tensor = rotate_pairs(adjacent, rot).unflatten(-1, (-1, 2))
+    return rotated.transpose(-1, -2).flatten(-2)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from rlft.algos import entropy_from_logits
+from rlft.algos.policy_losses import entropy_from_logits
 
 from ..lm_head import apply_lm_head
 

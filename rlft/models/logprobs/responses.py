@@ -20,9 +20,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from ..fused.frozen import FrozenForward
 from ..fused.llama_forward import SharedPrompts, fused_hidden_rows, use_fused_forward
@@ -33,6 +35,13 @@ from .head import head_logprobs
 from .tokens import hidden_states
 
 __all__ = ["Responses", "logprobs_from_states", "response_states", "rollout_logprobs"]
+
+
+def _causal_lm(model: nn.Module) -> PreTrainedModel:
+    """``model`` as the Hugging Face model it is or wraps: the trainers pass their policy as a plain module
+    (a PEFT model among them), which forwards ``config``, ``get_decoder`` and the output embeddings to the
+    model it wraps."""
+    return cast(PreTrainedModel, model)
 
 
 @dataclass(frozen=True)
@@ -69,15 +78,16 @@ def response_states(
     bfloat16 matmuls (the fused forward's bfloat16 variant, or autocast around the Hugging Face body).
     ``frozen``: the same fused body with weights packed once, for a model that never changes (the
     reference; no gradient)."""
+    lm = _causal_lm(model)
     if int(responses.prompt_mask.sum(-1).min()) > 0:
         if frozen is not None:
             return _fused_states(frozen.hidden_rows, responses, share_prompts)
-        if use_fused_forward(model, forward):
-            body = functools.partial(fused_hidden_rows, model, bf16=bf16)
+        if use_fused_forward(lm, forward):
+            body = functools.partial(fused_hidden_rows, lm, bf16=bf16)
             with torch.autocast(responses.response_ids.device.type, enabled=False):  # bf16 is the body's own
                 return _fused_states(body, responses, share_prompts)
     with bf16_autocast(bf16, responses.response_ids.device.type):
-        return _hf_states(model, responses, share_prompts)
+        return _hf_states(lm, responses, share_prompts)
 
 
 def _first_of_groups(responses: Responses, share_prompts: bool) -> tuple[Tensor, Tensor]:
@@ -119,7 +129,7 @@ def _fused_states(body: Callable[..., Tensor], batch: Responses, share_prompts: 
     return torch.cat([last_prompt_state[owner, None], responses[:, :-1]], dim=1)
 
 
-def _hf_states(model: nn.Module, batch: Responses, share_prompts: bool) -> Tensor:
+def _hf_states(model: PreTrainedModel, batch: Responses, share_prompts: bool) -> Tensor:
     """:func:`response_states` through the model's own body; shared prompts run once with a cache that
     every response continues."""
     width = batch.prompt_ids.shape[1]
@@ -143,7 +153,8 @@ def _hf_states(model: nn.Module, batch: Responses, share_prompts: bool) -> Tenso
     )
     last_prompt_state = out.last_hidden_state[:, -1]  # left padding: the last column is the last prompt token
     # … then every response on top of its prompt's keys/values.
-    cache.reorder_cache(inverse)
+    # transformers annotates index tensors as torch.LongTensor, a legacy class no tensor is typed as
+    cache.reorder_cache(inverse)  # type: ignore[arg-type]
     out = body(
         input_ids=batch.response_ids,
         attention_mask=attention,
@@ -200,7 +211,7 @@ def logprobs_from_states(
     can read the same states: PPO's critic on a shared backbone)."""
     keep = positions.to(torch.bool)
     flat, flat_entropy = head_logprobs(
-        model,  # type: ignore[arg-type]
+        _causal_lm(model),
         states[keep],  # (N, d): the states that predict each kept response token
         response_ids[keep],
         temperature=temperature,

@@ -107,7 +107,8 @@ def _hf_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
         out = model.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
         )
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden
 
 
 # --- groups of completions sharing a prompt ---------------------------------------------------------------
@@ -216,13 +217,17 @@ def grouped_logprob_sums(
             forward="fast" if use_fast else "hf",
             chunk_size=chunk_size,
         )
-    rows = layout_groups(groups, pad_id)
+    grouped = layout_groups(groups, pad_id)
     if frozen is not None:
-        hidden = frozen.hidden_rows(rows.input_ids, rows.position_ids, rows.layout)
+        hidden = frozen.hidden_rows(grouped.input_ids, grouped.position_ids, grouped.layout)
     else:
-        hidden = fused_hidden_rows(model, rows.input_ids, rows.position_ids, rows.layout, bf16=bf16)
+        hidden = fused_hidden_rows(model, grouped.input_ids, grouped.position_ids, grouped.layout, bf16=bf16)
     logp, _ = head_logprobs(
-        model, hidden.index_select(0, rows.source), rows.target, chunk_size=chunk_size, head=_fast_head(model)
+        model,
+        hidden.index_select(0, grouped.source),
+        grouped.target,
+        chunk_size=chunk_size,
+        head=_fast_head(model),
     )
-    sums = torch.zeros(len(rows.counts), dtype=torch.float32).index_add(0, rows.sequence, logp)
-    return sums, rows.counts
+    sums = torch.zeros(len(grouped.counts), dtype=torch.float32).index_add(0, grouped.sequence, logp)
+    return sums, grouped.counts

@@ -13,6 +13,8 @@ plain reference path the fused and shared-prompt paths are tested against) and t
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -47,7 +49,45 @@ def hidden_states(model: PreTrainedModel, input_ids: Tensor, attention_mask: Ten
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden
+
+
+@overload
+def token_logprobs(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    logits_to_keep_from: int | None = ...,
+    temperature: float = ...,
+    chunk_size: int = ...,
+    return_entropy: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def token_logprobs(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    logits_to_keep_from: int | None = ...,
+    temperature: float = ...,
+    chunk_size: int = ...,
+    *,
+    return_entropy: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def token_logprobs(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    logits_to_keep_from: int | None = ...,
+    temperature: float = ...,
+    chunk_size: int = ...,
+    return_entropy: bool = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def token_logprobs(
@@ -98,6 +138,46 @@ def token_logprobs(
     return logp.view(batch, width)
 
 
+@overload
+def response_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    temperature: float = ...,
+    chunk_size: int = ...,
+    return_entropy: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def response_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    temperature: float = ...,
+    chunk_size: int = ...,
+    *,
+    return_entropy: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def response_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    temperature: float = ...,
+    chunk_size: int = ...,
+    return_entropy: bool = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
 def response_logprobs(
     model: PreTrainedModel,
     prompt_ids: Tensor,
@@ -125,7 +205,7 @@ def response_logprobs(
         return_entropy=return_entropy,
     )
     keep = response_mask.bool()
-    if return_entropy:
+    if isinstance(out, tuple):  # return_entropy
         logp, ent = out
         return logp.masked_fill(~keep, 0.0), ent.masked_fill(~keep, 0.0)
     return out.masked_fill(~keep, 0.0)

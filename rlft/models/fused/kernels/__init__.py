@@ -32,6 +32,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -194,7 +195,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def load(source: Path, declare, check) -> ctypes.CDLL | None:
+def load(
+    source: Path,
+    declare: Callable[[ctypes.CDLL], ctypes.CDLL],
+    check: Callable[[ctypes.CDLL], None],
+) -> ctypes.CDLL | None:
     """Build ``source``, load it, set its signatures (``declare(lib)``) and run ``check(lib)`` (see
     :func:`run_self_check`); None if any of it fails or ``RLFT_KERNELS=0``. A failure is kept for
     :func:`unavailable_reason` and reported in one line on stderr: the caller then runs torch ops."""
@@ -218,7 +223,7 @@ def load(source: Path, declare, check) -> ctypes.CDLL | None:
 CHECK_THREADS = 1
 
 
-def run_self_check(check, lib: ctypes.CDLL) -> None:
+def run_self_check(check: Callable[[ctypes.CDLL], None], lib: ctypes.CDLL) -> None:
     """``check(lib)`` with grad mode on, inference mode and autocast off, float32 as the default dtype,
     the CPU as the default device and :data:`CHECK_THREADS` threads, whatever the caller's state.
 
@@ -422,6 +427,7 @@ def _self_check(lib: ctypes.CDLL) -> None:
     if not torch.allclose(swiglu(lib, gate_up), reference_swiglu(gate_up), atol=1e-5, rtol=1e-5):
         raise AssertionError("swiglu kernel disagrees with its torch reference; using torch ops")
     x, w, b = torch.randn(11, 20, generator=g), torch.randn(40, 20, generator=g), torch.randn(40, generator=g)
-    for bias in (b, None):  # 11 rows, 40 columns: a partial row tile and a partial panel
-        if not torch.allclose(KernelLinear(lib, w, bias)(x), F.linear(x, w, bias), atol=1e-5, rtol=1e-5):
+    for linear_bias in (b, None):  # 11 rows, 40 columns: a partial row tile and a partial panel
+        got, want = KernelLinear(lib, w, linear_bias)(x), F.linear(x, w, linear_bias)
+        if not torch.allclose(got, want, atol=1e-5, rtol=1e-5):
             raise AssertionError("linear kernel disagrees with F.linear; using torch ops")

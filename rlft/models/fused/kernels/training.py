@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 from ..rope import rotate_half_split, rotation
 from . import load, reference_swiglu
@@ -43,8 +45,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def _fn(lib: ctypes.CDLL, op: str, dtype: torch.dtype, direction: str):
-    return getattr(lib, f"rlft_{op}_{_SUFFIX[dtype]}_{direction}")
+def _fn(lib: ctypes.CDLL, op: str, dtype: torch.dtype, direction: str) -> Callable[..., None]:
+    # getattr, not lib[name]: CDLL keeps the attribute, which is where _declare set the signature
+    fn: Callable[..., None] = getattr(lib, f"rlft_{op}_{_SUFFIX[dtype]}_{direction}")
+    return fn
 
 
 @functools.cache
@@ -77,10 +81,20 @@ def reference_rope(qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int)
     return qk, qkv[:, end:].view(-1, kv_heads, dim)
 
 
+class _Ctx(FunctionCtx):
+    """Autograd's context as the functions below use it (for the type checker: autograd passes its own
+    object, which takes any attribute)."""
+
+    saved_tensors: tuple[Tensor, ...]
+    lib: ctypes.CDLL
+    shape: tuple[int, int, int]  # _RoPE: (heads, kv_heads, dim)
+    dtype: torch.dtype  # _RMSNorm: the output dtype
+
+
 class _RoPE(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, lib, qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int
+        ctx: _Ctx, lib: ctypes.CDLL, qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int
     ) -> tuple[Tensor, Tensor]:
         qkv = qkv.contiguous()
         rows = qkv.shape[0]
@@ -95,10 +109,13 @@ class _RoPE(torch.autograd.Function):
         return qk, v
 
     @staticmethod
-    def backward(ctx, grad_qk: Tensor | None, grad_v: Tensor | None):
+    def backward(
+        ctx: _Ctx, grad_qk: Tensor | None, grad_v: Tensor | None
+    ) -> tuple[None, Tensor, None, None, None, None]:
         (cs,) = ctx.saved_tensors
         heads, kv_heads, dim = ctx.shape
         like = grad_qk if grad_qk is not None else grad_v
+        assert like is not None, "autograd passes the gradient of at least one output"
         rows = like.shape[0]
         grad_qk = like.new_zeros(rows, heads + kv_heads, dim) if grad_qk is None else grad_qk.contiguous()
         grad_v = like.new_zeros(rows, kv_heads, dim) if grad_v is None else grad_v.contiguous()
@@ -121,7 +138,8 @@ def rope(qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int) -> tuple[
     """:func:`reference_rope` in one pass each way (``cs`` from :func:`rope_tables`)."""
     if not _usable(qkv) or cs.dtype != torch.float32 or not cs.is_contiguous():
         return reference_rope(qkv, cs, heads, kv_heads, dim)
-    return _RoPE.apply(train_kernels(), qkv, cs, heads, kv_heads, dim)
+    qk_v: tuple[Tensor, Tensor] = _RoPE.apply(train_kernels(), qkv, cs, heads, kv_heads, dim)
+    return qk_v
 
 
 # --- SwiGLU ----------------------------------------------------------------------------------------------
@@ -129,7 +147,7 @@ def rope(qkv: Tensor, cs: Tensor, heads: int, kv_heads: int, dim: int) -> tuple[
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, gate_up: Tensor) -> Tensor:
+    def forward(ctx: _Ctx, lib: ctypes.CDLL, gate_up: Tensor) -> Tensor:
         gate_up = gate_up.contiguous()
         rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
         y = gate_up.new_empty(rows, inter)
@@ -141,7 +159,7 @@ class _SwiGLU(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[None, Tensor]:
+    def backward(ctx: _Ctx, dy: Tensor) -> tuple[None, Tensor]:
         (gate_up,) = ctx.saved_tensors
         dy = dy.to(gate_up.dtype).contiguous()
         grad = torch.empty_like(gate_up)
@@ -156,7 +174,8 @@ def swiglu(gate_up: Tensor) -> Tensor:
     """:func:`reference_swiglu` in one pass each way, for 2-D ``gate_up``."""
     if not _usable(gate_up) or gate_up.dim() != 2:
         return reference_swiglu(gate_up)
-    return _SwiGLU.apply(train_kernels(), gate_up)
+    y: Tensor = _SwiGLU.apply(train_kernels(), gate_up)
+    return y
 
 
 # --- RMSNorm (weightless: the fused forward folds the weight into the next matmul) -------------------------
@@ -169,7 +188,7 @@ def reference_rms_norm(x: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, x: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    def forward(ctx: _Ctx, lib: ctypes.CDLL, x: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
         x = x.contiguous()
         rows, width = x.shape
         y = x.new_empty(rows, width, dtype=dtype)
@@ -182,7 +201,7 @@ class _RMSNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor):
+    def backward(ctx: _Ctx, dy: Tensor) -> tuple[None, Tensor, None, None]:
         x, rstd = ctx.saved_tensors
         dy = dy.to(ctx.dtype).contiguous()
         dx = torch.empty_like(x)
@@ -197,10 +216,19 @@ def rms_norm(x: Tensor, eps: float, dtype: torch.dtype = torch.float32) -> Tenso
     """:func:`reference_rms_norm` in one pass each way, for 2-D float32 ``x``."""
     if not _usable(x) or x.dtype != torch.float32 or x.dim() != 2 or dtype not in _SUFFIX:
         return reference_rms_norm(x, eps, dtype)
-    return _RMSNorm.apply(train_kernels(), x, eps, dtype)
+    y: Tensor = _RMSNorm.apply(train_kernels(), x, eps, dtype)
+    return y
 
 
 # --- load-time check -----------------------------------------------------------------------------------------
+
+
+def _rms_norm_apply(lib: ctypes.CDLL, x: Tensor, dtype: torch.dtype) -> Tensor:
+    y: Tensor = _RMSNorm.apply(lib, x, 1e-6, dtype)
+    return y
+
+
+_Twin = Callable[[Tensor], Tensor | tuple[Tensor, Tensor]]  # a fused function or its torch twin, on one input
 
 
 def _self_check(lib: ctypes.CDLL) -> None:
@@ -210,7 +238,7 @@ def _self_check(lib: ctypes.CDLL) -> None:
     angle = torch.rand(rows, dim // 2, generator=g) * 6
     cs = torch.cat([angle.cos(), angle.sin()], -1).contiguous()
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        cases = [
+        cases: list[tuple[_Twin, _Twin, Tensor]] = [
             (
                 lambda t: _RoPE.apply(lib, t, cs, heads, kv_heads, dim),
                 lambda t: reference_rope(t, cs, heads, kv_heads, dim),
@@ -218,8 +246,8 @@ def _self_check(lib: ctypes.CDLL) -> None:
             ),
             (lambda t: _SwiGLU.apply(lib, t), reference_swiglu, torch.randn(rows, 2 * 40, generator=g) * 4),
             (
-                lambda t, dtype=dtype: _RMSNorm.apply(lib, t, 1e-6, dtype),
-                lambda t, dtype=dtype: reference_rms_norm(t, 1e-6, dtype),
+                functools.partial(_rms_norm_apply, lib, dtype=dtype),
+                functools.partial(reference_rms_norm, eps=1e-6, dtype=dtype),
                 torch.randn(rows, 40, generator=g),
             ),
         ]
@@ -228,10 +256,13 @@ def _self_check(lib: ctypes.CDLL) -> None:
             outs = []
             for fn in (fused, reference):
                 leaf = x.clone().requires_grad_()
-                out = fn(leaf)
-                out = out if isinstance(out, tuple) else (out,)
+                result = fn(leaf)
+                out = result if isinstance(result, tuple) else (result,)
                 weights = [torch.linspace(-1, 1, o.numel()).view_as(o).to(o.dtype) for o in out]
-                sum((o.float() * w.float()).sum() for o, w in zip(out, weights, strict=True)).backward()
+                torch.stack(
+                    [(o.float() * w.float()).sum() for o, w in zip(out, weights, strict=True)]
+                ).sum().backward()
+                assert leaf.grad is not None, "the backward gave the input no gradient"
                 outs.append([*(o.float() for o in out), leaf.grad.float()])
             for a, b in zip(*outs, strict=True):
                 if not torch.allclose(a, b, atol=tol, rtol=tol):
