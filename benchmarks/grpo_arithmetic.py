@@ -41,11 +41,12 @@ def main() -> None:
         sft = Path(args.sft)
     else:
         sft = arithmetic_sft_stage(root / "lm", seed=args.seed, show_progress=False)
+    base = demo_config(sft, seed=args.seed)
     cfg = dataclasses.replace(
-        demo_config(sft, seed=args.seed),
+        base,
         max_steps=1_000_000,  # the time budget ends the run
         max_minutes=args.minutes,
-        eval_every=args.eval_every,
+        eval=dataclasses.replace(base.eval, every=args.eval_every),
         torch_threads=args.threads,
     )
     run = RunDir.create(root / "grpo")

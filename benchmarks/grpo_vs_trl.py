@@ -163,25 +163,30 @@ def rlft_worker(spec: dict) -> dict:
     from rlft.models import load_causal_lm
     from rlft.run import RunDir, read_metrics
     from rlft.train import KLConfig, RLConfig, train_rl
+    from rlft.train.online.config import EvalConfig, OptimConfig, PerformanceConfig, SamplingConfig
 
     cfg = RLConfig(
         model=spec["model"],
         data=spec["data"],
         rewards=["task:arithmetic"],
-        eval_data=spec.get("eval_data"),
-        eval_samples=spec.get("eval_samples", 300),
-        eval_every=spec.get("eval_every", 0),
-        eval_max_new_tokens=spec.get("eval_max_new_tokens"),
+        eval=EvalConfig(
+            data=spec.get("eval_data"),
+            samples=spec.get("eval_samples", 300),
+            every=spec.get("eval_every", 0),
+            max_new_tokens=spec.get("eval_max_new_tokens"),
+        ),
         algorithm="grpo",
-        prompts_per_step=spec["prompts"],
-        num_generations=spec["generations"],
-        max_new_tokens=spec["max_new_tokens"],
-        lr=spec["lr"],
+        sampling=SamplingConfig(
+            prompts_per_step=spec["prompts"],
+            num_generations=spec["generations"],
+            max_new_tokens=spec["max_new_tokens"],
+            temperature=spec.get("temperature", 1.0),
+        ),
+        optim=OptimConfig(lr=spec["lr"]),
         kl=KLConfig(coef=spec["beta"]),
         max_steps=spec["steps"],
         max_minutes=spec.get("max_minutes", 0.0),
-        temperature=spec.get("temperature", 1.0),
-        bf16=spec["bf16"],
+        performance=PerformanceConfig(bf16=spec["bf16"]),
         seed=spec["seed"],
         torch_threads=spec["threads"],
     )
@@ -376,6 +381,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
     from rlft.models import HFSampler, load_causal_lm, load_tokenizer
     from rlft.rewards import build_rewards
     from rlft.train import RLConfig
+    from rlft.train.online.config import EvalConfig, SamplingConfig
     from rlft.train.online.evaluation import evaluate_policy, load_eval_set
 
     sft = Path(args.sft) if args.sft else None
@@ -400,7 +406,10 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict:
 
     def accuracy_of(model_dir: str) -> float:
         cfg = RLConfig(
-            model=model_dir, data=source, eval_samples=300, max_new_tokens=32, eval_max_new_tokens=6
+            model=model_dir,
+            data=source,
+            eval=EvalConfig(samples=300, max_new_tokens=6),
+            sampling=SamplingConfig(max_new_tokens=32),
         )
         tokenizer = load_tokenizer(model_dir)
         eval_set = load_eval_set(cfg, tokenizer)

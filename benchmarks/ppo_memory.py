@@ -93,7 +93,13 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     else:
         from rlft.run import RunDir
         from rlft.train import RLConfig, train_rl
-        from rlft.train.online.config import CriticConfig, LoRAConfig
+        from rlft.train.online.config import (
+            CriticConfig,
+            LoRAConfig,
+            OptimConfig,
+            PerformanceConfig,
+            SamplingConfig,
+        )
 
         lora = mode == "ppo-lora-shared"
         cfg = RLConfig(
@@ -101,15 +107,17 @@ def child(mode: str, args: argparse.Namespace) -> dict:
             data=paths["prompts"],
             algorithm="ppo",
             reward_model=paths["rm"],
-            prompts_per_step=args.prompts,
-            num_generations=args.generations,
-            max_new_tokens=args.new_tokens,
+            sampling=SamplingConfig(
+                prompts_per_step=args.prompts,
+                num_generations=args.generations,
+                max_new_tokens=args.new_tokens,
+            ),
             max_steps=1,
-            lr=1e-5,
+            optim=OptimConfig(lr=1e-5),
             torch_threads=args.threads,
             lora=LoRAConfig() if lora else None,
             critic=CriticConfig(shared_backbone=lora),
-            onednn_linear=bool(args.onednn_linear),
+            performance=PerformanceConfig(onednn_linear=bool(args.onednn_linear)),
         )
         with tempfile.TemporaryDirectory() as tmp:
             result = train_rl(cfg, RunDir.create(Path(tmp) / "run"), show_progress=False, log=lambda _: None)

@@ -11,7 +11,7 @@ Model FLOPs of one step, with T = non-padding prompt + completion tokens of the 
     reference log-probs      2·N_actor·T
     reward model score       2·N_body·T        (scalar head: no LM-head matmul, N_body = N − vocab·d)
     critic values (V_old)    2·N_body·T
-    actor update             6·N_actor·T·μ     (μ = ppo_epochs)
+    actor update             6·N_actor·T·μ     (μ = optim.ppo_epochs)
     critic update            6·N_body·T·μ
 
 (π_old reuses the sampler's log-probs; the LM head only runs on response positions — work rlft skips is
@@ -57,7 +57,7 @@ def main() -> None:
     from rlft.models import load_causal_lm
     from rlft.run import RunDir
     from rlft.train import RLConfig, train_rl
-    from rlft.train.online.config import CriticConfig
+    from rlft.train.online.config import CriticConfig, OptimConfig, SamplingConfig
 
     work = Path(args.out or tempfile.mkdtemp(prefix="ppo-mfu-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -72,12 +72,11 @@ def main() -> None:
         data=paths["prompts"],
         algorithm="ppo",
         reward_model=paths["rm"],
-        prompts_per_step=args.prompts,
-        num_generations=args.generations,
-        max_new_tokens=args.new_tokens,
+        sampling=SamplingConfig(
+            prompts_per_step=args.prompts, num_generations=args.generations, max_new_tokens=args.new_tokens
+        ),
         max_steps=args.steps,
-        ppo_epochs=args.ppo_epochs,
-        lr=1e-5,
+        optim=OptimConfig(ppo_epochs=args.ppo_epochs, lr=1e-5),
         torch_threads=args.threads,
         critic=CriticConfig(shared_backbone=args.shared),
     )

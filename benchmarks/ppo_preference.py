@@ -55,8 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from rlft.commands.demo import ppo_demo_config, preference_sft, rm_demo_stage
     from rlft.run import RunDir, save_config
-    from rlft.train import KLConfig, train_rl
-    from rlft.train.online.config import CriticConfig
+    from rlft.train import train_rl
 
     work = Path(args.work)
     sft = work / "preference" / "sft" / "model"
@@ -65,25 +64,23 @@ def main() -> None:
     rm = work / "preference" / "rm" / "model"
     if not (rm / "config.json").is_file():
         rm = rm_demo_stage(work / "preference", sft, seed=args.seed, show_progress=False)["reward_model"]
-    cfg = ppo_demo_config(
-        sft,
-        rm,
-        seed=args.seed,
-        lr=args.lr,
-        max_steps=args.max_steps,
-        max_minutes=args.minutes,
-        prompts_per_step=args.prompts,
-        num_generations=args.generations,
-        max_new_tokens=args.new_tokens,
-        ppo_epochs=args.ppo_epochs,
-        num_minibatches=args.minibatches,
-        kl=KLConfig(coef=args.kl),
-        critic=CriticConfig(lr=args.critic_lr),
-        eval_every=args.eval_every,
-        torch_threads=args.threads,
-        ptx_data=f"task:preference?seed={args.seed}" if args.ptx else None,
-        ptx_coef=args.ptx,
-    )
+    settings = {
+        "optim.lr": args.lr,
+        "max_steps": args.max_steps,
+        "max_minutes": args.minutes,
+        "sampling.prompts_per_step": args.prompts,
+        "sampling.num_generations": args.generations,
+        "sampling.max_new_tokens": args.new_tokens,
+        "optim.ppo_epochs": args.ppo_epochs,
+        "num_minibatches": args.minibatches,
+        "kl.coef": args.kl,
+        "critic.lr": args.critic_lr,
+        "eval.every": args.eval_every,
+        "torch_threads": args.threads,
+        "ptx.data": f"task:preference?seed={args.seed}" if args.ptx else None,
+        "ptx.coef": args.ptx,
+    }
+    cfg = ppo_demo_config(sft, rm, seed=args.seed, **settings)
     run = RunDir.create(work / f"{args.tag}-{time.strftime('%H%M%S')}")
     save_config(cfg.resolved(), run.config_path)
     start = time.monotonic()

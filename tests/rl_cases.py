@@ -38,8 +38,30 @@ def write_reward_file(root: Path) -> str:
     return str(path)
 
 
+def rl_replace(cfg: RLConfig, **changes) -> RLConfig:
+    """``dataclasses.replace`` of an RLConfig that also takes the keys of its sections by their flat names
+    (``lr=``, ``eval_every=``, ``ptx_coef=``, ``bf16=``, …), each put in its section as
+    ``RLConfig.RENAMED`` places it; a whole section (``sampling=SamplingConfig(…)``) is taken as it is."""
+    top: dict = {}
+    sections: dict[str, dict] = {}
+    for key, value in changes.items():
+        section, _, name = RLConfig.RENAMED.get(key, key).rpartition(".")
+        if section:
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, values in sections.items():
+        top[section] = dataclasses.replace(top.get(section, getattr(cfg, section)), **values)
+    return dataclasses.replace(cfg, **top)
+
+
+def rl_config(**keys) -> RLConfig:
+    """An RLConfig from keyword arguments, section keys by their flat names (:func:`rl_replace`)."""
+    return rl_replace(RLConfig(), **keys)
+
+
 def small_cfg(model: str, reward_file: str, **changes) -> RLConfig:
-    base = RLConfig(
+    base = rl_config(
         model=model,
         data=DATA,
         rewards=[{"function": f"{reward_file}:digits"}],
@@ -51,7 +73,7 @@ def small_cfg(model: str, reward_file: str, **changes) -> RLConfig:
         eval_samples=8,
         torch_threads=1,
     )
-    return dataclasses.replace(base, **changes)
+    return rl_replace(base, **changes)
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -270,12 +270,10 @@ def test_dpo_kto_rrhf(zoo, data, arch, tmp_path) -> None:
 
 RL_BASE = {
     **COMMON,
-    "prompts_per_step": 2,
-    "num_generations": 3,
-    "max_new_tokens": 5,
+    "sampling": {"prompts_per_step": 2, "num_generations": 3, "max_new_tokens": 5},
     "max_steps": 1,
-    "lr": 1e-3,
-    "eval_samples": 1,
+    "optim": {"lr": 1e-3},
+    "eval": {"samples": 1},
 }
 
 

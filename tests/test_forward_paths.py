@@ -147,8 +147,10 @@ def test_lora_wrapped_policy_falls_back_to_the_hf_body(llama) -> None:
 
 def test_plan_for_reads_each_trainers_config(llama) -> None:
     from rlft.train import DPOConfig, RLConfig, SFTConfig
+    from rlft.train.online.config import PerformanceConfig
 
-    rl = plan_for("rl", llama, RLConfig(bf16=True, forward="hf"), reference=llama)
+    performance = PerformanceConfig(bf16=True, forward="hf")
+    rl = plan_for("rl", llama, RLConfig(performance=performance), reference=llama)
     assert (rl.decoder, rl.training, rl.reference, rl.dtype) == ("fast", "hf", "hf", torch.bfloat16)
     assert "fused Llama decoder, torch ops (bfloat16)" in rl.description  # bf16 autocast while sampling
 

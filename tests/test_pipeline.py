@@ -41,14 +41,11 @@ def spec(base_model: str) -> dict:
         },
         "ppo": {
             "data": "task:preference?n=64",
-            "prompts_per_step": 4,
-            "num_generations": 2,
-            "max_new_tokens": 6,
+            "sampling": {"prompts_per_step": 4, "num_generations": 2, "max_new_tokens": 6},
             "max_steps": 3,
-            "lr": 1e-2,
-            "eval_samples": 8,
-            "ptx_data": "task:preference?n=32",
-            "ptx_coef": 0.1,
+            "optim": {"lr": 1e-2},
+            "eval": {"samples": 8},
+            "ptx": {"data": "task:preference?n=32", "coef": 0.1},
             **common,
         },
     }

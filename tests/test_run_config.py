@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 import pytest
 
 from rlft.run import ConfigError, config_to_dict, load_config, parse_overrides, save_config
+from rlft.run.config_types import dotted_value
 
 
 @dataclass
@@ -176,7 +177,11 @@ class RenamedSection:
 
 @dataclass
 class Renamed:
-    RENAMED: ClassVar[dict[str, str]] = {"bf16_autocast": "bf16", "sec": "section"}
+    RENAMED: ClassVar[dict[str, str]] = {
+        "bf16_autocast": "bf16",
+        "sec": "section",
+        "n_epochs": "section.epochs",
+    }
     bf16: bool = False
     section: RenamedSection = field(default_factory=RenamedSection)
 
@@ -199,6 +204,16 @@ def test_renamed_key_names_the_new_key(tmp_path):
     assert error(Renamed, overrides=["--sec.epochs", "2"]) == (
         "command line: config key 'sec' was renamed to 'section'"
     )
+    # a key moved into a section names its dotted place, from every source
+    path = write(tmp_path, "n_epochs: 2\n")
+    assert error(Renamed, path) == f"{path}: config key 'n_epochs' was renamed to 'section.epochs'"
+    assert error(Renamed, overrides=["--n_epochs", "2"]) == (
+        "command line: config key 'n_epochs' was renamed to 'section.epochs'"
+    )
+    assert (
+        error(Renamed, base={"n_epochs": 2})
+        == "preset: config key 'n_epochs' was renamed to 'section.epochs'"
+    )
     # the new names load, and RENAMED is no config key of its own
     cfg = load_config(Renamed, overrides=["--bf16", "--section.epochs", "2"])
     assert (cfg.bf16, cfg.section.epochs) == (True, 2)
@@ -208,7 +223,8 @@ def test_renamed_key_names_the_new_key(tmp_path):
 @pytest.mark.parametrize(
     ("module", "name", "old", "new"),
     [
-        ("rlft.train.online.config", "RLConfig", "bf16_autocast", "bf16"),
+        ("rlft.train.online.config", "RLConfig", "bf16_autocast", "performance.bf16"),
+        ("rlft.train.online.config", "RLConfig", "share_prompts", "performance.share_prompts"),
         ("rlft.train.preference.config", "DPOConfig", "share_prompt", "share_prompts"),
     ],
 )
@@ -219,7 +235,66 @@ def test_trainer_configs_refuse_their_old_key_names(tmp_path, module, name, old,
     cls = getattr(importlib.import_module(module), name)
     path = write(tmp_path, f"model: m\ndata: task:arithmetic\n{old}: false\n")
     assert error(cls, path) == f"{path}: config key '{old}' was renamed to '{new}'"
-    assert getattr(load_config(cls, overrides={"model": "m", "data": "d", new: False}), new) is False
+    assert dotted_value(load_config(cls, overrides={"model": "m", "data": "d", new: False}), new) is False
+
+
+def test_rl_config_names_the_section_of_every_flat_key_that_moved(tmp_path):
+    from rlft.train import RLConfig
+
+    required = {"model": "m", "data": "d"}
+    for old, new in RLConfig.RENAMED.items():
+        path = write(tmp_path, f"model: m\ndata: d\n{old}: 1\n")
+        assert error(RLConfig, path) == f"{path}: config key '{old}' was renamed to '{new}'"
+        assert error(RLConfig, overrides=[f"--{old}", "1"]) == (
+            f"command line: config key '{old}' was renamed to '{new}'"
+        )
+        assert error(RLConfig, base={old: 1}) == f"preset: config key '{old}' was renamed to '{new}'"
+        # the new place is a key of RLConfig (set to its default, the config loads)
+        default = dotted_value(RLConfig(), new)
+        assert dotted_value(load_config(RLConfig, overrides={**required, new: default}), new) == default
+    assert {"lr": "optim.lr", "eval_every": "eval.every", "ptx_coef": "ptx.coef"}.items() <= (
+        RLConfig.RENAMED.items()
+    )
+
+
+def test_rl_config_sections_on_the_command_line_and_their_checks():
+    from rlft.train import RLConfig
+
+    required = ["--model", "m", "--data", "d"]
+    sections = ["--optim.lr", "3e-5", "--eval.every", "5", "--performance.bf16"]
+    cfg = load_config(RLConfig, overrides=[*required, *sections])
+    assert (cfg.optim.lr, cfg.eval.every, cfg.performance.bf16) == (3e-5, 5, True)
+    assert error(RLConfig, overrides=[*required, "--optim.lr", "0"]) == (
+        "command line: config key 'optim.lr': expected a number > 0, got 0.0"
+    )
+    assert error(RLConfig, overrides=[*required, "--optim.lr", "2"]) == (
+        "command line: config key 'optim.lr': expected a learning rate below 1, got 2.0"
+    )
+    assert error(RLConfig, overrides=[*required, "--optim.warmup_steps", "-1"]) == (
+        "command line: config key 'optim.warmup_steps': expected an integer >= 0, got -1"
+    )
+    assert error(RLConfig, overrides=[*required, "--sampling.top_p", "2"]) == (
+        "command line: config key 'sampling.top_p': expected a number in (0, 1], got 2.0"
+    )
+    assert error(RLConfig, overrides=[*required, "--performance.forward", "fused"]) == (
+        "command line: config key 'performance.forward': expected one of auto, fast, hf, got 'fused'"
+    )
+
+
+def test_rl_run_config_is_saved_with_sections_and_reads_back(tmp_path):
+    from rlft.run.config_yaml import load_yaml_file
+    from rlft.train import RLConfig
+
+    overrides = {"model": "m", "data": "d", "optim.lr": 3e-5, "ptx": {"data": "task:preference", "coef": 0.5}}
+    cfg = load_config(RLConfig, overrides=overrides).resolved()
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    saved = load_yaml_file(path)
+    assert saved["optim"]["lr"] == 3e-5
+    assert (saved["ptx"]["data"], saved["ptx"]["coef"]) == ("task:preference", 0.5)
+    assert {"sampling", "optim", "eval", "ptx", "performance", "kl", "critic"} <= set(saved)
+    assert not set(saved) & set(RLConfig.RENAMED)
+    assert load_config(RLConfig, path) == cfg
 
 
 def test_wrong_type_messages(tmp_path):

@@ -422,6 +422,7 @@ def test_demo_stage_reports_the_gold_win_rate(tiny_model, tmp_path, capsys) -> N
 
 
 def test_on_the_fly_reference_packs_its_weights_once_and_scores_the_same(tiny_model, data_files) -> None:
+    from rlft.models.forward_path import plan_for
     from rlft.train.preference.scoring import Reference, score_sequences
 
     model = load_causal_lm(tiny_model)
@@ -429,6 +430,7 @@ def test_on_the_fly_reference_packs_its_weights_once_and_scores_the_same(tiny_mo
     cfg = DPOConfig(model=tiny_model, data="d", precompute_ref=False)
     data = load_offline(data_files["preference"], "preference", tokenizer, length_limits(cfg))
     reference = Reference(model, tokenizer.pad_token_id, cfg)
+    reference.follow(plan_for("dpo", model, cfg, reference=reference))  # the run's plan decides the packing
     rows = data.rows([0, 1, 2])
     got = reference(data, rows)
     assert reference.frozen is not None  # the packed body was built and used

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from micro_models import save_micro_llama
-from rl_cases import weights
+from rl_cases import rl_config, rl_replace, weights
 
 from rlft.algos import (
+    AdvantageState,
     explained_variance,
     gae,
     global_normalizer,
@@ -32,10 +33,10 @@ from rlft.models import (
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError, RunDir, load_config
 from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
-from rlft.train.online.advantages import AdvantageState, advantage_step
 from rlft.train.online.config import CriticConfig
 from rlft.train.online.critic import Critic
 from rlft.train.online.ptx import PtxData
+from rlft.train.online.rollout import advantage_step
 from rlft.train.online.update import loss_settings, micro_batch_loss, policy_update
 from rlft.train.sft.trainer import token_loss_sum
 
@@ -61,7 +62,7 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 
 def ppo_cfg(models: dict[str, str], **changes) -> RLConfig:
-    base = RLConfig(
+    base = rl_config(
         model=models["actor"],
         data=DATA,
         algorithm="ppo",
@@ -74,7 +75,7 @@ def ppo_cfg(models: dict[str, str], **changes) -> RLConfig:
         eval_samples=8,
         torch_threads=1,
     )
-    return dataclasses.replace(base, **changes)
+    return rl_replace(base, **changes)
 
 
 def digest(directory: str) -> str:
@@ -370,7 +371,7 @@ def test_config_errors_and_yaml(models, tmp_path) -> None:
             RunDir.create(tmp_path / "a"),
             **QUIET,
         )
-    with pytest.raises(ConfigError, match="ptx_data"):
+    with pytest.raises(ConfigError, match=r"ptx\.data"):
         ppo_cfg(models, ptx_coef=1.0).validate()
     with pytest.raises(ConfigError, match=r"critic\.shared_backbone"):
         ppo_cfg(models, critic=CriticConfig(init="reward_model", shared_backbone=True)).validate()
@@ -379,7 +380,7 @@ def test_config_errors_and_yaml(models, tmp_path) -> None:
     path = tmp_path / "ppo.yaml"
     path.write_text(
         "model: m\ndata: task:preference\nalgorithm: ppo\nreward_model: rm\nnormalize_score: true\n"
-        "critic: {shared_backbone: true, lr: 0.001}\nptx_data: task:preference\nptx_coef: 0.5\n"
+        "critic: {shared_backbone: true, lr: 0.001}\nptx: {data: task:preference, coef: 0.5}\n"
     )
     cfg = load_config(RLConfig, path, overrides=["--critic.vf_coef", "0.2"])
     assert cfg.critic == CriticConfig(shared_backbone=True, lr=0.001, vf_coef=0.2)
@@ -410,9 +411,7 @@ def test_demo_stage_reports_gold_score_before_and_after(models, tmp_path, capsys
         models["rm"],
         show_progress=False,
         max_steps=2,
-        prompts_per_step=2,
-        num_generations=2,
-        max_new_tokens=6,
+        **{"sampling.prompts_per_step": 2, "sampling.num_generations": 2, "sampling.max_new_tokens": 6},
     )
     printed = capsys.readouterr().out
     assert "gold score (hidden)" in printed and "reward-model score" in printed

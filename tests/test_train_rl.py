@@ -16,6 +16,7 @@ from rl_cases import DATA, fixed_batch, micro_rl_model, small_cfg, weights, writ
 from rlft.algos import (
     ADVANTAGES,
     POLICY_LOSSES,
+    AdvantageState,
     SASState,
     aggregate,
     cispo_loss,
@@ -54,18 +55,15 @@ from rlft.run.seeding import (
     win_rate_seed,
 )
 from rlft.train import KLConfig, RLConfig, RolloutBatch, latest_checkpoint, load_trainer_state, train_rl
-from rlft.train.online.advantages import (
-    AdvantageState,
+from rlft.train.online.presets import PRESETS
+from rlft.train.online.prompt_stream import PromptStream
+from rlft.train.online.rollout import (
+    DynamicSamplingError,
     check_advantage,
+    collect_rollout,
     estimate_advantages,
     estimator_args,
     needs_critic,
-)
-from rlft.train.online.presets import PRESETS
-from rlft.train.online.rollout import (
-    DynamicSamplingError,
-    PromptStream,
-    collect_rollout,
     zero_variance_groups,
 )
 from rlft.train.online.update import loss_settings, micro_batch_loss, policy_loss_args, policy_update
@@ -395,7 +393,7 @@ def test_cli_reports_errors_in_one_line(tiny_model, reward_file, tmp_path, capsy
     config = tmp_path / "rl.yaml"
     config.write_text(
         f"model: {tiny_model}\ndata: '{DATA}'\nrewards: [{{function: '{reward_file}:wrong_count'}}]\n"
-        "prompts_per_step: 2\nnum_generations: 2\nmax_new_tokens: 3\nmax_steps: 1\ntorch_threads: 1\n"
+        "sampling: {prompts_per_step: 2, num_generations: 2, max_new_tokens: 3}\nmax_steps: 1\ntorch_threads: 1\n"
     )
     code = main(["rl", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -453,7 +451,52 @@ def test_config_presets_and_overrides(tiny_model) -> None:
     with pytest.raises(ConfigError, match=r"policy_loss.*one of"):
         load_config(RLConfig, overrides=["--model", "m", "--data", "d", "--policy_loss", "ppo2"])
     with pytest.raises(ConfigError, match=r"num_generations.*at least 2"):
-        load_config(RLConfig, overrides=["--model", "m", "--data", "d", "--num_generations", "1"])
+        load_config(RLConfig, overrides=["--model", "m", "--data", "d", "--sampling.num_generations", "1"])
+
+
+def test_presets_listing_and_algorithm_description_read_the_sections(capsys) -> None:
+    from rlft.cli import main
+    from rlft.train.online.setup import describe_algorithm
+
+    assert main(["rl", "--presets"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert len(listing) == len(PRESETS)
+    assert listing[sorted(PRESETS).index("ppo")] == (
+        "ppo                    advantage=gae, policy_loss=ppo_clip, clip_low=0.2, clip_high=0.2, "
+        "aggregation=token-mean, kl={'placement': 'reward', 'estimator': 'k1', 'coef': 0.05}, "
+        "whiten_advantages=True"
+    )
+    ppo = load_config(RLConfig, overrides={"model": "m", "data": "d", "algorithm": "ppo"})
+    assert describe_algorithm(ppo) == (
+        "algorithm ppo: advantage=gae, policy_loss=ppo_clip, clip=0.2/0.2, kl=k1 in the reward, β=0.05, "
+        "aggregation=token-mean, G=8 × 8 prompts, ≤32 tokens at τ=1, μ=1 × 1 mini-batch(es), advantages "
+        "whitened, critic (init auto, ε_v=0.2, γ=1, λ=0.95), lr=1e-06"
+    )
+    grpo = load_config(
+        RLConfig,
+        overrides={
+            "model": "m",
+            "data": "task:arithmetic",
+            "clip_low": 0.3,
+            "kl.coef": 0.1,
+            "entropy_coef": 0.01,
+            "mask_truncated": True,
+            "optim": {"lr": 2e-6, "ppo_epochs": 2},
+            "sampling": {
+                "prompts_per_step": 3,
+                "num_generations": 4,
+                "max_new_tokens": 16,
+                "temperature": 0.7,
+            },
+            "ptx": {"data": "task:preference", "coef": 0.5},
+        },
+    )
+    assert describe_algorithm(grpo) == (
+        "algorithm grpo: advantage=group_norm (scale group), policy_loss=ppo_clip, clip=0.3/0.2, kl=k3 in the "
+        "loss, β=0.1, aggregation=seq-mean-token-mean, G=4 × 3 prompts, ≤16 tokens at τ=0.7, μ=2 × 1 "
+        "mini-batch(es), truncated completions masked, entropy bonus 0.01, ptx 0.5·NLL(task:preference), "
+        "lr=2e-06; changed from the preset: {'clip_low': 0.3, 'kl.coef': 0.1}"
+    )
 
 
 def test_lora_trains_adapters_and_uses_the_base_as_reference(tiny_model, reward_file, tmp_path) -> None:

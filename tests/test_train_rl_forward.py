@@ -93,13 +93,16 @@ def test_forward_fast_names_what_blocks_it(tiny_model) -> None:
 def test_reference_packs_its_fused_weights_once_and_computes_the_same_logprobs(
     tiny_model, reward_file
 ) -> None:
+    from rlft.models.forward_path import plan_for
     from rlft.models.logprobs import rollout_logprobs
-    from rlft.train.online.setup import Reference
+    from rlft.train.online.update import Reference
 
     batch, policy = fixed_batch(tiny_model)
     cfg = small_cfg(tiny_model, reward_file).resolved()
     reference = Reference(cfg, policy)
-    settings = loss_settings(cfg)
+    plan = plan_for("rl", policy, cfg, reference=reference)
+    reference.follow(plan, cfg.performance.bf16)  # the run's plan decides the packing
+    settings = loss_settings(cfg, plan)
     ref_logp = reference.logprobs(batch, settings, None)
     assert reference.frozen is not None  # the packed body was built and used
     with torch.no_grad():

@@ -7,6 +7,8 @@ them.
 
 from .advantages import (
     ADVANTAGES,
+    ESTIMATOR_ARGS,
+    AdvantageState,
     MovingAverageBaseline,
     SASState,
     dcpo_sas_advantages,

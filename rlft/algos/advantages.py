@@ -352,3 +352,50 @@ def moving_average_advantages(
         first = returns.gather(-1, mask.to(torch.long).argmax(-1, keepdim=True)).squeeze(-1)
         baseline.update(float(first[rows].mean()))
     return advantages, returns
+
+
+@dataclass
+class AdvantageState:
+    """Estimator state a trainer carries across steps (and saves in checkpoints): DCPO's per-prompt
+    statistics and REINFORCE's moving-average baseline."""
+
+    sas: SASState = field(default_factory=SASState)
+    baseline: MovingAverageBaseline = field(default_factory=MovingAverageBaseline)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sas": self.sas.state_dict(), "baseline": [self.baseline.alpha, self.baseline.value]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sas.load_state_dict(state["sas"])
+        self.baseline.alpha, self.baseline.value = state["baseline"]
+
+
+# --- the call table ---------------------------------------------------------------------------------------
+# A trainer calls every estimator through this table, so the inputs each one gets are explicit and greppable
+# (adding an estimator is its function, its registry entry and its line here). The input names:
+#
+#     scores          (B,)   total reward, minus β·Σ_t KL_t when the KL goes in the reward and the estimator
+#                            takes neither per-token rewards nor the KL (RLOO's sequence-level KL)
+#     token_rewards   (B, R) −β·KL_t on every token + the score on the last one (shaped_token_rewards);
+#     rewards                the same, under GAE's name
+#     greedy_scores   (B,)   reward of the greedy decode of the row's prompt (ReMax)
+#     values          (B, R) critic values (GAE)
+#     kl, kl_coef            per-token KL (π_old ‖ π_ref) and β, for estimators that shape rewards themselves
+#     group_ids, mask, gamma, lam, scale (= scale_rewards), unbiased (= std_unbiased; unset: the default),
+#     prompt_keys, state     DCPO's per-prompt key and running statistics (SASState)
+#     baseline               REINFORCE's MovingAverageBaseline
+#
+# An estimator that lists `token_rewards` or `rewards` gets the KL-shaped per-token rewards; one that lists
+# neither those nor `kl` gets the summed KL taken off its `scores` instead.
+ESTIMATOR_ARGS: dict[str, tuple[str, ...]] = {
+    "reward_to_go": ("rewards", "gamma", "mask"),
+    "gae": ("rewards", "values", "gamma", "lam", "mask"),
+    "group_norm": ("scores", "group_ids", "scale", "unbiased"),
+    "grpo": ("scores", "group_ids", "scale", "unbiased"),
+    "rloo": ("scores", "group_ids"),
+    "remax": ("scores", "greedy_scores"),
+    "reinforce_pp": ("token_rewards", "mask", "gamma", "unbiased"),
+    "reinforce_pp_baseline": ("scores", "group_ids", "mask", "kl", "kl_coef", "unbiased"),
+    "dcpo_sas": ("scores", "group_ids", "prompt_keys", "state", "unbiased"),
+    "moving_average": ("token_rewards", "mask", "baseline", "gamma"),
+}

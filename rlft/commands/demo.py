@@ -82,12 +82,13 @@ DEMO_DPO: dict[str, Any] = {
 }
 
 
-# The PPO stage: RLHF-PPO on `preference` from the demo's preference SFT model against its reward model.
+# The PPO stage: RLHF-PPO on `preference` from the demo's preference SFT model against its reward model
+# (dotted RLConfig keys, as on the command line).
 PPO_DEMO = {
-    "prompts_per_step": 8,
-    "num_generations": 4,
-    "max_new_tokens": 16,
-    "lr": 3e-4,
+    "sampling.prompts_per_step": 8,
+    "sampling.num_generations": 4,
+    "sampling.max_new_tokens": 16,
+    "optim.lr": 3e-4,
     "max_steps": 60,
     "max_minutes": 0.75,
     "torch_threads": 1,  # the 1m model's matmuls are too small to split; a 2nd thread only spins on a busy CPU
@@ -215,22 +216,17 @@ def grpo_demo_config(sft_model_dir: str | Path, seed: int = 0, steps: int = DEMO
     of a 16 × 8 batch policy still flip late in the run (one seed: 67% at step 900, 48% at 1200); with
     the decay the same run ends at 70%."""
     from rlft.train import RLConfig
+    from rlft.train.online.config import EvalConfig, OptimConfig, SamplingConfig
 
     return RLConfig(
         model=str(sft_model_dir),
         data=f"task:arithmetic?max_operand={DEMO_OPERAND}&n=5000&seed={seed}",
         algorithm="grpo",
-        prompts_per_step=16,
-        num_generations=8,
-        max_new_tokens=8,
-        temperature=0.7,
-        lr=1e-4,
-        min_lr_ratio=0.0,
+        sampling=SamplingConfig(prompts_per_step=16, num_generations=8, max_new_tokens=8, temperature=0.7),
+        optim=OptimConfig(lr=1e-4, min_lr_ratio=0.0),
+        eval=EvalConfig(every=max(steps // 4, 1), samples=300, max_new_tokens=8),
         max_steps=steps,
         max_minutes=DEMO_GRPO_MAX_MINUTES,
-        eval_every=max(steps // 4, 1),
-        eval_samples=300,
-        eval_max_new_tokens=8,
         seed=seed,
     )
 
@@ -254,14 +250,14 @@ def rl_demo_stage(
     plot = plot_run(run, keys=RL_PLOT_KEYS)
     before, after = result.initial_eval, result.final_eval
     print(
-        f"\nGRPO on {cfg.data} from the SFT model ({result.steps} steps, {cfg.prompts_per_step} prompts × "
-        f"{cfg.num_generations} samples per step)"
+        f"\nGRPO on {cfg.data} from the SFT model ({result.steps} steps, {cfg.sampling.prompts_per_step} "
+        f"prompts × {cfg.sampling.num_generations} samples per step)"
     )
     rows = (("eval_accuracy", "greedy acc"), ("eval_response_len", "response len"))
     _print_before_after("", 24, rows, result)
     seconds = time.monotonic() - start
     print(
-        f"held-out prompts: {cfg.eval_samples} (eval split)   time: {seconds:.0f}s\n"
+        f"held-out prompts: {cfg.eval.samples} (eval split)   time: {seconds:.0f}s\n"
         f"  run dir:    {run.root}\n  GRPO model: {result.model_dir}\n  plot:       {plot}"
     )
     return {
@@ -432,23 +428,25 @@ def ppo_demo_config(
 ) -> Any:
     """The demo's PPO config: the ``ppo`` preset (k1 in the reward, GAE, whitened advantages, clipped value
     loss) with the critic initialised from the reward model, whose score is normalised with its saved
-    statistics and clipped to ±5; ``overrides`` replace entries of :data:`PPO_DEMO`."""
+    statistics and clipped to ±5; ``overrides`` (dotted keys such as ``"optim.lr"``, as on the command
+    line) replace entries of :data:`PPO_DEMO` or add others."""
+    from rlft.run import load_config
     from rlft.train import RLConfig
 
     settings = {**PPO_DEMO, **overrides}
-    settings.setdefault("eval_every", max(settings["max_steps"] // 3, 1))
-    settings.setdefault("eval_max_new_tokens", settings["max_new_tokens"])
-    return RLConfig(
-        model=str(sft_model_dir),
-        data=f"task:preference?seed={seed}",
-        algorithm="ppo",
-        reward_model=str(reward_model_dir),
-        normalize_score=True,
-        score_clip=5.0,
-        eval_samples=32,
-        seed=seed,
-        **settings,
-    )
+    settings.setdefault("eval.every", max(settings["max_steps"] // 3, 1))
+    settings.setdefault("eval.max_new_tokens", settings["sampling.max_new_tokens"])
+    fixed = {
+        "model": str(sft_model_dir),
+        "data": f"task:preference?seed={seed}",
+        "algorithm": "ppo",
+        "reward_model": str(reward_model_dir),
+        "normalize_score": True,
+        "score_clip": 5.0,
+        "eval.samples": 32,
+        "seed": seed,
+    }
+    return load_config(RLConfig, overrides={**fixed, **settings})
 
 
 def ppo_demo_stage(
@@ -474,7 +472,7 @@ def ppo_demo_stage(
     kl = result.last_metrics.get("kl_ref_seq", float("nan"))
     print(
         f"\nPPO (RLHF) on {cfg.data} from the SFT model against the reward model ({result.steps} steps, "
-        f"{cfg.prompts_per_step} prompts × {cfg.num_generations} samples per step)"
+        f"{cfg.sampling.prompts_per_step} prompts × {cfg.sampling.num_generations} samples per step)"
     )
     rows = (
         ("eval_gold_score", "gold score (hidden)"),

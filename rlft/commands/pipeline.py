@@ -11,7 +11,7 @@ The config file has one section per stage, holding that stage's own config keys,
     output_dir: runs/rlhf
     sft: {model: runs/tiny-1m, data: "task:preference?n=4000", max_steps: 150, save_every: 50}
     rm:  {data: "task:preference?n=16000&label_noise=0.1", max_steps: 500, save_every: 100}
-    ppo: {data: "task:preference", max_steps: 200, save_every: 50, ptx_data: "task:preference", ptx_coef: 0.1}
+    ppo: {data: "task:preference", max_steps: 200, save_every: 50, ptx: {data: "task:preference", coef: 0.1}}
 
 Wiring: ``rm.model`` and ``ppo.model`` default to the SFT output, ``ppo.reward_model`` to the RM output
 (unless ``ppo.rewards`` is given) and ``ppo.algorithm`` to ``ppo``. A stage whose ``model/`` exists is

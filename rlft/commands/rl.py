@@ -75,7 +75,7 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
     save_config(cfg.resolved(), run.config_path)  # every preset value spelled out
     print(f"rlft rl: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_rl(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
-    from rlft.train.online.advantages import needs_critic
+    from rlft.train.online.rollout import needs_critic
 
     plot = plot_run(run, keys=PPO_PLOT_KEYS if needs_critic(cfg.resolved().advantage) else RL_PLOT_KEYS)
     before = ", ".join(f"{k} {v:.4g}" for k, v in result.initial_eval.items())

@@ -5,8 +5,10 @@ Every source is checked against the dataclass annotations as it is applied, so a
 
 A config class may list keys that have a new name in a class attribute
 ``RENAMED: ClassVar[dict[str, str]] = {"old": "new"}``; an old key in any source (a YAML file, a saved
-run config, the command line) is then refused with one line naming the new key, rather than the generic
-"unknown config key".
+run config, a preset, the command line) is then refused with one line naming the new key, rather than the
+generic "unknown config key". The new name may be a dotted key relative to the class, for a key that
+moved into a section: ``{"lr": "optim.lr"}`` refuses ``lr: 1e-5`` and ``--lr 1e-5`` with
+``config key 'lr' was renamed to 'optim.lr'``.
 """
 
 from __future__ import annotations

@@ -193,15 +193,16 @@ MAX_NEW_TOKENS = 65536
 
 
 def bad_value(cfg: Any, key: str, expected: str) -> ConfigError:
-    """The one-line error for the value of ``cfg.<key>``: ``config key 'KEY': expected ..., got VALUE``."""
-    return ConfigError(f"config key '{key}': expected {expected}, got {getattr(cfg, key)!r}")
+    """The one-line error for the value of ``cfg.<key>`` (``key`` may be dotted, e.g. ``optim.lr``):
+    ``config key 'KEY': expected ..., got VALUE``."""
+    return ConfigError(f"config key '{key}': expected {expected}, got {dotted_value(cfg, key)!r}")
 
 
 def check_required(cfg: Any, **expected: str) -> None:
     """Each keyword names a key that must be set (not empty or null) and says what it expects; the first
     key left unset is a ConfigError (:func:`bad_value`)."""
     for key, what in expected.items():
-        if not getattr(cfg, key):
+        if not dotted_value(cfg, key):
             raise bad_value(cfg, key, what)
 
 
@@ -222,15 +223,15 @@ def check_common(
     if not 0 <= cfg.seed <= MAX_SEED:
         raise bad("seed", f"an integer in [0, {MAX_SEED}] (2**32 - 1)", cfg.seed)
     for key in lrs:
-        value = _dotted(cfg, key)
+        value = dotted_value(cfg, key)
         if value is not None and value >= MAX_LR:  # the lower bound (> 0) is each config's own check
             raise bad(key, "a learning rate below 1", value)
     for key in generation:
-        value = _dotted(cfg, key)
+        value = dotted_value(cfg, key)
         if value is not None and not 1 <= value <= MAX_NEW_TOKENS:
             raise bad(key, f"a token count in [1, {MAX_NEW_TOKENS}]", value)
     for key in optional_text:
-        value = _dotted(cfg, key)
+        value = dotted_value(cfg, key)
         if value is not None and not str(value).strip():
             raise bad(key, "a non-empty string or null", value)
     skips = getattr(cfg, "max_consecutive_skips", 1)
@@ -245,8 +246,9 @@ def check_ranges(
     at_least_zero: tuple[str, ...] = (),
     numbers_at_least_zero: tuple[str, ...] = (),
 ) -> None:
-    """Table-driven range checks of a config's counts and coefficients; the first key out of range is a
-    one-line ConfigError naming it, what was expected and the value."""
+    """Table-driven range checks of a config's counts and coefficients, each key a field name or a dotted
+    path into a section (``optim.lr``); the first key out of range is a one-line ConfigError naming it,
+    what was expected and the value."""
     rules: list[tuple[tuple[str, ...], Any, str]] = [
         (positive, lambda v: v >= 1, "a positive integer"),
         (positive_or_null, lambda v: v is None or v >= 1, "a positive integer or null"),
@@ -255,12 +257,14 @@ def check_ranges(
     ]
     for keys, ok, expected in rules:
         for key in keys:
-            value = _dotted(cfg, key)
+            value = dotted_value(cfg, key)
             if not ok(value):
                 raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
 
 
-def _dotted(cfg: Any, key: str) -> Any:
+def dotted_value(cfg: Any, key: str) -> Any:
+    """The value of the dotted ``key`` in ``cfg`` (``"optim.lr"`` → ``cfg.optim.lr``); None below a null
+    section (an unset ``lora``)."""
     for part in key.split("."):
         cfg = getattr(cfg, part) if cfg is not None else None
     return cfg

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from micro_models import save_micro_llama
+from rl_cases import rl_config, rl_replace
 
 from rlft.data import load_records, save_records
 from rlft.run import read_metrics, save_config
-from rlft.train import DPOConfig, RLConfig, RMConfig, SFTConfig
+from rlft.train import DPOConfig, RMConfig, SFTConfig
 
 ARITHMETIC = "task:arithmetic?max_operand=9&n=64"
 PREFERENCE = "task:preference?n=32&seed=3"
@@ -43,7 +44,8 @@ def build_assets(root: Path) -> dict[str, str]:
 
 
 def trainer_config(kind: str, assets: dict[str, str], tmp_path: Path, **changes):
-    """A config of trainer ``kind`` (sft, rm, dpo, rl) that runs 8 quick steps on one thread."""
+    """A config of trainer ``kind`` (sft, rm, dpo, rl) that runs 8 quick steps on one thread; ``changes``
+    name keys as the other trainers do (an RLConfig section key by its flat name, ``rl_cases.rl_replace``)."""
     common = {"max_steps": 8, "torch_threads": 1, "lr": 3e-3}
     if kind == "sft":
         cfg = SFTConfig(
@@ -70,7 +72,7 @@ def trainer_config(kind: str, assets: dict[str, str], tmp_path: Path, **changes)
             **common,
         )
     elif kind == "rl":
-        cfg = RLConfig(
+        cfg = rl_config(
             model=assets["arithmetic_model"],
             data=ARITHMETIC,
             rewards=[{"function": f"{assets['reward_file']}:digits"}],
@@ -82,7 +84,7 @@ def trainer_config(kind: str, assets: dict[str, str], tmp_path: Path, **changes)
         )
     else:
         raise ValueError(kind)
-    return dataclasses.replace(cfg, **changes)
+    return rl_replace(cfg, **changes) if kind == "rl" else dataclasses.replace(cfg, **changes)
 
 
 def write_config(cfg, path: Path) -> Path:

@@ -14,6 +14,7 @@ import pytest
 
 from rlft.control.config import ControlConfig
 from rlft.run import ConfigError, load_config
+from rlft.run.config_types import dotted_value
 from rlft.run.config_yaml import dump_yaml
 from rlft.train import DPOConfig, RLConfig, RMConfig, SFTConfig
 
@@ -26,8 +27,8 @@ VALID: dict[type, dict[str, Any]] = {
         "data": "task:arithmetic",
         "algorithm": "grpo",
         "kl": {"placement": "loss", "coef": 0.04},
-        "max_new_tokens": 16,
-        "lr": 1e-6,
+        "sampling": {"max_new_tokens": 16},
+        "optim": {"lr": 1e-6},
         "seed": 2,
         "critic": {"lr": 1e-5},
     },
@@ -224,7 +225,7 @@ def test_repeated_keys_name_file_line_and_key(tmp_path) -> None:
     message = config_error(SFTConfig, path)
     line = len(base_yaml(SFTConfig).splitlines()) + 1
     assert message.startswith(f"{path}:{line}:") and "duplicate key 'lr'" in message
-    nested = write(tmp_path, base_yaml(RLConfig) + "ppo_epochs: 1\ncritic: {lr: 1.0e-5, lr: 2.0e-5}\n")
+    nested = write(tmp_path, base_yaml(RLConfig) + "max_steps: 1\ncritic: {lr: 1.0e-5, lr: 2.0e-5}\n")
     assert "duplicate key" in config_error(RLConfig, nested)
 
 
@@ -234,7 +235,7 @@ def test_repeated_keys_name_file_line_and_key(tmp_path) -> None:
         (SFTConfig, "lr", ".inf"),
         (SFTConfig, "max_grad_norm", ".nan"),
         (RLConfig, "kl.coef", ".nan"),
-        (RLConfig, "lr", ".nan"),
+        (RLConfig, "optim.lr", ".nan"),
         (DPOConfig, "beta", "-.inf"),
         (RMConfig, "center_coef", ".nan"),
         (ControlConfig, "gamma", ".nan"),
@@ -266,10 +267,12 @@ def test_seeds_must_fit_numpy(cls, tmp_path) -> None:
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_learning_rates_of_one_or_more_are_refused(cls, tmp_path) -> None:
     path = write(tmp_path, base_yaml(cls))
+    key = "optim.lr" if cls is RLConfig else "lr"
     for lr in ("1e3", "1", "1.0"):
-        message = config_error(cls, path, ["--lr", lr])
-        assert message.startswith("command line: config key 'lr': expected a learning rate below 1"), message
-    assert load_config(cls, path, overrides=["--lr", "0.5"]).lr == 0.5
+        message = config_error(cls, path, [f"--{key}", lr])
+        expected = f"command line: config key '{key}': expected a learning rate below 1"
+        assert message.startswith(expected), message
+    assert dotted_value(load_config(cls, path, overrides=[f"--{key}", "0.5"]), key) == 0.5
 
 
 def test_other_learning_rates_are_bounded_too(tmp_path) -> None:
@@ -280,9 +283,10 @@ def test_other_learning_rates_are_bounded_too(tmp_path) -> None:
 
 def test_generation_budgets_beyond_any_context_are_refused(tmp_path) -> None:
     path = write(tmp_path, base_yaml(RLConfig))
-    assert "'max_new_tokens'" in config_error(RLConfig, path, ["--max_new_tokens", "1e6"])
-    assert "'eval_max_new_tokens'" in config_error(RLConfig, path, ["--eval_max_new_tokens", "70000"])
-    assert load_config(RLConfig, path, overrides=["--max_new_tokens", "65536"]).max_new_tokens == 65536
+    assert "'sampling.max_new_tokens'" in config_error(RLConfig, path, ["--sampling.max_new_tokens", "1e6"])
+    assert "'eval.max_new_tokens'" in config_error(RLConfig, path, ["--eval.max_new_tokens", "70000"])
+    cfg = load_config(RLConfig, path, overrides=["--sampling.max_new_tokens", "65536"])
+    assert cfg.sampling.max_new_tokens == 65536
     dpo = write(tmp_path, base_yaml(DPOConfig))
     assert "'win_rate_max_new_tokens'" in config_error(DPOConfig, dpo, ["--win_rate_max_new_tokens", "1e6"])
 
@@ -313,7 +317,7 @@ def test_a_reference_model_for_a_loss_that_uses_none_is_a_contradiction(loss, tm
 
 def test_ptx_data_without_a_ptx_coefficient_is_a_contradiction(tmp_path) -> None:
     path = write(tmp_path, base_yaml(RLConfig))
-    assert "'ptx_coef'" in config_error(RLConfig, path, ["--ptx_data", "task:preference"])
+    assert "'ptx.coef'" in config_error(RLConfig, path, ["--ptx.data", "task:preference"])
 
 
 @pytest.mark.parametrize("cls", [SFTConfig, RMConfig, DPOConfig, RLConfig], ids=lambda c: c.__name__)
@@ -321,7 +325,9 @@ def test_counts_strings_and_paths_are_checked(cls, tmp_path) -> None:
     path = write(tmp_path, base_yaml(cls))
     assert "'max_consecutive_skips'" in config_error(cls, path, ["--max_consecutive_skips", "0"])
     assert "'output_dir'" in config_error(cls, path, ["--output_dir", ""])
-    assert "'eval_data'" in config_error(cls, write(tmp_path, base_yaml(cls) + "eval_data: '  '\n", "a.yaml"))
+    eval_data = "eval.data" if cls is RLConfig else "eval_data"  # RLConfig: the eval section
+    blank = "eval: {data: '  '}\n" if cls is RLConfig else "eval_data: '  '\n"
+    assert f"'{eval_data}'" in config_error(cls, write(tmp_path, base_yaml(cls) + blank, "a.yaml"))
     assert "'log_every'" in config_error(cls, write(tmp_path, base_yaml(cls) + "log_every: '8'\n", "b.yaml"))
     assert "'seed'" in config_error(cls, path, ["--seed", "'3'"])
     assert "'model'" in config_error(cls, path, ["--model", '"\\ud800"'])

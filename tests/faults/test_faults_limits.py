@@ -23,5 +23,6 @@ def test_rl_with_too_many_new_tokens_is_one_line(assets, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1] == (
-        "rlft: error: config key 'max_new_tokens': expected fewer than the model's context length 64, got 1000"
+        "rlft: error: config key 'sampling.max_new_tokens': expected fewer than the model's context length 64, "
+        "got 1000"
     )

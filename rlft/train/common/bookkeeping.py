@@ -32,8 +32,9 @@ class Bookkeeping:
     Opening it for a loop that starts at ``step`` (a resumed checkpoint's, or 0) and ends at
     ``total_steps`` appends to the run's metrics (TensorBoard events after a resumed checkpoint are
     dropped), evaluates and logs step 0 unless resumed, and starts the progress bar. ``cfg`` supplies
-    log_every, eval_every, save_every and max_consecutive_skips; ``max_minutes`` (0 or None: no limit)
-    is a budget of training time; ``shown_eval`` names evaluation metrics for the progress bar, of which
+    log_every, save_every and max_consecutive_skips; ``eval_every`` (0: only at the end) is passed, as a
+    config may hold it in an ``eval`` section; ``max_minutes`` (0 or None: no limit) is a budget of
+    training time; ``shown_eval`` names evaluation metrics for the progress bar, of which
     the first present is shown."""
 
     def __init__(
@@ -48,10 +49,12 @@ class Bookkeeping:
         desc: str,
         max_minutes: float | None = None,
         shown_eval: tuple[str, ...] = (),
+        *,
+        eval_every: int,
     ) -> None:
         self.cfg, self.total_steps, self.evaluate, self.save = cfg, total_steps, evaluate, save
         self.say, self.stop_after = call.say, call.stop_after
-        self.max_minutes, self.shown_eval = max_minutes, shown_eval
+        self.max_minutes, self.shown_eval, self.eval_every = max_minutes, shown_eval, eval_every
         self.metrics = MetricsWriter(call.run.root, resume_step=step if resumed else -1)
         self.control = RunControl(call.run, call.command, cfg.max_consecutive_skips, call.say)
         self.initial_eval = evaluate() if step == 0 else {}  # empty when resumed or without eval data
@@ -96,7 +99,7 @@ class Bookkeeping:
         self.out_of_time = budget_s is not None and self.train_seconds >= budget_s
         if step % cfg.log_every == 0 or last:
             self._log(step, row)
-        if (cfg.eval_every and step % cfg.eval_every == 0) or last or self.out_of_time:
+        if (self.eval_every and step % self.eval_every == 0) or last or self.out_of_time:
             self.last_eval = self.evaluate()
             if self.last_eval:
                 self._log(step, self.last_eval)

@@ -112,7 +112,15 @@ def train_epochs(
     resumed. The ragged tail of each epoch (fewer than one step's examples) is not used."""
     started, pos = time.monotonic(), training.pos
     book = Bookkeeping(
-        call, training.cfg, training.total_steps, pos.step, training.resumed, evaluate, training.save, desc
+        call,
+        training.cfg,
+        training.total_steps,
+        pos.step,
+        training.resumed,
+        evaluate,
+        training.save,
+        desc,
+        eval_every=training.cfg.eval_every,
     )
     with book:
         last = _steps(training, n_examples, step_fn, book)

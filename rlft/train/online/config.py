@@ -1,6 +1,13 @@
 """``RLConfig``: every knob of the online RL trainer (``rlft rl``), loaded with ``rlft.run.load_config``.
 
-Algorithm keys left null take the value of the chosen preset (``rl_presets.PRESETS``); ``resolved()``
+The algorithm keys (``algorithm``, ``advantage``, ``policy_loss``, ``clip_low``, …, ``kl:``) and the run
+keys (``max_steps``, ``seed``, ``output_dir``, …) are top-level; the rest is grouped in sections:
+``sampling:`` (the rollout), ``optim:`` (the optimiser and the update passes), ``eval:``, ``ptx:``,
+``performance:`` (how the passes run, not what they compute), ``critic:`` and ``lora:``. A section key
+given flat (``lr``, ``eval_every``, ``ptx_coef``, …) is refused with one line naming its place
+(``RLConfig.RENAMED``).
+
+Algorithm keys left null take the value of the chosen preset (``presets.PRESETS``); ``resolved()``
 returns the config with every such key filled in, which is what the trainer runs and what it saves.
 """
 
@@ -10,14 +17,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlft.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from rlft.algos import ADVANTAGES, AGGREGATIONS, ESTIMATOR_ARGS, KL_ESTIMATORS, POLICY_LOSSES
 from rlft.models.fused.llama_forward import FORWARDS
 from rlft.run import ConfigError
-from rlft.run.config_types import check_common, check_ranges
-from rlft.train.online.advantages import ESTIMATOR_ARGS
+from rlft.run.config_types import check_common, check_ranges, dotted_value
 from rlft.train.online.presets import FALLBACKS, PRESETS
 
-__all__ = ["CriticConfig", "KLConfig", "LoRAConfig", "RLConfig"]
+__all__ = [
+    "CriticConfig",
+    "EvalConfig",
+    "KLConfig",
+    "LoRAConfig",
+    "OptimConfig",
+    "PerformanceConfig",
+    "PtxConfig",
+    "RLConfig",
+    "SamplingConfig",
+]
 
 KL_PLACEMENTS = ("loss", "reward", "none")
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
@@ -49,13 +65,16 @@ _KL_DEFAULTS = {"placement": "none", "estimator": "k3", "coef": 0.0}
 # The range checks of RLConfig.validate, one table (rlft.run.config_types.check_ranges).
 RANGES: dict[str, tuple[str, ...]] = {
     "positive": (
-        "prompts_per_step", "num_generations", "max_new_tokens", "max_steps", "ppo_epochs",
-        "num_minibatches", "eval_samples", "log_every",
+        "sampling.prompts_per_step", "sampling.num_generations", "sampling.max_new_tokens", "max_steps",
+        "optim.ppo_epochs", "num_minibatches", "eval.samples", "log_every",
     ),
-    "positive_or_null": ("micro_batch_size", "max_prompt_tokens", "eval_max_new_tokens"),
-    "at_least_zero": ("warmup_steps", "eval_every", "save_every", "torch_threads", "seed", "top_k"),
+    "positive_or_null": ("optim.micro_batch_size", "max_prompt_tokens", "eval.max_new_tokens"),
+    "at_least_zero": (
+        "optim.warmup_steps", "eval.every", "save_every", "torch_threads", "seed", "sampling.top_k",
+    ),
     "numbers_at_least_zero": (
-        "weight_decay", "max_grad_norm", "entropy_coef", "clip_low", "clip_high", "dual_clip", "max_minutes",
+        "optim.weight_decay", "optim.max_grad_norm", "entropy_coef", "clip_low", "clip_high", "dual_clip",
+        "max_minutes",
     ),
 }  # fmt: skip
 
@@ -113,27 +132,111 @@ class CriticConfig:
 
     init: str = "auto"
     shared_backbone: bool = False
-    lr: float | None = None  # null: the actor's lr
+    lr: float | None = None  # null: the actor's optim.lr
     value_clip: float | None = (
         0.2  # ε_v of the clipped value loss (verl, TRL, DeepSpeed-Chat); null: unclipped
     )
     vf_coef: float = 0.1  # weight of the value loss in the actor's loss (shared backbone only; TRL 0.1)
-    max_grad_norm: float | None = None  # null: the actor's max_grad_norm
+    max_grad_norm: float | None = None  # null: the actor's optim.max_grad_norm
+
+
+@dataclass
+class SamplingConfig:
+    """The rollout of each step: ``num_generations`` completions (G) of each of ``prompts_per_step``
+    prompts, at most ``max_new_tokens`` tokens each, sampled at ``temperature`` with ``top_p`` / ``top_k``
+    filtering (``rlft.models.sampling``); a completion also ends at any of ``stop_strings``."""
+
+    prompts_per_step: int = 8
+    num_generations: int = 8  # G completions per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OptimConfig:
+    """The actor's optimiser (AdamW, ``rlft.train.common.optimizer``), its warmup-cosine schedule and the
+    update passes: ``ppo_epochs`` passes over each rollout, each optimiser step run as micro-batches of
+    ``micro_batch_size`` rows (which changes memory use, not the update)."""
+
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0  # cosine decay to lr × min_lr_ratio at the last step; 1.0 = constant
+    ppo_epochs: int = 1  # μ: passes over each rollout
+    micro_batch_size: int | None = None  # rows per forward/backward; null: the whole mini-batch
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: greedy completions of ``samples`` prompts of ``data`` (null: the eval split of
+    a built-in task, else no evaluation), scored with the run's rewards, before training, every ``every``
+    steps and after training."""
+
+    data: str | None = None  # null: the eval split of a built-in task, else no evaluation
+    samples: int = 200
+    every: int = 0  # 0: only before and after training
+    max_new_tokens: int | None = None  # null: sampling.max_new_tokens
+
+
+@dataclass
+class PtxConfig:
+    """PPO-ptx (InstructGPT, arXiv 2203.02155, eq. 2): each optimiser step adds ``coef`` × the token-mean
+    NLL of a batch of ``batch_size`` examples of ``data`` to the loss, keeping the policy close to its
+    SFT/pretraining distribution."""
+
+    data: str | None = None  # any load_records source of SFT/pretraining text, e.g. task:preference
+    format: str | None = None
+    coef: float = 0.0  # γ_ptx (InstructGPT 27.8 with their loss scale; DeepSpeed-Chat unsup_coef)
+    batch_size: int = 8
+    max_tokens: int | None = None  # longer ptx examples are truncated
+
+
+@dataclass
+class PerformanceConfig:
+    """How the sampling, training and reference passes run: settings that change speed and memory, and
+    numerics only within rounding (``rlft.models.forward_path`` records the path a run took)."""
+
+    bf16: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
+    onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
+    share_prompts: bool = True  # run each group's prompt once in the training/reference passes
+    forward: str = (
+        "auto"  # training/reference passes: auto | fast (the fused Llama forward) | hf (the model's)
+    )
+    recompute_old_logp: bool = False  # false: π_old = the sampler's log-probs (same policy, same τ; float32
+    # only — under bf16 they are always recomputed, since the two bf16 paths round differently)
+
+
+def _moved(section: str, cls: type, old_prefix: str = "") -> dict[str, str]:
+    """{old flat key: its dotted place} for every key of the section ``cls`` (``RLConfig.RENAMED``)."""
+    return {f"{old_prefix}{f.name}": f"{section}.{f.name}" for f in dataclasses.fields(cls)}
 
 
 @dataclass
 class RLConfig:
     """Online RL of a causal LM: sample G completions per prompt, score them, estimate advantages, and
-    take ``ppo_epochs`` passes of ``num_minibatches`` optimiser steps over the rollout.
+    take ``optim.ppo_epochs`` passes of ``num_minibatches`` optimiser steps over the rollout.
 
-    Batching: a step samples ``prompts_per_step × num_generations`` completions. Each optimiser step
-    takes one mini-batch, run as micro-batches of ``micro_batch_size`` rows whose losses are divided by
-    the normaliser of the whole mini-batch (``rlft.algos.global_normalizer``), so the micro-batch size
-    changes memory use, not the update. ``max_steps`` counts rollout steps.
+    Batching: a step samples ``sampling.prompts_per_step × sampling.num_generations`` completions. Each
+    optimiser step takes one mini-batch, run as micro-batches of ``optim.micro_batch_size`` rows whose
+    losses are divided by the normaliser of the whole mini-batch (``rlft.algos.global_normalizer``), so
+    the micro-batch size changes memory use, not the update. ``max_steps`` counts rollout steps.
     """
 
-    # Keys with a new name (the same name for the same concept in every trainer config).
-    RENAMED: ClassVar[dict[str, str]] = {"bf16_autocast": "bf16"}
+    # Keys refused with one line naming their place (rlft.run.config): the same name for the same concept in
+    # every trainer config, and each section key given flat.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "bf16_autocast": "performance.bf16",
+        **_moved("sampling", SamplingConfig),
+        **_moved("optim", OptimConfig),
+        **_moved("eval", EvalConfig, "eval_"),
+        **_moved("ptx", PtxConfig, "ptx_"),
+        **_moved("performance", PerformanceConfig),
+    }
 
     # --- model and data ---
     model: str = ""  # a Hugging Face model directory
@@ -174,55 +277,27 @@ class RLConfig:
     gamma: float = 1.0  # discount of per-token returns
     lam: float = 0.95  # GAE λ (critic-based estimators)
     entropy_coef: float = 0.0  # entropy bonus: loss −= c·aggregate(H)
+    mask_truncated: bool = False  # completions cut at the token budget carry no loss (DAPO overlong filter)
     critic: CriticConfig = field(default_factory=CriticConfig)  # used when the advantage needs values
-    # --- PPO-ptx (InstructGPT eq. 2): + ptx_coef · token-mean NLL of a batch of ptx_data per optimiser step
-    ptx_data: str | None = None  # any load_records source of SFT/pretraining text, e.g. task:preference
-    ptx_format: str | None = None
-    ptx_coef: float = 0.0  # γ_ptx (InstructGPT 27.8 with their loss scale; DeepSpeed-Chat unsup_coef)
-    ptx_batch_size: int = 8
-    ptx_max_tokens: int | None = None  # longer ptx examples are truncated
-    mask_truncated: bool = False  # completions cut at max_new_tokens carry no loss (DAPO overlong filter)
-    # --- sampling ---
-    prompts_per_step: int = 8
-    num_generations: int = 8  # G completions per prompt
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: list[str] = field(default_factory=list)
-    # --- optimisation ---
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    adam_beta2: float = 0.999
-    warmup_steps: int = 0
-    min_lr_ratio: float = 1.0  # cosine decay to lr × min_lr_ratio at the last step; 1.0 = constant
+    # --- the sections ---
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ptx: PtxConfig = field(default_factory=PtxConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    lora: LoRAConfig | None = None
+    # --- the run: length, logging, checkpoints ---
     max_steps: int = 100
     max_minutes: float = (
         0.0  # stop after this much training time (evaluation excluded), save, evaluate; 0 = off
     )
-    ppo_epochs: int = 1  # μ: passes over each rollout
-    micro_batch_size: int | None = None  # rows per forward/backward; null: the whole mini-batch
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    recompute_old_logp: bool = False  # false: π_old = the sampler's log-probs (same policy, same τ; float32
-    # only — under bf16 they are always recomputed, since the two bf16 paths round differently)
-    bf16: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
-    onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
-    share_prompts: bool = True  # run each group's prompt once in the training/reference passes
-    forward: str = (
-        "auto"  # training/reference passes: auto | fast (the fused Llama forward) | hf (the model's)
-    )
-    lora: LoRAConfig | None = None
-    # --- evaluation, logging, checkpoints ---
-    eval_data: str | None = None  # null: the eval split of a built-in task, else no evaluation
-    eval_samples: int = 200
-    eval_every: int = 0  # 0: only before and after training
-    eval_max_new_tokens: int | None = None  # null: max_new_tokens
     save_every: int = 0  # 0: only the final model
     log_every: int = 1
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
     seed: int = 0
     max_consecutive_skips: int = 10  # stop after this many steps in a row skipped as non-finite
     output_dir: str | None = None
+    # Set with the seed by the opening every trainer shares (rlft.train.common.launch), so it stays beside it.
     torch_threads: int = 2  # 0 leaves torch's default
 
     # --- presets ---
@@ -266,7 +341,7 @@ class RLConfig:
 
     def validate(self) -> None:
         def bad(key: str, expected: str, value: Any = None) -> ConfigError:
-            got = getattr(cfg, key) if value is None and "." not in key else value
+            got = dotted_value(cfg, key) if value is None else value
             return ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
 
         cfg = self.resolved()
@@ -276,15 +351,15 @@ class RLConfig:
             raise bad("data", "a prompt source such as task:arithmetic or a .jsonl file (set --data)")
         check_common(
             cfg,
-            lrs=("lr", "critic.lr"),
-            generation=("max_new_tokens", "eval_max_new_tokens"),
+            lrs=("optim.lr", "critic.lr"),
+            generation=("sampling.max_new_tokens", "eval.max_new_tokens"),
             optional_text=(
                 "ref_model",
                 "format",
                 "reward_model",
-                "ptx_data",
-                "ptx_format",
-                "eval_data",
+                "ptx.data",
+                "ptx.format",
+                "eval.data",
                 "output_dir",
             ),
         )
@@ -300,8 +375,8 @@ class RLConfig:
                 raise bad(key, f"one of {', '.join(registry.names())}")
         if cfg.kl.placement not in KL_PLACEMENTS:
             raise bad("kl.placement", f"one of {', '.join(KL_PLACEMENTS)}", cfg.kl.placement)
-        if cfg.forward not in FORWARDS:
-            raise bad("forward", f"one of {', '.join(FORWARDS)}", cfg.forward)
+        if cfg.performance.forward not in FORWARDS:
+            raise bad("performance.forward", f"one of {', '.join(FORWARDS)}")
         if cfg.kl.estimator not in KL_ESTIMATORS:
             raise bad("kl.estimator", f"one of {', '.join(KL_ESTIMATORS.names())}", cfg.kl.estimator)
         if cfg.kl.controller not in KL_CONTROLLER_NAMES:
@@ -318,34 +393,41 @@ class RLConfig:
         check_ranges(cfg, **RANGES)
         if cfg.score_clip is not None and cfg.score_clip <= 0:
             raise bad("score_clip", "a number > 0 or null")
-        if cfg.lr <= 0:
-            raise bad("lr", "a number > 0")
-        if cfg.temperature <= 0:
-            raise bad("temperature", "a number > 0")
-        if not 0 < cfg.top_p <= 1:
-            raise bad("top_p", "a number in (0, 1]")
+        if cfg.optim.lr <= 0:
+            raise bad("optim.lr", "a number > 0")
+        if cfg.sampling.temperature <= 0:
+            raise bad("sampling.temperature", "a number > 0")
+        if not 0 < cfg.sampling.top_p <= 1:
+            raise bad("sampling.top_p", "a number in (0, 1]")
         if cfg.dual_clip and cfg.dual_clip <= 1:
             raise bad("dual_clip", "0 (off) or a number > 1")
-        if not 0 <= cfg.min_lr_ratio <= 1:
-            raise bad("min_lr_ratio", "a number in [0, 1]")
-        if not 0 < cfg.adam_beta2 < 1:
-            raise bad("adam_beta2", "a number in (0, 1)")
+        if not 0 <= cfg.optim.min_lr_ratio <= 1:
+            raise bad("optim.min_lr_ratio", "a number in [0, 1]")
+        if not 0 < cfg.optim.adam_beta2 < 1:
+            raise bad("optim.adam_beta2", "a number in (0, 1)")
         if not 0 <= cfg.baseline_alpha <= 1:
             raise bad("baseline_alpha", "a number in [0, 1]")
         if not 0 <= cfg.overlong_buffer < 1:
-            raise bad("overlong_buffer", "a fraction of max_new_tokens in [0, 1)")
+            raise bad("overlong_buffer", "a fraction of sampling.max_new_tokens in [0, 1)")
         if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
             raise bad("gamma", "gamma and lam in [0, 1]", (cfg.gamma, cfg.lam))
         groups_needed = "group_ids" in ESTIMATOR_ARGS.get(cfg.advantage, ())
-        if groups_needed and cfg.num_generations < 2:
+        generations = cfg.sampling.num_generations
+        if groups_needed and generations < 2:
             raise bad(
-                "num_generations", f"at least 2 for the {cfg.advantage!r} advantage (it compares a group)"
+                "sampling.num_generations",
+                f"at least 2 for the {cfg.advantage!r} advantage (it compares a group)",
             )
-        if cfg.dynamic_sampling and cfg.num_generations < 2:
-            raise bad("num_generations", "at least 2 with dynamic_sampling (it filters groups by variance)")
-        rows = cfg.prompts_per_step * cfg.num_generations
+        if cfg.dynamic_sampling and generations < 2:
+            raise bad(
+                "sampling.num_generations", "at least 2 with dynamic_sampling (it filters groups by variance)"
+            )
+        rows = cfg.sampling.prompts_per_step * generations
         if cfg.num_minibatches > rows:
-            raise bad("num_minibatches", f"at most prompts_per_step × num_generations = {rows}")
+            raise bad(
+                "num_minibatches",
+                f"at most sampling.prompts_per_step × sampling.num_generations = {rows}",
+            )
         self._validate_ppo(cfg, bad)
         if cfg.lora is not None:
             if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
@@ -391,16 +473,17 @@ class RLConfig:
             raise bad("missing_eos_penalty", "a number >= 0 or null")
         if cfg.normalize_score and not cfg.reward_model:
             raise bad("normalize_score", "reward_model to be set (or put normalize: true in its reward spec)")
-        if cfg.ptx_coef < 0:
-            raise bad("ptx_coef", "a number >= 0")
-        if cfg.ptx_coef > 0 and not cfg.ptx_data:
-            raise bad("ptx_data", "a data source (ptx_coef > 0), e.g. task:preference")
-        if cfg.ptx_data and cfg.ptx_coef == 0:
+        ptx = cfg.ptx
+        if ptx.coef < 0:
+            raise bad("ptx.coef", "a number >= 0")
+        if ptx.coef > 0 and not ptx.data:
+            raise bad("ptx.data", "a data source (ptx.coef > 0), e.g. task:preference")
+        if ptx.data and ptx.coef == 0:
             raise ConfigError(
-                f"config keys 'ptx_data' and 'ptx_coef': ptx_data is {cfg.ptx_data!r}, but ptx_coef 0 never "
-                f"uses it (set ptx_coef > 0, or remove ptx_data)"
+                f"config keys 'ptx.data' and 'ptx.coef': ptx.data is {ptx.data!r}, but ptx.coef 0 never "
+                f"uses it (set ptx.coef > 0, or remove ptx.data)"
             )
-        if cfg.ptx_batch_size < 1:
-            raise bad("ptx_batch_size", "a positive integer")
-        if cfg.ptx_max_tokens is not None and cfg.ptx_max_tokens < 2:
-            raise bad("ptx_max_tokens", "an integer >= 2 or null")
+        if ptx.batch_size < 1:
+            raise bad("ptx.batch_size", "a positive integer")
+        if ptx.max_tokens is not None and ptx.max_tokens < 2:
+            raise bad("ptx.max_tokens", "an integer >= 2 or null")

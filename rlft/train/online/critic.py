@@ -52,10 +52,10 @@ class Critic:
         self.policy = policy
         self.clip = c.value_clip
         self.vf_coef = c.vf_coef
-        self.max_grad_norm = cfg.max_grad_norm if c.max_grad_norm is None else c.max_grad_norm
-        self.share_prompts = cfg.share_prompts
-        self.forward = cfg.forward
-        self.bf16 = cfg.bf16
+        self.max_grad_norm = cfg.optim.max_grad_norm if c.max_grad_norm is None else c.max_grad_norm
+        self.share_prompts = cfg.performance.share_prompts
+        self.forward = cfg.performance.forward
+        self.bf16 = cfg.performance.bf16
         self.model: nn.Module | None = None
         if self.shared:
             width = policy.config.get_text_config().hidden_size
@@ -84,7 +84,8 @@ class Critic:
             self.head = self.model.score
         params = list(self.model.parameters() if self.model is not None else self.head.parameters())
         self.params = [p for p in params if p.requires_grad]
-        self.optimizer = adamw(self.params, c.lr or cfg.lr, cfg.weight_decay, beta2=cfg.adam_beta2)
+        optim = cfg.optim
+        self.optimizer = adamw(self.params, c.lr or optim.lr, optim.weight_decay, beta2=optim.adam_beta2)
 
     # --- values ---
 

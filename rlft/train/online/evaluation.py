@@ -25,16 +25,17 @@ class RLEvalSet:
 
 
 def load_eval_set(cfg: Any, tokenizer: Any) -> RLEvalSet | None:
-    """``eval_data``, or the eval split of a built-in task (disjoint from its train split); else None."""
-    source = cfg.eval_data or (cfg.data if cfg.data.startswith("task:") else None)
+    """``eval.data``, or the eval split of a built-in task (disjoint from its train split); else None."""
+    source = cfg.eval.data or (cfg.data if cfg.data.startswith("task:") else None)
     if source is None:
         return None
     fmt = cfg.format or ("prompt_only" if source.startswith("task:") else None)
-    records = load_records(source, fmt=fmt, split="eval", limit=cfg.eval_samples)
+    records = load_records(source, fmt=fmt, split="eval", limit=cfg.eval.samples)
     context = context_length(cfg.model, tokenizer)
-    new_tokens = cfg.eval_max_new_tokens or cfg.max_new_tokens
+    new_tokens = cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens
+    key = "eval.max_new_tokens" if cfg.eval.max_new_tokens else "sampling.max_new_tokens"
     limits = LengthLimits(
-        max_prompt_tokens=prompt_budget(cfg.max_prompt_tokens, context, new_tokens), overflow="drop"
+        max_prompt_tokens=prompt_budget(cfg.max_prompt_tokens, context, new_tokens, key), overflow="drop"
     )
     return RLEvalSet(examples=list(encode_prompts(records, tokenizer, limits)), task=task_of(source))
 
@@ -45,11 +46,11 @@ def evaluate_policy(
 ) -> dict[str, float]:
     """Greedy completions of every eval prompt → the task's metrics (``eval_<name>``) and the mean reward."""
     params = SamplingParams(
-        max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
-        stop_strings=tuple(cfg.stop_strings),
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
+        stop_strings=tuple(cfg.sampling.stop_strings),
         greedy=True,
         seed=0,
-        bf16=cfg.bf16,
+        bf16=cfg.performance.bf16,
     )
     texts: list[str] = []
     lengths: list[torch.Tensor] = []

@@ -1,20 +1,20 @@
 """Online RL of a causal LM — one loop for the whole critic-free family (and, with a critic, PPO):
 
     for step in 1..max_steps:
-        sample   G completions for each of prompts_per_step prompts            (fast KV-cache sampler)
+        sample   G completions for each of sampling.prompts_per_step prompts                  (rollout.py)
                  [DAPO: drop groups with all-equal rewards, sample more rounds; ReMax: + a greedy decode]
-        score    r = Σ_f w_f r_f(prompt, completion)                              (rlft.rewards)
-        ref      log π_ref of the sampled tokens                                  (only when β > 0)
-        estimate Â = ADVANTAGES[advantage](…)          KL in the reward: r_t −= β·k(π_old, π_ref)
+        score    r = Σ_f w_f r_f(prompt, completion)                                (rollout.py, rlft.rewards)
+        ref      log π_old (when the policy moves before a loss is taken) and log π_ref (β > 0)  (update.py)
+        estimate Â = ADVANTAGES[advantage](…)          KL in the reward: r_t −= β·k(π_old, π_ref)  (rollout.py)
         optimise μ passes × num_minibatches optimiser steps of
-                 POLICY_LOSSES[policy_loss](logp, logp_old, Â) + β·k(π_θ, π_ref) − c·H   (rl_update.py)
-        adapt β (adaptive controller); log; evaluate every eval_every; checkpoint every save_every
+                 POLICY_LOSSES[policy_loss](logp, logp_old, Â) + β·k(π_θ, π_ref) − c·H         (update.py)
+        adapt β (adaptive controller); log; evaluate every eval.every; checkpoint every save_every
 
-PPO (RLHF, the ``ppo`` preset) is the same loop with a critic (``rl_critic.py``): V(s_t) joins the ref stage,
+PPO (RLHF, the ``ppo`` preset) is the same loop with a critic (``critic.py``): V(s_t) joins the ref stage,
 GAE(γ, λ) over the KL-shaped per-token rewards is the estimator, the optimise stage also takes clipped
-value-loss steps, and PPO-ptx adds ptx_coef·NLL of SFT/pretraining batches (``rl_ptx.py``).
+value-loss steps, and PPO-ptx adds ptx.coef·NLL of SFT/pretraining batches (``ptx.py``).
 
-Each named part is a function in a registry of ``rlft.algos``; the presets (``rl_presets.py``) only pick
+Each named part is a function in a registry of ``rlft.algos``; the presets (``presets.py``) only pick
 names and numbers. The rollout travels between stages as one :class:`RolloutBatch`.
 
 Exact resume: a step's sampling seed, mini-batch order and data position are functions of (seed, step)
@@ -23,7 +23,7 @@ state (REINFORCE baseline, DCPO's per-prompt statistics) restored, a resumed run
 weights as an uninterrupted one.
 
 Data parallel later: sample a slice of each step's prompts per rank, all-reduce the normalisers of
-``rl_update`` and the group statistics, and write from rank 0 — no global state is kept here.
+``update.py`` and the group statistics, and write from rank 0 — no global state is kept here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from rlft.algos import AdaptiveKLController, FixedKLController, masked_mean
+from rlft.algos import AdaptiveKLController, AdvantageState, FixedKLController, masked_mean
 from rlft.data import DataError, LengthLimits, encode_prompts, load_records
 from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import HFSampler, SamplingParams
@@ -51,14 +51,14 @@ from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, 
 from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.common.optimizer import adamw
 from rlft.train.common.schedule import warmup_cosine_scheduler
-from rlft.train.online.advantages import AdvantageState, advantage_step, check_advantage, needs_critic
 from rlft.train.online.config import RLConfig
 from rlft.train.online.critic import Critic
 from rlft.train.online.evaluation import RLEvalSet, evaluate_policy, load_eval_set
+from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.ptx import PtxData
-from rlft.train.online.rollout import PromptStream, collect_rollout
-from rlft.train.online.setup import Reference, describe_algorithm, load_policy, reward_specs, save_final
-from rlft.train.online.update import loss_settings, old_policy_logprobs, policy_update
+from rlft.train.online.rollout import advantage_step, check_advantage, collect_rollout, needs_critic
+from rlft.train.online.setup import describe_algorithm, load_policy, reward_specs, save_final
+from rlft.train.online.update import Reference, loss_settings, old_policy_logprobs, policy_update
 
 __all__ = ["RLResult", "train_rl"]
 
@@ -92,7 +92,10 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
     fmt = cfg.format or ("prompt_only" if cfg.data.startswith("task:") else None)
     context = context_length(cfg.model, tokenizer)
     limits = LengthLimits(
-        max_prompt_tokens=prompt_budget(cfg.max_prompt_tokens, context, cfg.max_new_tokens), overflow="drop"
+        max_prompt_tokens=prompt_budget(
+            cfg.max_prompt_tokens, context, cfg.sampling.max_new_tokens, "sampling.max_new_tokens"
+        ),
+        overflow="drop",
     )
     examples = encode_prompts(load_records(cfg.data, fmt=fmt), tokenizer, limits)
     if len(examples) == 0:
@@ -114,20 +117,28 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
         if critic is not None:
             say(f"critic: {critic.source}")
         reference = Reference(cfg, model) if cfg.kl.active else None
-        say(record_forward(run, plan_for("rl", model, cfg, reference=reference)))
-        ptx = PtxData(cfg, tokenizer) if cfg.ptx_coef > 0 else None
-        if cfg.onednn_linear:  # float32 matmuls of the training and reference passes on oneDNN (rl_linear.py)
+        # The forward path of every pass, decided once: said at start, written to RUN/forward.txt.
+        plan = plan_for("rl", model, cfg, reference=reference)
+        say(record_forward(run, plan))
+        if reference is not None:
+            reference.follow(plan, cfg.performance.bf16)
+        ptx = PtxData(cfg, tokenizer) if cfg.ptx.coef > 0 else None
+        if plan.onednn:  # float32 matmuls of the Hugging Face bodies on oneDNN
             use_onednn_linears(model)
             if reference is not None and reference.model is not None:
                 use_onednn_linears(reference.model, frozen=True)
             if critic is not None and critic.model is not None:  # trained: no packed copy
                 use_onednn_linears(critic.model)
-        sampler = HFSampler(model, tokenizer)
-        losses = loss_settings(cfg)
+        sampler = HFSampler(model, tokenizer, decoder=plan.decoder or "auto")
+        losses = loss_settings(cfg, plan)
 
-        optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay, beta2=cfg.adam_beta2)
+        optimizer = adamw(
+            model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, beta2=cfg.optim.adam_beta2
+        )
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        scheduler = warmup_cosine_scheduler(
+            optimizer, cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.min_lr_ratio
+        )
         kl_ctl = (
             AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
             if cfg.kl.controller == "adaptive"
@@ -175,17 +186,18 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
             return evaluate_policy(sampler, eval_set, rewards, cfg) if eval_set is not None else {}
 
         sampling = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            n=cfg.num_generations,
-            stop_strings=tuple(cfg.stop_strings),
-            bf16=cfg.bf16,
+            max_new_tokens=cfg.sampling.max_new_tokens,
+            temperature=cfg.sampling.temperature,
+            top_k=cfg.sampling.top_k,
+            top_p=cfg.sampling.top_p,
+            n=cfg.sampling.num_generations,
+            stop_strings=tuple(cfg.sampling.stop_strings),
+            bf16=cfg.performance.bf16,
         )
         book = Bookkeeping(
             call, cfg, cfg.max_steps, step, checkpoint is not None, evaluate, save, f"rl {cfg.algorithm}",
             max_minutes=cfg.max_minutes, shown_eval=("eval_accuracy", "eval_reward"),
+            eval_every=cfg.eval.every,
         )  # fmt: skip
         if book.initial_eval:
             say("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in book.initial_eval.items()))
@@ -200,7 +212,7 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                     examples,
                     stream,
                     sampling,
-                    cfg.prompts_per_step,
+                    cfg.sampling.prompts_per_step,
                     pad_id,
                     dynamic_sampling=cfg.dynamic_sampling,
                     max_rounds=cfg.max_sample_rounds,
@@ -224,9 +236,9 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                 t_ref = time.perf_counter()
                 batch.old_logp = old_policy_logprobs(cfg, model, batch, losses)
                 if reference is not None:
-                    batch.ref_logp = reference.logprobs(batch, losses, cfg.micro_batch_size)
+                    batch.ref_logp = reference.logprobs(batch, losses, cfg.optim.micro_batch_size)
                 if critic is not None:  # V_old of every response token
-                    batch.values = critic.values(batch, cfg.micro_batch_size)
+                    batch.values = critic.values(batch, cfg.optim.micro_batch_size)
                 time_ref = time.perf_counter() - t_ref
                 # 4. per-token rewards (KL shaping) and advantages
                 t_update = time.perf_counter()
@@ -240,10 +252,10 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                     batch,
                     losses,
                     kl_coef=float(kl_ctl.value),
-                    ppo_epochs=cfg.ppo_epochs,
+                    ppo_epochs=cfg.optim.ppo_epochs,
                     num_minibatches=cfg.num_minibatches,
-                    micro_batch_size=cfg.micro_batch_size,
-                    max_grad_norm=cfg.max_grad_norm,
+                    micro_batch_size=cfg.optim.micro_batch_size,
+                    max_grad_norm=cfg.optim.max_grad_norm,
                     generator=torch.Generator().manual_seed(minibatch_seed(cfg.seed, step)),
                     critic=critic,
                     ptx=ptx,

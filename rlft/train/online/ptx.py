@@ -2,7 +2,7 @@
 
     objective(φ) = E_{(x,y)∼π_φ}[r(x,y) − β·log(π_φ(y|x)/π_SFT(y|x))] + γ_ptx·E_{x∼D_pretrain}[log π_φ(x)],
 
-as a loss: + ptx_coef · (token-mean next-token NLL of one batch of ``ptx_data``), added to the loss of every
+as a loss: + ptx.coef · (token-mean next-token NLL of one batch of ``ptx.data``), added to the loss of every
 actor optimiser step (so the step follows the gradient of the whole objective; DeepSpeed-Chat instead takes
 a separate step on ``unsup_coef``·NLL after each PPO step). Any ``load_records`` source of SFT or plain
 text works, e.g. ``task:preference`` (its SFT demonstrations); labels follow ``rlft sft`` (completion-only
@@ -20,35 +20,35 @@ from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_rec
 from rlft.data.lengths import cap_length, context_length
 from rlft.models.precision import bf16_autocast
 from rlft.run.seeding import ptx_stream_seed
-from rlft.train.online.rollout import PromptStream
+from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.sft.trainer import token_loss_sum
 
 __all__ = ["PtxData"]
 
 
 class PtxData:
-    """Batches of ``cfg.ptx_data`` in a seeded order and their loss ``ptx_coef``·NLL."""
+    """Batches of ``cfg.ptx.data`` in a seeded order and their loss ``ptx.coef``·NLL."""
 
     def __init__(self, cfg: Any, tokenizer: Any):
         limits = LengthLimits(
-            max_total_tokens=cap_length(cfg.ptx_max_tokens, context_length(cfg.model, tokenizer)),
+            max_total_tokens=cap_length(cfg.ptx.max_tokens, context_length(cfg.model, tokenizer)),
             overflow="truncate",
         )
-        records = load_records(cfg.ptx_data, fmt=cfg.ptx_format)
+        records = load_records(cfg.ptx.data, fmt=cfg.ptx.format)
         self.examples = encode_sft(records, tokenizer, limits)
         if len(self.examples) == 0:
-            raise DataError(f"ptx_data {cfg.ptx_data}: no examples ({self.examples.report})")
-        self.coef = cfg.ptx_coef
-        self.batch_size = cfg.ptx_batch_size
+            raise DataError(f"ptx.data {cfg.ptx.data}: no examples ({self.examples.report})")
+        self.coef = cfg.ptx.coef
+        self.batch_size = cfg.ptx.batch_size
         self.pad_id = int(tokenizer.pad_token_id)
-        self.bf16 = cfg.bf16
+        self.bf16 = cfg.performance.bf16
         self.stream = PromptStream(len(self.examples), ptx_stream_seed(cfg.seed))
 
     def next_batch(self) -> dict[str, Any]:
         return collate_sft([self.examples[i] for i in self.stream.take(self.batch_size)], self.pad_id)
 
     def loss(self, model: torch.nn.Module) -> tuple[Tensor, float]:
-        """(ptx_coef · token-mean NLL of the next batch, the NLL) for one optimiser step."""
+        """(ptx.coef · token-mean NLL of the next batch, the NLL) for one optimiser step."""
         with bf16_autocast(self.bf16):
             total, n = token_loss_sum(model, self.next_batch())
         nll = total.float() / max(n, 1)

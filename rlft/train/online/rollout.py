@@ -1,5 +1,6 @@
-"""The sample and score stages of online RL: G completions per prompt, their rewards, DAPO's dynamic
-sampling and ReMax's greedy baseline. Also the prompt stream (the data position of exact resume).
+"""The rollout of online RL — sample, score, estimate: G completions per prompt, their rewards (with DAPO's
+dynamic sampling and ReMax's greedy baseline), then per-token rewards and advantages (:func:`advantage_step`,
+every estimator called through its line of the call table ``rlft.algos.ESTIMATOR_ARGS``).
 
 Dynamic sampling (DAPO, arXiv 2503.14476 §3.2; verl ``max_num_gen_batches``): sample a round of
 ``prompts_per_step`` groups, drop every group whose rewards are all equal (its advantages would all be 0),
@@ -10,63 +11,47 @@ and sample further rounds until ``prompts_per_step`` groups survive; then keep e
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from rlft.algos import (
+    ADVANTAGES,
+    ESTIMATOR_ARGS,
+    AdvantageState,
+    explained_variance,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    shaped_token_rewards,
+)
 from rlft.data import PromptExample
 from rlft.models import Sampler, SamplingParams
-from rlft.run.seeding import epoch_seed
+from rlft.run import ConfigError
+from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.rollout_batch import RolloutBatch
 
-__all__ = ["DynamicSamplingError", "PromptStream", "RolloutStats", "collect_rollout", "zero_variance_groups"]
+__all__ = [
+    "DynamicSamplingError",
+    "RolloutStats",
+    "advantage_step",
+    "check_advantage",
+    "collect_rollout",
+    "estimate_advantages",
+    "estimator_args",
+    "needs_critic",
+    "zero_variance_groups",
+]
 
 
 class DynamicSamplingError(ValueError):
     """Dynamic sampling hit its round cap before enough prompt groups had reward variance (a ValueError so
     that the CLI reports it as one line)."""
-
-
-@dataclass
-class PromptStream:
-    """Prompts in a fresh seeded permutation every epoch; (epoch, pos) is the whole data position."""
-
-    n: int
-    seed: int
-    epoch: int = 0
-    pos: int = 0
-    _order: tuple[int, Tensor] | None = field(default=None, repr=False)
-
-    def order(self) -> Tensor:
-        if self._order is None or self._order[0] != self.epoch:
-            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            self._order = (self.epoch, torch.randperm(self.n, generator=gen))
-        return self._order[1]
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-            m = min(k - len(out), self.n - self.pos)
-            out += self.order()[self.pos : self.pos + m].tolist()
-            self.pos += m
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state["n"] != self.n or state["seed"] != self.seed:
-            raise ValueError(
-                f"checkpoint data position is for {state['n']} prompts with seed {state['seed']}, "
-                f"but this run has {self.n} prompts and seed {self.seed}"
-            )
-        self.epoch, self.pos = state["epoch"], state["pos"]
 
 
 @dataclass
@@ -245,7 +230,7 @@ def collect_rollout(
                 f"differ after {stats.rounds} rounds (max_sample_rounds={max_rounds}; "
                 f"{stats.zero_variance} of {stats.groups} groups sampled had all-equal rewards). The "
                 "task is too easy or too hard for the model at this point: raise max_sample_rounds "
-                "(<= 0: no cap), lower prompts_per_step, raise num_generations, or set "
+                "(<= 0: no cap), lower sampling.prompts_per_step, raise sampling.num_generations, or set "
                 "dynamic_sampling: false"
             )
 
@@ -263,3 +248,166 @@ def _fill_invalid(scores: Tensor, valid: Tensor, group_ids: Tensor) -> Tensor:
         ok = rows & valid
         out[rows & ~valid] = scores[ok].mean() if bool(ok.any()) else 0.0
     return out
+
+
+# --- the estimate stage: per-token rewards and advantages of a scored batch ---------------------------------
+# Every estimator is called through its line of the call table rlft.algos.ESTIMATOR_ARGS; sequence-level
+# results (B,) are broadcast over each row's tokens.
+
+# Inputs whose None means "not set" (std_unbiased null, no KL in the reward): the estimator's own default
+# applies. Any other input that is None is one the run lacks, and the call fails with a ConfigError.
+_UNSET_IS_DEFAULT = frozenset({"unbiased", "kl"})
+
+
+def estimator_args(name: str) -> tuple[str, ...]:
+    """The inputs estimator ``name`` gets (its :data:`ESTIMATOR_ARGS` line)."""
+    ADVANTAGES.get(name)  # an unknown name fails here, listing the registered ones
+    try:
+        return ESTIMATOR_ARGS[name]
+    except KeyError:
+        raise ConfigError(
+            f"advantage estimator {name!r} is registered in rlft.algos.ADVANTAGES but has no line in "
+            "rlft.algos.ESTIMATOR_ARGS saying which inputs it gets"
+        ) from None
+
+
+def _takes_token_rewards(args: tuple[str, ...]) -> bool:
+    return "token_rewards" in args or "rewards" in args
+
+
+def needs_critic(name: str) -> bool:
+    """True when estimator ``name`` takes critic values (``gae``)."""
+    return "values" in estimator_args(name)
+
+
+def _parameter_names(fn: Callable[..., Any]) -> set[str]:
+    """Parameter names of ``fn``, the keys its ``advantage_kwargs`` / ``loss_kwargs`` may use."""
+    return set(inspect.signature(fn).parameters)
+
+
+def check_advantage(name: str, has_critic: bool, extra: dict[str, Any]) -> None:
+    """Fail at start-up, not after the first rollout, when the estimator needs an input the run lacks or
+    ``advantage_kwargs`` names an argument the estimator does not take."""
+    args = estimator_args(name)
+    if "values" in args and not has_critic:
+        raise ConfigError(
+            f"config key 'advantage': {name!r} needs critic values, but no critic is configured"
+        )
+    unknown = sorted(set(extra) - _parameter_names(ADVANTAGES.get(name)))
+    if unknown:
+        raise ConfigError(f"config key 'advantage_kwargs': {name!r} takes no argument {unknown[0]!r}")
+
+
+def estimate_advantages(
+    name: str,
+    batch: RolloutBatch,
+    *,
+    kl: Tensor | None,
+    kl_coef: float,
+    gamma: float,
+    lam: float,
+    scale: str,
+    unbiased: bool | None,
+    state: AdvantageState,
+    extra: dict[str, Any] | None = None,
+    score_clip: float | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(advantages (B, R), returns (B, R) or None, token_rewards (B, R) or None) of ``batch``.
+
+    ``kl`` is the per-token KL(π_old‖π_ref) estimate to put in the reward with coefficient ``kl_coef``
+    (None when the KL is not in the reward); ``score_clip`` clips the score before it joins per-token
+    rewards (RLHF-PPO's ±c). ``extra`` (``advantage_kwargs``) is passed on, over the trainer's inputs."""
+    fn = ADVANTAGES.get(name)
+    args = estimator_args(name)
+    mask = batch.loss_mask.to(torch.float32)
+    scores = batch.scores
+    if kl is not None:
+        kl = kl * mask
+    token_rewards = None
+    if _takes_token_rewards(args):
+        token_rewards = shaped_token_rewards(scores, mask, kl, kl_coef, score_clip)
+    elif kl is not None and kl_coef and "kl" not in args:
+        scores = scores - kl_coef * kl.sum(-1)  # the whole completion is one action: summed KL (RLOO)
+    inputs: dict[str, Callable[[], Any]] = {
+        "scores": lambda: scores,
+        "group_ids": lambda: batch.group_ids,
+        "mask": lambda: mask,
+        "token_rewards": lambda: token_rewards,
+        "rewards": lambda: token_rewards,
+        "greedy_scores": lambda: batch.baseline_scores,
+        "values": lambda: batch.values,
+        "kl": lambda: kl,
+        "kl_coef": lambda: kl_coef,
+        "gamma": lambda: gamma,
+        "lam": lambda: lam,
+        "scale": lambda: scale,
+        "unbiased": lambda: unbiased,
+        "prompt_keys": lambda: {
+            int(g): str(int(p)) for g, p in zip(batch.group_ids, batch.prompt_index, strict=True)
+        },
+        "state": lambda: state.sas,
+        "baseline": lambda: state.baseline,
+    }
+    given = {arg: inputs[arg]() for arg in args}
+    given.update(extra or {})
+    for arg in args:
+        if given.get(arg) is None and arg not in _UNSET_IS_DEFAULT:
+            raise ConfigError(f"advantage {name!r} needs {arg!r}, which this run does not provide")
+    out = fn(**{k: v for k, v in given.items() if v is not None})
+    advantages, returns = out if isinstance(out, tuple) else (out, None)
+    if advantages.ndim == 1:
+        advantages = advantages[:, None].expand_as(mask)
+    return advantages.to(torch.float32) * mask, returns, token_rewards
+
+
+def advantage_step(cfg: Any, batch: RolloutBatch, kl_coef: float, state: AdvantageState) -> dict[str, float]:
+    """The estimate stage of the loop, from a batch whose log-probs, scores (and values) are filled in:
+
+        KL_t     = k(π_old, π_ref) on response tokens                        (when ``batch.ref_logp`` is set)
+        r_t      = −β·KL_t + clip(score, ±c)·[t = last]      (KL placement ``reward``: RLHF-PPO, RLOO, …)
+        Â, R     = ADVANTAGES[cfg.advantage](…)              (GAE with ``batch.values`` for PPO)
+        Â        ← (Â − mean)/std over the batch's tokens     (``whiten_advantages``)
+
+    Fills ``batch.advantages``, ``returns`` and ``token_rewards``; returns the step's KL and reward metrics
+    (``kl_ref``, ``kl_ref_seq``, ``kl_coef``, ``score``, ``non_score_reward``, and with a critic
+    ``value_mean``, ``return_mean``, ``explained_variance``)."""
+    metrics: dict[str, float] = {}
+    kl_in_reward = None
+    mask = batch.response_mask.to(torch.float32)
+    if batch.ref_logp is not None:
+        rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp
+        kl_tokens = kl_estimate(cfg.kl.estimator, rollout_logp, batch.ref_logp) * mask
+        k1_seq = (kl_estimate("k1", rollout_logp, batch.ref_logp) * mask).sum(-1)
+        metrics = {
+            "kl_ref": float(masked_mean(kl_tokens, mask)),
+            "kl_ref_seq": float(k1_seq.mean()),
+            "kl_coef": float(kl_coef),
+        }
+        if cfg.kl.placement == "reward":
+            kl_in_reward = kl_tokens
+    batch.advantages, batch.returns, batch.token_rewards = estimate_advantages(
+        cfg.advantage,
+        batch,
+        kl=kl_in_reward,
+        kl_coef=kl_coef,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+        scale=cfg.scale_rewards,
+        unbiased=cfg.std_unbiased,
+        state=state,
+        extra=cfg.advantage_kwargs,
+        score_clip=cfg.score_clip,
+    )
+    loss_mask = batch.loss_mask.to(torch.float32)
+    if batch.values is not None:
+        returns = batch.returns if batch.returns is not None else batch.advantages + batch.values
+        metrics["score"] = float(batch.scores.mean())
+        metrics["value_mean"] = float(masked_mean(batch.values, loss_mask))
+        metrics["return_mean"] = float(masked_mean(returns, loss_mask))
+        metrics["explained_variance"] = explained_variance(batch.values, returns, loss_mask)
+    if kl_in_reward is not None:
+        metrics["score"] = float(batch.scores.mean())
+        metrics["non_score_reward"] = float((-kl_coef * kl_in_reward * loss_mask).sum(-1).mean())
+    if cfg.whiten_advantages and float(loss_mask.sum()) >= 2:
+        batch.advantages = masked_whiten(batch.advantages, loss_mask)
+    return metrics

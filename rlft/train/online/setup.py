@@ -16,16 +16,12 @@ import torch
 from rlft.algos import ADVANTAGES
 from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, save_pretrained_atomic
-from rlft.models.fused.frozen import FrozenForward, packed_reference
 from rlft.run import ConfigError
-from rlft.train.online.advantages import needs_critic
 from rlft.train.online.config import RLConfig
 from rlft.train.online.critic import reward_model_dir
-from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
-from rlft.train.online.update import LossSettings
+from rlft.train.online.rollout import needs_critic
 
 __all__ = [
-    "Reference",
     "describe_adapters",
     "describe_algorithm",
     "linear_layers",
@@ -39,6 +35,7 @@ __all__ = [
 def describe_algorithm(cfg: RLConfig) -> str:
     """One paragraph naming the parts and numbers the run uses (printed at start)."""
     r = cfg.resolved()
+    s = r.sampling
     kl = "none"
     if r.kl.active:
         kl = f"{r.kl.estimator} in the {r.kl.placement}, β={r.kl.coef:g}" + (
@@ -54,8 +51,8 @@ def describe_algorithm(cfg: RLConfig) -> str:
         f"dual_clip={r.dual_clip:g}" if r.dual_clip else "",
         f"kl={kl}",
         f"aggregation={r.aggregation}",
-        f"G={r.num_generations} × {r.prompts_per_step} prompts, ≤{r.max_new_tokens} tokens at τ={r.temperature:g}",
-        f"μ={r.ppo_epochs} × {r.num_minibatches} mini-batch(es)",
+        f"G={s.num_generations} × {s.prompts_per_step} prompts, ≤{s.max_new_tokens} tokens at τ={s.temperature:g}",
+        f"μ={r.optim.ppo_epochs} × {r.num_minibatches} mini-batch(es)",
         f"dynamic sampling (≤{r.max_sample_rounds} rounds)" if r.dynamic_sampling else "",
         f"overlong buffer {r.overlong_buffer:g}" if r.overlong_buffer else "",
         "truncated completions masked" if r.mask_truncated else "",
@@ -68,8 +65,8 @@ def describe_algorithm(cfg: RLConfig) -> str:
         )
         if r.advantage in ADVANTAGES and needs_critic(r.advantage)
         else "",
-        f"ptx {r.ptx_coef:g}·NLL({r.ptx_data})" if r.ptx_coef else "",
-        f"lr={r.lr:g}",
+        f"ptx {r.ptx.coef:g}·NLL({r.ptx.data})" if r.ptx.coef else "",
+        f"lr={r.optim.lr:g}",
     ]
     changed = cfg.preset_overrides()
     note = f"; changed from the preset: {changed}" if changed else ""
@@ -94,8 +91,9 @@ def reward_specs(cfg: RLConfig) -> list[Any]:
             )
         specs = [f"task:{task.name}"]
     if cfg.overlong_buffer:
-        cache = max(round(cfg.overlong_buffer * cfg.max_new_tokens), 1)
-        specs.append({"name": "overlong", "max_len": cfg.max_new_tokens, "cache": cache})
+        max_len = cfg.sampling.max_new_tokens
+        cache = max(round(cfg.overlong_buffer * max_len), 1)
+        specs.append({"name": "overlong", "max_len": max_len, "cache": cache})
     task = task_of(cfg.data)
     if reward_model_dir(cfg) and task is not None and hasattr(task, "gold_score"):
         # Logged, not optimised: the hidden gold score next to the reward model's (overoptimisation).
@@ -192,28 +190,6 @@ def load_policy(
         raise ConfigError(f"config key 'lora.target_modules': {str(err).splitlines()[0]}") from None
     say(describe_adapters(model, targets))
     return model
-
-
-class Reference:
-    """log π_ref of rollout tokens: a frozen copy of the start model, or the policy with adapters off."""
-
-    def __init__(self, cfg: RLConfig, policy: torch.nn.Module):
-        self.policy = policy
-        self.model = None
-        self.frozen: FrozenForward | None = None  # the reference never changes: fused weights packed once
-        if cfg.lora is None or cfg.ref_model is not None:
-            self.model = load_causal_lm(cfg.ref_model or cfg.model)
-            self.model.requires_grad_(False)
-            self.frozen = packed_reference(self.model, cfg.forward, cfg.bf16)
-
-    def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:
-        """(B, R) log π_ref of every response token, no gradient, ``micro`` rows at a time."""
-        if self.model is not None:
-            return by_micro_batch(
-                batch, micro, lambda mb: s.logprobs(self.model, mb, mb.response_mask, self.frozen)[0]
-            )
-        with self.policy.disable_adapter():
-            return by_micro_batch(batch, micro, lambda mb: s.logprobs(self.policy, mb, mb.response_mask)[0])
 
 
 def save_final(model: torch.nn.Module, tokenizer: Any, out: Path, lora: bool) -> None:

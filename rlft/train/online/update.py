@@ -1,11 +1,12 @@
-"""The optimise stage of online RL: the loss of a micro-batch, and μ passes of mini-batch updates.
+"""The optimise stage of online RL: what the loss compares against (π_old: :func:`old_policy_logprobs`;
+π_ref: :class:`Reference`), the loss of a micro-batch, and μ passes of mini-batch updates.
 
-    for epoch in 1..μ:                                   (ppo_epochs)
+    for epoch in 1..μ:                                   (optim.ppo_epochs)
         for each of num_minibatches shuffled mini-batches:
             N = global_normalizer(mini-batch mask)       tokens or sequences of the WHOLE mini-batch
             for each micro-batch:  backward( policy_loss(…, normalizer=N) + β·KL(…, N) − c·H(…, N)
                                              [+ vf_coef·L^VF(…, N_tokens) with a shared-backbone critic] )
-            [PPO-ptx: backward( ptx_coef · NLL(one batch of ptx data) )]
+            [PPO-ptx: backward( ptx.coef · NLL(one batch of ptx data) )]
             clip the gradient norm; optimiser step
             [separate critic: for each micro-batch backward( L^VF(…, N_tokens) ); clip; critic step]
 
@@ -26,14 +27,18 @@ import torch
 from torch import Tensor
 
 from rlft.algos import POLICY_LOSSES, aggregate, global_normalizer, kl_estimate
+from rlft.models import load_causal_lm
+from rlft.models.forward_path import ForwardPlan
 from rlft.models.fused.frozen import FrozenForward
 from rlft.models.logprobs import logprobs_from_states, response_states, rollout_logprobs
 from rlft.run import ConfigError
+from rlft.train.online.config import RLConfig
 from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
 
 __all__ = [
     "POLICY_LOSS_ARGS",
     "LossSettings",
+    "Reference",
     "loss_settings",
     "micro_batch_loss",
     "old_logprobs",
@@ -107,9 +112,10 @@ class LossSettings:
         frozen: FrozenForward | None = None,
         entropy: bool = False,
         entropy_grad: bool = False,
+        forward: str | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """(B, R) log-probs of ``mb``'s responses at ``positions`` (and entropies when asked), with these
-        forward options and the sampling temperature."""
+        forward options (``forward``: another model's path, the reference's) and the sampling temperature."""
         return rollout_logprobs(
             model,
             mb.responses,
@@ -117,16 +123,18 @@ class LossSettings:
             temperature=self.temperature,
             bf16=self.bf16,
             share_prompts=self.share_prompts,
-            forward=self.forward,
+            forward=forward or self.forward,
             frozen=frozen,
             entropy=entropy,
             entropy_grad=entropy_grad,
         )
 
 
-def loss_settings(cfg: Any) -> LossSettings:
+def loss_settings(cfg: Any, plan: ForwardPlan | None = None) -> LossSettings:
     """LossSettings of a resolved RLConfig: the policy loss gets the config values of its
-    :data:`POLICY_LOSS_ARGS` line, then ``loss_kwargs``, checked against the loss's own parameters."""
+    :data:`POLICY_LOSS_ARGS` line, then ``loss_kwargs``, checked against the loss's own parameters. The
+    policy's passes take the path the run's ``plan`` chose (no plan: each pass applies the config's
+    ``forward`` option itself, as a unit test of the loss does)."""
     kwargs = policy_loss_args(cfg)
     params = inspect.signature(POLICY_LOSSES.get(cfg.policy_loss)).parameters
     for key, value in cfg.loss_kwargs.items():
@@ -137,14 +145,14 @@ def loss_settings(cfg: Any) -> LossSettings:
         policy_loss=cfg.policy_loss,
         loss_kwargs=kwargs,
         aggregation=cfg.aggregation,
-        max_len=cfg.max_new_tokens,
+        max_len=cfg.sampling.max_new_tokens,
         kl_in_loss=cfg.kl.placement == "loss" and cfg.kl.active,
         kl_estimator=cfg.kl.estimator,
         entropy_coef=cfg.entropy_coef,
-        temperature=cfg.temperature,
-        bf16=cfg.bf16,
-        share_prompts=cfg.share_prompts,
-        forward=cfg.forward,
+        temperature=cfg.sampling.temperature,
+        bf16=cfg.performance.bf16,
+        share_prompts=cfg.performance.share_prompts,
+        forward=plan.training_forward if plan is not None else cfg.performance.forward,
     )
 
 
@@ -233,6 +241,43 @@ def _micro_batches(mb: RolloutBatch, size: int | None) -> list[RolloutBatch]:
     return [mb.select(chunk).trimmed() for chunk in order.split(size)]
 
 
+# --- what the loss compares against: π_old and π_ref --------------------------------------------------------
+
+
+class Reference:
+    """log π_ref of rollout tokens (the KL term's other side): a frozen copy of the start model, or the
+    policy with its adapters off.
+
+    Its forward path is the run's :class:`~rlft.models.forward_path.ForwardPlan` (:meth:`follow`): the
+    fused weights packed once when the plan says so, else the ``forward`` the plan chose for it."""
+
+    def __init__(self, cfg: RLConfig, policy: torch.nn.Module):
+        self.policy = policy
+        self.model = None
+        self.frozen: FrozenForward | None = None
+        self.forward: str | None = None  # None: the policy's own passes (adapters disabled)
+        if cfg.lora is None or cfg.ref_model is not None:
+            self.model = load_causal_lm(cfg.ref_model or cfg.model)
+            self.model.requires_grad_(False)
+
+    def follow(self, plan: ForwardPlan, bf16: bool) -> None:
+        """Take the reference's path from the run's plan (the reference never changes: pack it once)."""
+        if self.model is not None:
+            self.frozen = plan.frozen_reference(self.model, bf16)
+            self.forward = plan.reference_forward
+
+    def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:
+        """(B, R) log π_ref of every response token, no gradient, ``micro`` rows at a time."""
+        if self.model is not None:
+            return by_micro_batch(
+                batch,
+                micro,
+                lambda mb: s.logprobs(self.model, mb, mb.response_mask, self.frozen, forward=self.forward)[0],
+            )
+        with self.policy.disable_adapter():
+            return by_micro_batch(batch, micro, lambda mb: s.logprobs(self.policy, mb, mb.response_mask)[0])
+
+
 def old_logprobs(
     model: torch.nn.Module, batch: RolloutBatch, s: LossSettings, micro_batch_size: int | None
 ) -> Tensor:
@@ -247,13 +292,13 @@ def old_policy_logprobs(
 
     - None — one epoch of one mini-batch: the policy has not moved when its loss is taken, so the loss
       uses its own log-probs detached (:func:`micro_batch_loss`);
-    - recomputed with the rollout weights (:func:`old_logprobs`) when ``recompute_old_logp`` is set or under
+    - recomputed with the rollout weights (:func:`old_logprobs`) when ``performance.recompute_old_logp`` is set or under
       bf16, whose sampling and training kernels round differently;
     - otherwise the sampler's own log-probs, which the fused sampler computes in the same precision."""
-    if cfg.ppo_epochs == 1 and cfg.num_minibatches == 1:
+    if cfg.optim.ppo_epochs == 1 and cfg.num_minibatches == 1:
         return None
-    if cfg.recompute_old_logp or cfg.bf16:
-        return old_logprobs(model, batch, s, cfg.micro_batch_size)
+    if cfg.performance.recompute_old_logp or cfg.performance.bf16:
+        return old_logprobs(model, batch, s, cfg.optim.micro_batch_size)
     return batch.sampler_logp
 
 
@@ -281,8 +326,9 @@ def policy_update(
     policy, :meth:`rlft.train.common.run_control.RunControl.step_optimizer`: a NaN/inf loss or gradient skips
     it); by default ``optimizer.step()``.
 
-    ``critic`` (``rl_critic.Critic``): its value loss on the same mini-batches, token-mean, with its own
-    optimiser step. ``ptx`` (``rl_ptx.PtxData``): + ptx_coef·NLL of one ptx batch in every actor step."""
+    ``critic`` (:class:`~rlft.train.online.critic.Critic`): its value loss on the same mini-batches,
+    token-mean, with its own optimiser step. ``ptx`` (:class:`~rlft.train.online.ptx.PtxData`):
+    + ptx.coef·NLL of one ptx batch in every actor step."""
     rows = (batch.loss_mask.sum(-1) > 0).nonzero().flatten()
     if rows.numel() == 0:
         return {}

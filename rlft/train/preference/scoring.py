@@ -6,6 +6,7 @@ over a step (:func:`kto_baseline`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +14,8 @@ import torch
 from torch import Tensor
 
 from rlft.algos import kto_kl_baseline
-from rlft.models.fused.frozen import FrozenForward, packed_reference
+from rlft.models.forward_path import ForwardPlan
+from rlft.models.fused.frozen import FrozenForward
 from rlft.models.logprobs import grouped_logprob_sums
 from rlft.train.preference.config import DPOConfig
 from rlft.train.preference.data import OfflineData
@@ -63,10 +65,15 @@ class Reference:
     def __init__(self, model: Any, pad_id: int, cfg: DPOConfig) -> None:
         self.model, self.pad_id, self.cfg = model, pad_id, cfg
         self.tables: dict[int, Tensor] = {}
-        # on-the-fly scoring: the fused weights packed at first use (never, when every score comes from a
-        # precomputed table); None also when the model's own forward is used
+        # on-the-fly scoring: the fused weights packed once when the run's plan says so (follow)
         self.frozen: FrozenForward | None = None
-        self._packed = False
+
+    def follow(self, plan: ForwardPlan) -> None:
+        """Take the on-the-fly reference passes' path from the run's plan (none when every score comes
+        from a precomputed table)."""
+        if self.model is not None and not self.tables:
+            self.frozen = plan.frozen_reference(self.model, self.cfg.bf16)
+            self.cfg = dataclasses.replace(self.cfg, forward=plan.reference_forward)
 
     def precompute(self, data: OfflineData, log: Callable[[str], None], model_fp: str) -> None:
         self.tables[id(data)] = reference_logprob_sums(
@@ -84,8 +91,6 @@ class Reference:
         table = self.tables.get(id(data))
         if table is not None:
             return table[torch.as_tensor(list(rows))]
-        if not self._packed:
-            self.frozen, self._packed = packed_reference(self.model, self.cfg.forward, self.cfg.bf16), True
         with torch.no_grad():
             return score_sequences(self.model, data, rows, self.pad_id, self.cfg, self.frozen)[0]
 

@@ -22,6 +22,7 @@ losses with a reference, β·mean log π for SimPO and ORPO.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from rlft.data.tasks import task_of
@@ -102,7 +103,13 @@ def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
 
     checkpoint = call.resume_checkpoint()
     model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
-    say(record_forward(run, plan_for("dpo", model, cfg, reference=reference, sampling=win_rate is not None)))
+    # The forward path of every pass, decided once: said at start, written to RUN/forward.txt; the
+    # config's `forward` option is resolved to the plan's choice for the passes that follow.
+    plan = plan_for("dpo", model, cfg, reference=reference, sampling=win_rate is not None)
+    say(record_forward(run, plan))
+    cfg = dataclasses.replace(cfg, forward=plan.training_forward)
+    if reference is not None:
+        reference.follow(plan)
     stop_at_end_of_turn(model, tokenizer)
     training_mode(model, cfg.keep_dropout)
     training = start_training(call, cfg, model, tokenizer, total_steps, checkpoint)

@@ -15,7 +15,8 @@ The losses are ``rlft.algos.bradley_terry_loss`` and ``rlft.algos.kwise_ranking_
 (docs/algorithms.md §Reward-model losses).
 InstructGPT's rule (arXiv 2203.02155) that a prompt's K responses are scored once and its pairs averaged
 as one batch element is the ``kwise`` path; its centring term is generalised per pair, so K = 2 with
-either loss is the same computation. Data order, checkpoints and exact resume follow ``sft.py``.
+either loss is the same computation. Data order, checkpoints and exact resume are the shared epoch loop's
+(``rlft/train/common/epoch_loop.py``).
 """
 
 from __future__ import annotations
