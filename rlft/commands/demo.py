@@ -143,6 +143,23 @@ def _new_run(out_dir: Path, saved_config: Any) -> Any:
     return run
 
 
+def _stage_outcome(
+    result: Any, run: Any, seconds: float, plot: Path | None = None, **figures: Any
+) -> dict[str, Any]:
+    """What a training stage returns: its own ``figures``, then its time, steps, model, run directory and
+    (when it drew one) plot."""
+    out = {
+        **figures,
+        "seconds": seconds,
+        "steps": result.steps,
+        "model_dir": result.model_dir,
+        "run_dir": run.root,
+    }
+    if plot is not None:
+        out["plot"] = plot
+    return out
+
+
 def _print_before_after(title: str, width: int, rows: tuple[tuple[str, str], ...], result: Any) -> None:
     """A stage's table of eval metrics before and after training: one line per (metric key, label) of
     ``rows``, NaN for a metric the evaluation did not report."""
@@ -260,15 +277,14 @@ def rl_demo_stage(
         f"held-out prompts: {cfg.eval.samples} (eval split)   time: {seconds:.0f}s\n"
         f"  run dir:    {run.root}\n  GRPO model: {result.model_dir}\n  plot:       {plot}"
     )
-    return {
-        "before": before.get("eval_accuracy", float("nan")),
-        "after": after.get("eval_accuracy", float("nan")),
-        "seconds": seconds,
-        "steps": result.steps,
-        "model_dir": result.model_dir,
-        "run_dir": run.root,
-        "plot": plot,
-    }
+    return _stage_outcome(
+        result,
+        run,
+        seconds,
+        plot,
+        before=before.get("eval_accuracy", float("nan")),
+        after=after.get("eval_accuracy", float("nan")),
+    )
 
 
 def preference_sft(
@@ -405,16 +421,15 @@ def dpo_demo_stage(
         f"time: {seconds:.0f}s\n  run dir:    {run.root}\n  DPO model:  {result.model_dir}\n"
         f"  plot:       {plot}"
     )
-    return {
-        "win_rate_before": before.get("eval_win_rate"),
-        "win_rate_after": after.get("eval_win_rate"),
-        "gold_before": before.get("eval_gold_score"),
-        "gold_after": after.get("eval_gold_score"),
-        "seconds": seconds,
-        "steps": result.steps,
-        "model_dir": result.model_dir,
-        "run_dir": run.root,
-    }
+    return _stage_outcome(
+        result,
+        run,
+        seconds,
+        win_rate_before=before.get("eval_win_rate"),
+        win_rate_after=after.get("eval_win_rate"),
+        gold_before=before.get("eval_gold_score"),
+        gold_after=after.get("eval_gold_score"),
+    )
 
 
 def _eval_prompts() -> tuple[str, ...]:
@@ -489,18 +504,17 @@ def ppo_demo_stage(
         f"KL(policy ‖ SFT) per completion at the last step: {kl:.3f}   time: {seconds:.0f}s\n"
         f"  run dir:    {run.root}\n  PPO model:  {result.model_dir}\n  plot:       {plot}"
     )
-    return {
-        "gold_before": before.get("eval_gold_score", float("nan")),
-        "gold_after": after.get("eval_gold_score", float("nan")),
-        "sampled_gold_first": sampled[0] if sampled else float("nan"),
-        "sampled_gold_last": sampled[-1] if sampled else float("nan"),
-        "kl": kl,
-        "seconds": seconds,
-        "steps": result.steps,
-        "model_dir": result.model_dir,
-        "run_dir": run.root,
-        "plot": plot,
-    }
+    return _stage_outcome(
+        result,
+        run,
+        seconds,
+        plot,
+        gold_before=before.get("eval_gold_score", float("nan")),
+        gold_after=after.get("eval_gold_score", float("nan")),
+        sampled_gold_first=sampled[0] if sampled else float("nan"),
+        sampled_gold_last=sampled[-1] if sampled else float("nan"),
+        kl=kl,
+    )
 
 
 def lm_demo(

@@ -13,8 +13,6 @@ plain reference path the fused and shared-prompt paths are tested against) and t
 
 from __future__ import annotations
 
-from typing import Literal, overload
-
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -51,43 +49,6 @@ def hidden_states(model: PreTrainedModel, input_ids: Tensor, attention_mask: Ten
     )
     hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden
-
-
-@overload
-def token_logprobs(
-    model: PreTrainedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    logits_to_keep_from: int | None = ...,
-    temperature: float = ...,
-    chunk_size: int = ...,
-    return_entropy: Literal[False] = ...,
-) -> Tensor: ...
-
-
-@overload
-def token_logprobs(
-    model: PreTrainedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    logits_to_keep_from: int | None = ...,
-    temperature: float = ...,
-    chunk_size: int = ...,
-    *,
-    return_entropy: Literal[True],
-) -> tuple[Tensor, Tensor]: ...
-
-
-@overload
-def token_logprobs(
-    model: PreTrainedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    logits_to_keep_from: int | None = ...,
-    temperature: float = ...,
-    chunk_size: int = ...,
-    return_entropy: bool = ...,
-) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def token_logprobs(
@@ -136,46 +97,6 @@ def token_logprobs(
     if entropy is not None:
         return logp.view(batch, width), entropy.view(batch, width)
     return logp.view(batch, width)
-
-
-@overload
-def response_logprobs(
-    model: PreTrainedModel,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    response_ids: Tensor,
-    response_mask: Tensor,
-    temperature: float = ...,
-    chunk_size: int = ...,
-    return_entropy: Literal[False] = ...,
-) -> Tensor: ...
-
-
-@overload
-def response_logprobs(
-    model: PreTrainedModel,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    response_ids: Tensor,
-    response_mask: Tensor,
-    temperature: float = ...,
-    chunk_size: int = ...,
-    *,
-    return_entropy: Literal[True],
-) -> tuple[Tensor, Tensor]: ...
-
-
-@overload
-def response_logprobs(
-    model: PreTrainedModel,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    response_ids: Tensor,
-    response_mask: Tensor,
-    temperature: float = ...,
-    chunk_size: int = ...,
-    return_entropy: bool = ...,
-) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def response_logprobs(
