@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        return args.func(args, extra)
+        command: Callable[[argparse.Namespace, list[str]], int] = args.func
+        return command(args, extra)
     except RunInterrupted as stop:  # SIGTERM / Ctrl-C during training: the checkpoint is written
         print(f"rlft: {stop}", file=sys.stderr)
         return stop.exit_code

@@ -91,7 +91,7 @@ def _control_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def add_control_commands(sub: argparse._SubParsersAction) -> None:
+def add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``control train`` and ``control eval`` to the ``rlft`` subparsers."""
     control = sub.add_parser("control", help="classic control on gymnasium").add_subparsers(
         dest="action", required=True

@@ -14,9 +14,16 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlft.run import ConfigError
+
+if TYPE_CHECKING:
+    from rlft.data import PreferenceTask
+    from rlft.run import RunDir
+    from rlft.train import RLConfig
+    from rlft.train.common.epoch_loop import EpochsResult
+    from rlft.train.online.loop import RLResult
 
 __all__ = [
     "DEMO_DPO",
@@ -134,7 +141,7 @@ DPO_PLOT_KEYS = [
 # --- the stages --------------------------------------------------------------------------------------------
 
 
-def _new_run(out_dir: Path, saved_config: Any) -> Any:
+def _new_run(out_dir: Path, saved_config: object) -> RunDir:
     """A run directory at ``out_dir`` (whose name is also the run's prefix) holding ``saved_config``."""
     from rlft.run import RunDir, save_config
 
@@ -144,7 +151,7 @@ def _new_run(out_dir: Path, saved_config: Any) -> Any:
 
 
 def _stage_outcome(
-    result: Any, run: Any, seconds: float, plot: Path | None = None, **figures: Any
+    result: EpochsResult | RLResult, run: RunDir, seconds: float, plot: Path | None = None, **figures: Any
 ) -> dict[str, Any]:
     """What a training stage returns: its own ``figures``, then its time, steps, model, run directory and
     (when it drew one) plot."""
@@ -160,7 +167,9 @@ def _stage_outcome(
     return out
 
 
-def _print_before_after(title: str, width: int, rows: tuple[tuple[str, str], ...], result: Any) -> None:
+def _print_before_after(
+    title: str, width: int, rows: tuple[tuple[str, str], ...], result: EpochsResult | RLResult
+) -> None:
     """A stage's table of eval metrics before and after training: one line per (metric key, label) of
     ``rows``, NaN for a metric the evaluation did not report."""
     before, after = result.initial_eval, result.final_eval
@@ -224,7 +233,7 @@ def arithmetic_sft_stage(
     return Path(result.model_dir)
 
 
-def grpo_demo_config(sft_model_dir: str | Path, seed: int = 0, steps: int = DEMO_GRPO_STEPS) -> Any:
+def grpo_demo_config(sft_model_dir: str | Path, seed: int = 0, steps: int = DEMO_GRPO_STEPS) -> RLConfig:
     """The demo's GRPO config: the grpo preset (β = 0.04, ε = 0.2, seq-mean-token-mean) with settings
     tuned for the 1m tiny model after SFT. Sampling at τ = 0.7 sharpens toward the greedy answer, which
     is what held-out greedy accuracy measures: in runs of 600–2500 steps, τ = 1.0 gained about +8
@@ -325,7 +334,6 @@ def rm_demo_stage(
 ) -> dict[str, Any]:
     """Train a reward model from ``sft_model_dir`` on noisy preference labels of ``task:preference``; print
     held-out accuracy against the labels, against the hidden gold scorer, and the noise ceiling."""
-    from rlft.data import get_task
     from rlft.run import plot_run
     from rlft.train import RMConfig, train_rm
 
@@ -345,7 +353,7 @@ def rm_demo_stage(
     run = _new_run(Path(out_root) / "rm", cfg)
     result = train_rm(cfg, run, show_progress=show_progress)
     plot = plot_run(run, keys=["loss", "accuracy", "eval_accuracy", "eval_gold_accuracy", "eval_reward_gap"])
-    ceiling = get_task("preference").noise_ceiling(DEMO_LABEL_NOISE)
+    ceiling = _preference_task().noise_ceiling(DEMO_LABEL_NOISE)
     after = result.final_eval
     seconds = time.monotonic() - start
     print(f"\nReward model from the SFT model on {cfg.data} ({result.steps} steps, pairwise loss)")
@@ -433,14 +441,22 @@ def dpo_demo_stage(
 
 
 def _eval_prompts() -> tuple[str, ...]:
-    from rlft.data import get_task
+    return _preference_task().prompts("eval")
 
-    return get_task("preference").prompts("eval")
+
+def _preference_task() -> PreferenceTask:
+    """The registered ``preference`` task, as its own class: the demo reads its gold model and splits."""
+    from rlft.data import PreferenceTask, get_task
+
+    task = get_task("preference")
+    if not isinstance(task, PreferenceTask):
+        raise TypeError(f"task 'preference' is a {type(task).__name__}, not a PreferenceTask")
+    return task
 
 
 def ppo_demo_config(
     sft_model_dir: str | Path, reward_model_dir: str | Path, seed: int = 0, **overrides: Any
-) -> Any:
+) -> RLConfig:
     """The demo's PPO config: the ``ppo`` preset (k1 in the reward, GAE, whitened advantages, clipped value
     loss) with the critic initialised from the reward model, whose score is normalised with its saved
     statistics and clipped to ±5; ``overrides`` (dotted keys such as ``"optim.lr"``, as on the command

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rlft.run import ConfigError
 
 from .demo import DPO_PLOT_KEYS
 from .run_setup import add_training_parser, print_done, training_run
+
+if TYPE_CHECKING:
+    from rlft.train import DPOConfig
 
 __all__ = ["add_dpo_commands"]
 
@@ -23,7 +26,7 @@ def _run_offline(args: argparse.Namespace, extra: list[str], loss: str | None) -
     from rlft.run import plot_run, save_config
     from rlft.train import DPOConfig, train_dpo
 
-    def check(cfg: Any) -> None:
+    def check(cfg: DPOConfig) -> None:
         if loss and cfg.loss != loss:
             raise ConfigError(f"rlft {loss}: the config sets loss: {cfg.loss} (use 'rlft dpo' for it)")
 
@@ -46,7 +49,7 @@ def _rrhf(args: argparse.Namespace, extra: list[str]) -> int:
     return _run_offline(args, extra, "rrhf")
 
 
-def add_dpo_commands(sub: argparse._SubParsersAction) -> None:
+def add_dpo_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``dpo`` and ``rrhf`` to the ``rlft`` subparsers."""
     add_training_parser(
         sub,

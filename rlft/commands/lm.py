@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rlft.run import ConfigError
 
 from .demo import LM_DEMO_STAGES, lm_demo, parse_stages, tokenizer_corpus
 from .run_setup import add_training_parser, no_extra, print_done, training_run
+
+if TYPE_CHECKING:
+    from rlft.data import Record
 
 __all__ = ["add_lm_commands"]
 
@@ -48,7 +53,7 @@ def _sft(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _read_prompts(path: str, limit: int) -> list:
+def _read_prompts(path: str, limit: int) -> Sequence[Record]:
     """Prompt records of ``path``: a .txt file (one string prompt per line) or any data file with
     prompts (string or conversational)."""
     from rlft.data import load_records, load_text_prompts
@@ -58,7 +63,7 @@ def _read_prompts(path: str, limit: int) -> list:
     return load_records(path, fmt="prompt_only", limit=limit)
 
 
-def parse_chat_template_kwargs(text: str | None) -> dict:
+def parse_chat_template_kwargs(text: str | None) -> dict[str, Any]:
     """``--chat-template-kwargs '{"enable_thinking": false}'`` → a dict (one-line error otherwise)."""
     import json
 
@@ -97,7 +102,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     task, extra_fields = None, {}
     if args.task:
         source = args.task if args.task.startswith("task:") else f"task:{args.task}"
-        records = load_records(source, fmt="prompt_only", split="eval", limit=args.limit)
+        records: Sequence[Record] = load_records(source, fmt="prompt_only", split="eval", limit=args.limit)
         task = task_of(source)
         keys = set().union(*(r.extra for r in records))
         # each field repeated n times, to line up with the n completions per prompt
@@ -126,7 +131,7 @@ def _lm_demo(args: argparse.Namespace, extra: list[str]) -> int:
     return lm_demo(out, seed=args.seed, show_progress=not args.no_progress, stages=parse_stages(args.stages))
 
 
-def add_lm_commands(sub: argparse._SubParsersAction) -> None:
+def add_lm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``init-model``, ``sft``, ``generate`` and ``lm-demo`` to the ``rlft`` subparsers."""
     from rlft.models import TINY_SIZES
 

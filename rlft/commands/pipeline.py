@@ -28,9 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlft.run import ConfigError
+
+if TYPE_CHECKING:
+    from rlft.train.common.epoch_loop import EpochsResult
+    from rlft.train.common.launch import TrainerConfig
+    from rlft.train.online.loop import RLResult
 
 __all__ = ["STAGES", "StageResult", "add_pipeline_commands", "run_pipeline"]
 
@@ -43,13 +48,18 @@ class StageResult:
     status: str  # trained | resumed | skipped | stopped (stop_after: no final model yet)
     model_dir: Path
     run_dir: Path
-    result: Any = None  # the trainer's result (None when skipped)
+    result: EpochsResult | RLResult | None = None  # the trainer's result (None when skipped)
 
 
-def _stage_kit(name: str) -> tuple[type, Callable[..., Any]]:
+def _stage_kit(name: str) -> tuple[type[TrainerConfig], Callable[..., EpochsResult | RLResult]]:
     from rlft.train import RLConfig, RMConfig, SFTConfig, train_rl, train_rm, train_sft
 
-    return {"sft": (SFTConfig, train_sft), "rm": (RMConfig, train_rm), "ppo": (RLConfig, train_rl)}[name]
+    kits: dict[str, tuple[type[TrainerConfig], Callable[..., EpochsResult | RLResult]]] = {
+        "sft": (SFTConfig, train_sft),
+        "rm": (RMConfig, train_rm),
+        "ppo": (RLConfig, train_rl),
+    }
+    return kits[name]
 
 
 def _done(model_dir: Path) -> bool:
@@ -165,7 +175,7 @@ def _pipeline(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
+def add_pipeline_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``pipeline`` to the ``rlft`` subparsers."""
     p = sub.add_parser(
         "pipeline", help="RLHF in three stages: SFT → reward model → PPO (resumable)", allow_abbrev=False

@@ -10,7 +10,8 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from rlft.run import ConfigError
 
@@ -75,14 +76,17 @@ def _specs(args: argparse.Namespace) -> tuple[list[Any], str]:
 
 
 def _score(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.data import load_records
+    from rlft.data import PromptCompletionRecord, load_records
     from rlft.models import load_tokenizer
     from rlft.rewards import build_rewards
     from rlft.run import atomic_write_text
 
     no_extra(extra)
     specs, on_invalid = _specs(args)
-    records = load_records(args.data, fmt="prompt_completion", limit=args.limit)
+    # fmt="prompt_completion" validates every record into that shape
+    records = cast(
+        list[PromptCompletionRecord], load_records(args.data, fmt="prompt_completion", limit=args.limit)
+    )
     tokenizer_dir = args.tokenizer or args.reward_model
     lengths = None
     if tokenizer_dir:  # token counts for length/overlong rewards with unit: tokens
@@ -92,7 +96,7 @@ def _score(args: argparse.Namespace, extra: list[str]) -> int:
             for ids in tokenizer([r.completion for r in records], add_special_tokens=False)["input_ids"]
         ]
     keys = sorted(set().union(*(r.extra for r in records)))
-    rows = {k: [r.extra.get(k) for r in records] for k in keys}
+    rows: dict[str, Sequence[object]] = {k: [r.extra.get(k) for r in records] for k in keys}
     with build_rewards(specs, on_invalid=on_invalid) as rewards:
         result = rewards([r.prompt for r in records], [r.completion for r in records], rows, lengths)
 
@@ -118,7 +122,7 @@ def _score(args: argparse.Namespace, extra: list[str]) -> int:
 # --- registration ------------------------------------------------------------------------------------------
 
 
-def add_reward_commands(sub: argparse._SubParsersAction) -> None:
+def add_reward_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rm`` and ``score`` to the ``rlft`` subparsers."""
     add_training_parser(
         sub, "rm", "train a reward model; extra --key value pairs override the config", "RMConfig", _rm

@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rlft.run import ConfigError
 
 from .demo import PPO_PLOT_KEYS, RL_PLOT_KEYS
 from .run_setup import training_run
+
+if TYPE_CHECKING:
+    from rlft.run import RunDir
+    from rlft.train import RLConfig
 
 __all__ = ["add_rl_commands"]
 
@@ -28,7 +32,7 @@ def _print_presets() -> None:
         print(f"{name:22} {parts}")
 
 
-def _pin_reward_files(run: Any, cfg: Any, resuming: bool) -> Any:
+def _pin_reward_files(run: RunDir, cfg: RLConfig, resuming: bool) -> RLConfig:
     """``cfg`` with its ``file.py:function`` rewards named by absolute path, their SHA-256 recorded in the
     run's reward_sources.json, so a resumed run scores with the same code whatever its current directory;
     on resume, a recorded file the run still uses that changed or is gone stops it (rlft.rewards.sources)."""
@@ -75,9 +79,11 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
     save_config(cfg.resolved(), run.config_path)  # every preset value spelled out
     print(f"rlft rl: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
     result = train_rl(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
+    from rlft.train.online.config import preset_value
     from rlft.train.online.rollout import needs_critic
 
-    plot = plot_run(run, keys=PPO_PLOT_KEYS if needs_critic(cfg.resolved().advantage) else RL_PLOT_KEYS)
+    advantage = preset_value(cfg.resolved().advantage, "advantage")
+    plot = plot_run(run, keys=PPO_PLOT_KEYS if needs_critic(advantage) else RL_PLOT_KEYS)
     before = ", ".join(f"{k} {v:.4g}" for k, v in result.initial_eval.items())
     after = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())
     print(
@@ -90,7 +96,7 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def add_rl_commands(sub: argparse._SubParsersAction) -> None:
+def add_rl_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rl`` to the ``rlft`` subparsers."""
     rl = sub.add_parser(
         "rl",

@@ -6,20 +6,25 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rlft.run import ConfigError, RunDir, load_config
+
+if TYPE_CHECKING:
+    from rlft.train.common.epoch_loop import EpochsResult
+
+T = TypeVar("T")
 
 
 def training_run(
     args: argparse.Namespace,
     extra: list[str],
-    config_cls: type,
-    prefix: str | Callable[[Any], str],
+    config_cls: type[T],
+    prefix: str | Callable[[T], str],
     base: dict[str, Any] | None = None,
-    check: Callable[[Any], None] | None = None,
+    check: Callable[[T], None] | None = None,
     occupied: str = "run directory {root} already holds a run; pass a new --out or --resume",
-) -> tuple[RunDir, Any]:
+) -> tuple[RunDir, T]:
     """(run, config). ``--resume RUN_DIR`` reloads the run's saved config (plus ``--key value`` overrides);
     otherwise ``--config`` (over ``base``) is loaded, ``check``-ed, and a new run directory is created
     under ``--out`` or the config's ``output_dir`` (if it has one) — never one that already holds a run:
@@ -46,7 +51,11 @@ def no_extra(extra: list[str]) -> None:
 
 
 def add_training_parser(
-    sub: argparse._SubParsersAction, name: str, help_text: str, config_name: str, func: Callable[..., int]
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    config_name: str,
+    func: Callable[..., int],
 ) -> argparse.ArgumentParser:
     """The ``name`` subcommand of a trainer: ``--config`` (keys of ``config_name``), ``--out``, ``--resume``
     and ``--no-progress``, run by ``func``."""
@@ -59,7 +68,7 @@ def add_training_parser(
     return p
 
 
-def print_done(result: Any, run: RunDir, plot: Path, notes: str = "") -> None:
+def print_done(result: EpochsResult, run: RunDir, plot: Path, notes: str = "") -> None:
     """The closing summary of an epoch trainer's command (SFT, reward model, DPO family): steps, time, train
     loss, the final evals and ``notes``, then where the model, the metrics and the curve are."""
     evals = ", ".join(f"{k} {v:.4g}" for k, v in result.final_eval.items())

@@ -5,3 +5,13 @@ from . import a2c, ppo, reinforce, trpo  # imported for their registration
 from .config import CONTROL_ALGOS, PRESETS, ControlConfig, preset_for
 from .evaluate import evaluate
 from .train import TrainResult, train
+
+__all__ = [
+    "CONTROL_ALGOS",
+    "PRESETS",
+    "ControlConfig",
+    "TrainResult",
+    "evaluate",
+    "preset_for",
+    "train",
+]

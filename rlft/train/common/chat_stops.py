@@ -11,14 +11,17 @@ result stops correctly in plain ``transformers`` too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rlft.data.chat import end_of_turn_token_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["stop_at_end_of_turn"]
 
 
-def stop_at_end_of_turn(model: Any, tokenizer: Any) -> list[int]:
+def stop_at_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Add the chat template's end-of-turn token to ``model.generation_config.eos_token_id``; returns the
     resulting EOS ids (unchanged when the tokenizer has no chat template or its turns end with EOS)."""
     config = getattr(model, "generation_config", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -15,13 +15,18 @@ from safetensors import SafetensorError
 from rlft.models import save_pretrained_atomic
 from rlft.run import CheckpointError, RunDir, RunDirError, atomic_torch_save
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 __all__ = ["TRAINER_STATE", "latest_checkpoint", "load_trainer_state", "save_checkpoint"]
 
 TRAINER_STATE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def save_checkpoint(run: RunDir, step: int, model: Any, tokenizer: Any, state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run: RunDir, step: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, state: dict[str, Any]
+) -> Path:
     """Write ``run/checkpoints/step-{step}/`` (model + tokenizer, then trainer_state.pt last).
 
     The state file is written after the model directory is in place and is what marks a checkpoint
@@ -66,7 +71,8 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     :class:`CheckpointError` naming it."""
     path = checkpoint / TRAINER_STATE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
     except Exception as err:  # UnpicklingError, a zip error from torch's reader, …: all the same to a user
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise CheckpointError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, 
 from rlft.train.common.launch import TrainerCall
 from rlft.train.common.optimizer import adamw
 from rlft.train.common.schedule import warmup_cosine_scheduler
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "EpochTraining",
@@ -48,7 +51,7 @@ def length_limits(cfg: Any, context: int | None = None) -> LengthLimits:
     return limits.within(context)
 
 
-def model_length_limits(cfg: Any, tokenizer: Any) -> LengthLimits:
+def model_length_limits(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> LengthLimits:
     """:func:`length_limits` held to the context of ``cfg.model`` (read from its config.json)."""
     return length_limits(cfg, context_length(cfg.model, tokenizer))
 
@@ -112,8 +115,8 @@ class EpochTraining:
 
     cfg: Any
     run: RunDir
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     scheduler: Any
     params: list[torch.nn.Parameter]  # what the gradient norm is clipped over
@@ -129,7 +132,12 @@ class EpochTraining:
 
 
 def start_training(
-    call: TrainerCall, cfg: Any, model: Any, tokenizer: Any, total_steps: int, checkpoint: Path | None
+    call: TrainerCall,
+    cfg: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    total_steps: int,
+    checkpoint: Path | None,
 ) -> EpochTraining:
     """The optimiser (:func:`adamw`) and warm-up + cosine schedule of an epoch-based trainer, restored from
     ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed."""

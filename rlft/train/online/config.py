@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from rlft.algos import ADVANTAGES, AGGREGATIONS, ESTIMATOR_ARGS, KL_ESTIMATORS, POLICY_LOSSES
 from rlft.models.fused.llama_forward import FORWARDS
@@ -33,7 +33,10 @@ __all__ = [
     "PtxConfig",
     "RLConfig",
     "SamplingConfig",
+    "preset_value",
 ]
+
+T = TypeVar("T")
 
 KL_PLACEMENTS = ("loss", "reward", "none")
 KL_CONTROLLER_NAMES = ("fixed", "adaptive")
@@ -209,6 +212,16 @@ class PerformanceConfig:
     )
     recompute_old_logp: bool = False  # false: π_old = the sampler's log-probs (same policy, same τ; float32
     # only — under bf16 they are always recomputed, since the two bf16 paths round differently)
+
+
+def preset_value(value: T | None, key: str) -> T:
+    """``value`` of the algorithm key ``key`` of a resolved config: null only under algorithm ``custom``
+    with the key left unset, which is refused here with the line ``RLConfig.validate`` gives."""
+    if value is None:
+        raise ConfigError(
+            f"config key '{key}': expected a value (algorithm 'custom' sets no default), got None"
+        )
+    return value
 
 
 def _moved(section: str, cls: type, old_prefix: str = "") -> dict[str, str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,6 +32,9 @@ from rlft.data import (
     encode_unpaired,
     load_records,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["OfflineData", "encode_offline", "load_offline"]
 
@@ -99,47 +102,52 @@ def _fit_mismatched(prompt: list[int], completion: list[int], limits: LengthLimi
     return completion[: max(room, 1)]
 
 
-def encode_offline(records: Sequence[Any], kind: str, tokenizer: Any, limits: LengthLimits) -> OfflineData:
+def encode_offline(
+    records: Sequence[Any], kind: str, tokenizer: PreTrainedTokenizerBase, limits: LengthLimits
+) -> OfflineData:
     """Tokenise ``records`` of format ``kind`` into an :class:`OfflineData` (see the module docstring)."""
     sequences: list[ScoredSequence] = []
     groups: list[list[int]] = []
     data = OfflineData(kind=kind, sequences=sequences, groups=groups)
     if kind == "preference":
-        encoded = encode_preference(records, tokenizer, limits)
-        for ex in encoded:
+        paired = encode_preference(records, tokenizer, limits)
+        report = paired.report
+        for ex in paired:
             groups.append([len(sequences), len(sequences) + 1])
             sequences += [(ex.prompt_ids, ex.chosen_ids), (ex.prompt_ids, ex.rejected_ids)]
     elif kind == "unpaired":
-        encoded = encode_unpaired(records, tokenizer, limits)
-        if len(encoded) < 2:
+        unpaired = encode_unpaired(records, tokenizer, limits)
+        report = unpaired.report
+        if len(unpaired) < 2:
             raise DataError(
-                f"unpaired data: {len(encoded)} example(s); KTO needs at least 2 (its KL baseline scores "
+                f"unpaired data: {len(unpaired)} example(s); KTO needs at least 2 (its KL baseline scores "
                 "each prompt with another example's completion)"
             )
-        for i, ex in enumerate(encoded):
-            other = encoded[(i + 1) % len(encoded)].completion_ids
+        for i, single in enumerate(unpaired):
+            other = unpaired[(i + 1) % len(unpaired)].completion_ids
             groups.append([len(sequences), len(sequences) + 1])
             sequences += [
-                (ex.prompt_ids, ex.completion_ids),
-                (ex.prompt_ids, _fit_mismatched(ex.prompt_ids, other, limits)),
+                (single.prompt_ids, single.completion_ids),
+                (single.prompt_ids, _fit_mismatched(single.prompt_ids, other, limits)),
             ]
-            data.labels.append(bool(ex.label))
+            data.labels.append(bool(single.label))
     elif kind == "ranked":
-        encoded = encode_ranked(records, tokenizer, limits)
-        for ex in encoded:
-            groups.append(list(range(len(sequences), len(sequences) + len(ex.response_ids))))
-            sequences += [(ex.prompt_ids, r) for r in ex.response_ids]
-            data.scores.append(list(ex.scores))
+        ranked = encode_ranked(records, tokenizer, limits)
+        report = ranked.report
+        for group in ranked:
+            groups.append(list(range(len(sequences), len(sequences) + len(group.response_ids))))
+            sequences += [(group.prompt_ids, r) for r in group.response_ids]
+            data.scores.append(list(group.scores))
     else:
         raise DataError(f"offline preference data must be preference, unpaired or ranked, got {kind!r}")
-    data.report = str(encoded.report)
+    data.report = str(report)
     return data
 
 
 def load_offline(
     source: str,
     kind: str,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     limits: LengthLimits,
     split: str = "train",
     limit: int | None = None,

@@ -5,7 +5,7 @@ task with a hidden gold score, the gold win rate of the policy against the refer
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,12 +16,15 @@ from rlft.train.preference.data import OfflineData
 from rlft.train.preference.loss import summarize
 from rlft.train.preference.scoring import Reference, kto_baseline, micro_batch_loss
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 __all__ = ["WinRate", "evaluate_offline"]
 
 
 @torch.no_grad()
 def evaluate_offline(
-    model: Any, data: OfflineData, pad_id: int, cfg: DPOConfig, reference: Reference | None
+    model: PreTrainedModel, data: OfflineData, pad_id: int, cfg: DPOConfig, reference: Reference | None
 ) -> dict[str, float]:
     """The training metrics on held-out data (``eval_`` prefixed), in micro-batches of ``batch_size``."""
     was_training = model.training
@@ -50,7 +53,7 @@ class WinRate:
     0.5, ties counting one half), and compared by the task's hidden gold score.
     """
 
-    def __init__(self, task: Any, tokenizer: Any, cfg: DPOConfig) -> None:
+    def __init__(self, task: Any, tokenizer: PreTrainedTokenizerBase, cfg: DPOConfig) -> None:
         self.task, self.tokenizer = task, tokenizer
         base = list(task.prompts("eval"))
         self.prompts = [p for p in base for _ in range(cfg.win_rate_samples)]
@@ -61,7 +64,7 @@ class WinRate:
         self.reference_texts: list[str] = []
         self.reference_gold = math.nan
 
-    def _texts(self, model: Any) -> list[str]:
+    def _texts(self, model: PreTrainedModel) -> list[str]:
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -69,12 +72,12 @@ class WinRate:
         model.train(was_training)
         return texts
 
-    def set_reference(self, model: Any) -> None:
+    def set_reference(self, model: PreTrainedModel) -> None:
         self.reference_texts = self._texts(model)
         gold = self.task.gold_score(self.prompts, self.reference_texts)
         self.reference_gold = sum(gold) / len(gold)
 
-    def __call__(self, model: Any) -> dict[str, float]:
+    def __call__(self, model: PreTrainedModel) -> dict[str, float]:
         texts = self._texts(model)
         gold = self.task.gold_score(self.prompts, texts)
         return {

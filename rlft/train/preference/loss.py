@@ -46,6 +46,7 @@ def offline_loss(
     fn = PREFERENCE_LOSSES.get(cfg.loss)
     counts = counts.to(policy.dtype).clamp(min=1)
     if cfg.loss == "rrhf":
+        scores, valid = _given(scores, "scores", cfg), _given(valid, "valid", cfg)
         losses = fn(policy, counts, scores, cfg.rrhf_weight, cfg.length_penalty, valid)
         p = (policy / counts**cfg.length_penalty).detach()
         worse = (scores[:, :, None] < scores[:, None, :]) & valid[:, :, None] & valid[:, None, :]
@@ -53,7 +54,8 @@ def offline_loss(
         pairs = worse.sum((-1, -2)).clamp(min=1)
         return losses, {"rank_accuracy": right.sum((-1, -2)) / pairs, "logps/mean": _masked_mean(p, valid)}
     if cfg.loss == "kto":
-        logratio = policy - reference
+        labels = _given(labels, "labels", cfg)
+        logratio = policy - _given(reference, "reference", cfg)
         losses = fn(logratio, labels, z0, beta, cfg.desirable_weight, cfg.undesirable_weight)
         reward = beta * logratio.detach()
         good = labels.to(torch.bool)
@@ -74,6 +76,7 @@ def offline_loss(
             losses = fn(avg_c, avg_r, -avg_c, beta)
         reward_c, reward_r = beta * avg_c.detach(), beta * avg_r.detach()
     else:
+        reference = _given(reference, "reference", cfg)
         lr_c, lr_r = chosen - reference[:half], rejected - reference[half:]
         if cfg.loss == "ipo":  # length-averaged log-ratios (TRL, with the IPO authors' agreement)
             losses = fn(lr_c / n_chosen, lr_r / n_rejected, beta)
@@ -90,6 +93,13 @@ def offline_loss(
         "logps/chosen": chosen.detach(),
         "logps/rejected": rejected.detach(),
     }
+
+
+def _given(value: Tensor | None, name: str, cfg: DPOConfig) -> Tensor:
+    """An argument that ``cfg.loss`` needs; its absence is a caller's bug, named here."""
+    if value is None:
+        raise TypeError(f"offline_loss: the {cfg.loss} loss needs {name}")
+    return value
 
 
 def _accuracy(margin: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -39,6 +39,9 @@ from torch import Tensor
 
 from rlft.models.logprobs import grouped_logprob_sums
 from rlft.run import atomic_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "CACHE_VERSION",
@@ -61,7 +64,7 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "rlft") / "ref_logps"
 
 
-def model_fingerprint(model: Any) -> str:
+def model_fingerprint(model: PreTrainedModel) -> str:
     """SHA-256 of a model's config (bookkeeping keys dropped) and of every tensor of its state dict."""
     h = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_SKIP}
@@ -90,7 +93,7 @@ def cache_key(model_fp: str, data_fp: str, bf16: bool) -> str:
 
 @torch.no_grad()
 def compute_logprob_sums(
-    model: Any,
+    model: PreTrainedModel,
     sequences: Sequence[Sequence_],
     pad_id: int,
     bf16: bool = False,
@@ -126,7 +129,7 @@ def compute_logprob_sums(
 
 
 def reference_logprob_sums(
-    model: Any,
+    model: PreTrainedModel,
     sequences: Sequence[Sequence_],
     pad_id: int,
     cache_dir: str | Path | None = None,
@@ -183,13 +186,18 @@ def _read_entry(file: Path, key: str, count: int) -> Tensor:
         differ = [name for name, value in expected.items() if fields.get(name) != value] or ["metadata"]
         raise _Unusable(f"holds other data: its {', '.join(differ)} differ from this run's")
     values = tensors.get("logps")
-    if set(tensors) != {"logps"} or values.dtype != torch.float32 or tuple(values.shape) != (count,):
+    if (
+        values is None
+        or set(tensors) != {"logps"}
+        or values.dtype != torch.float32
+        or tuple(values.shape) != (count,)
+    ):
         shapes = {name: (str(t.dtype), tuple(t.shape)) for name, t in tensors.items()}
         raise _Unusable(f"holds tensors {_short(shapes)}, expected logps float32 ({count},)")
     return values
 
 
-def _header_metadata(data: bytes) -> dict | None:
+def _header_metadata(data: bytes) -> dict[str, Any] | None:
     """The ``__metadata__`` of a safetensors file's JSON header (None when it has none)."""
     if len(data) < 8:
         raise ValueError(f"{len(data)} bytes, shorter than a safetensors header")

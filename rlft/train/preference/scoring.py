@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,11 +22,14 @@ from rlft.train.preference.data import OfflineData
 from rlft.train.preference.loss import offline_loss
 from rlft.train.preference.ref_cache import reference_logprob_sums
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = ["Reference", "kto_baseline", "micro_batch_loss", "score_sequences"]
 
 
 def score_sequences(
-    model: Any,
+    model: PreTrainedModel,
     data: OfflineData,
     rows: Sequence[int],
     pad_id: int,
@@ -62,8 +65,10 @@ class Reference:
     """Reference log-probs of a dataset's sequences: looked up in a precomputed tensor, or scored by the
     reference model on the fly (``precompute_ref: false``)."""
 
-    def __init__(self, model: Any, pad_id: int, cfg: DPOConfig) -> None:
-        self.model, self.pad_id, self.cfg = model, pad_id, cfg
+    def __init__(self, model: PreTrainedModel, pad_id: int, cfg: DPOConfig) -> None:
+        # None once every table is precomputed: the trainer releases the model (train_dpo)
+        self.model: PreTrainedModel | None = model
+        self.pad_id, self.cfg = pad_id, cfg
         self.tables: dict[int, Tensor] = {}
         # on-the-fly scoring: the fused weights packed once when the run's plan says so (follow)
         self.frozen: FrozenForward | None = None
@@ -77,7 +82,7 @@ class Reference:
 
     def precompute(self, data: OfflineData, log: Callable[[str], None], model_fp: str) -> None:
         self.tables[id(data)] = reference_logprob_sums(
-            self.model,
+            self._model(),
             data.sequences,
             self.pad_id,
             cache_dir=self.cfg.ref_cache_dir,
@@ -92,11 +97,18 @@ class Reference:
         if table is not None:
             return table[torch.as_tensor(list(rows))]
         with torch.no_grad():
-            return score_sequences(self.model, data, rows, self.pad_id, self.cfg, self.frozen)[0]
+            return score_sequences(self._model(), data, rows, self.pad_id, self.cfg, self.frozen)[0]
+
+    def _model(self) -> PreTrainedModel:
+        if self.model is None:
+            raise RuntimeError(
+                "Reference: the model was released, and these sequences have no precomputed table"
+            )
+        return self.model
 
 
 def micro_batch_loss(
-    model: Any,
+    model: PreTrainedModel,
     data: OfflineData,
     examples: Sequence[int],
     pad_id: int,
@@ -122,10 +134,19 @@ def micro_batch_loss(
 
 @torch.no_grad()
 def kto_baseline(
-    model: Any, data: OfflineData, examples: Sequence[int], pad_id: int, cfg: DPOConfig, reference: Reference
+    model: PreTrainedModel,
+    data: OfflineData,
+    examples: Sequence[int],
+    pad_id: int,
+    cfg: DPOConfig,
+    reference: Reference | None,
 ) -> Tensor:
     """z₀ over ``examples`` (a whole optimiser step): mean policy − reference log-ratio of the mismatched
     (prompt_i, completion_{i+1}) sequences, clamped at 0 and detached (KTO, arXiv 2402.01306)."""
+    if reference is None:
+        raise TypeError(
+            "kto_baseline: KTO's baseline is a log-ratio to the reference model, and none was given"
+        )
     rows = data.mismatched_rows(examples)
     policy, _ = score_sequences(model, data, rows, pad_id, cfg)
     return kto_kl_baseline(policy - reference(data, rows))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from rlft.data import (
     pad_sequences,
 )
 from rlft.models import sequence_scores
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["RankGroup", "collate_groups", "encode_groups", "group_rewards"]
 
@@ -41,12 +44,13 @@ class RankGroup:
 
 
 def encode_groups(
-    records: Sequence[Any], tokenizer: Any, limits: LengthLimits | None = None
+    records: Sequence[Any], tokenizer: PreTrainedTokenizerBase, limits: LengthLimits | None = None
 ) -> Encoded[RankGroup]:
     """Preference or ranked records → :class:`RankGroup` (with ``.report``, what the length limits did),
     tokenised as the reward-model source scores them: prompt, response, EOS."""
     if records and isinstance(records[0], PreferenceRecord):
         encoded = encode_preference(records, tokenizer, limits)
+        report = encoded.report
         out = [
             RankGroup(
                 [e.prompt_ids + e.chosen_ids, e.prompt_ids + e.rejected_ids],
@@ -58,10 +62,11 @@ def encode_groups(
         ]
         texts = {r.where: (r.prompt, [r.chosen, r.rejected]) for r in records}
     elif records and isinstance(records[0], RankedRecord):
-        encoded = encode_ranked(records, tokenizer, limits)
+        ranked = encode_ranked(records, tokenizer, limits)
+        report = ranked.report
         out = [
             RankGroup([e.prompt_ids + r for r in e.response_ids], list(e.scores), where=e.where)
-            for e in encoded
+            for e in ranked
         ]
         texts = {r.where: (r.prompt, list(r.responses)) for r in records}
         for g in out:
@@ -81,7 +86,7 @@ def encode_groups(
                 r.prompt,
                 ([r.chosen, r.rejected] if isinstance(r, PreferenceRecord) else r.responses),
             )
-    return Encoded(out, encoded.report)
+    return Encoded(out, report)
 
 
 def collate_groups(groups: Sequence[RankGroup], pad_id: int) -> dict[str, torch.Tensor]:
@@ -111,7 +116,7 @@ def collate_groups(groups: Sequence[RankGroup], pad_id: int) -> dict[str, torch.
     }
 
 
-def group_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def group_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(P, K) rewards: each response scored once in one forward; 0 in empty slots."""
     flat = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
     return torch.where(batch["valid"], flat[batch["slot"].clamp(min=0)], torch.zeros((), dtype=flat.dtype))

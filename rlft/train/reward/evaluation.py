@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,12 +17,15 @@ from rlft.models import sequence_scores
 from rlft.train.reward.data import RankGroup, collate_groups, group_rewards
 from rlft.train.reward.loss import pair_stats, rm_loss
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = ["evaluate_rm", "reward_stats"]
 
 
 @torch.no_grad()
 def evaluate_rm(
-    model: Any,
+    model: PreTrainedModel,
     groups: Sequence[RankGroup],
     pad_id: int,
     loss: str = "pairwise",
@@ -74,7 +77,7 @@ def evaluate_rm(
 
 @torch.no_grad()
 def reward_stats(
-    model: Any, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64
+    model: PreTrainedModel, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64
 ) -> dict[str, float]:
     """Mean and (unbiased) std of the model's scores of ``seqs``: the normalisation saved with the model."""
     was_training = model.training

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlft.data import (
     DataError,
@@ -48,6 +48,9 @@ from rlft.train.reward.config import RMConfig
 from rlft.train.reward.data import RankGroup, collate_groups, encode_groups, group_rewards
 from rlft.train.reward.evaluation import evaluate_rm, reward_stats
 from rlft.train.reward.loss import element_count, pair_stats, rm_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["RMResult", "train_rm"]
 
@@ -81,7 +84,9 @@ def _loss_of(cfg: RMConfig, groups: Sequence[RankGroup]) -> str:
     return "pairwise" if all(len(g.seqs) == 2 for g in groups) else "kwise"
 
 
-def _load_eval(cfg: RMConfig, tokenizer: Any) -> tuple[list[RankGroup], list[list[float]] | None]:
+def _load_eval(
+    cfg: RMConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[RankGroup], list[list[float]] | None]:
     source = cfg.eval_data or (cfg.data if cfg.data.startswith("task:") else None)
     if source is None:
         return [], None
@@ -94,7 +99,9 @@ def _load_eval(cfg: RMConfig, tokenizer: Any) -> tuple[list[RankGroup], list[lis
     return groups, gold
 
 
-def _norm_seqs(cfg: RMConfig, tokenizer: Any, train: Sequence[RankGroup]) -> list[list[int]]:
+def _norm_seqs(
+    cfg: RMConfig, tokenizer: PreTrainedTokenizerBase, train: Sequence[RankGroup]
+) -> list[list[int]]:
     """The reference responses for the saved mean/std: ``norm_data`` or the training data's responses."""
     if cfg.norm_data is None:
         seqs = [s for g in train for s in g.seqs]

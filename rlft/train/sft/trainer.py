@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rlft.data import (
     IGNORE_INDEX,
     Example,
+    PromptRecord,
     collate_sft,
     encode_sft,
     load_records,
@@ -43,6 +44,9 @@ from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps
 from rlft.train.common.epochs import model_length_limits, shuffle_seed, start_training
 from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.sft.config import SFTConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "EvalSet",
@@ -91,7 +95,7 @@ PACKABLE_MODEL_TYPES = frozenset(
 PACKABLE_ATTENTION = frozenset({"eager", "sdpa"})
 
 
-def packing_blocker(model: Any) -> str | None:
+def packing_blocker(model: PreTrainedModel) -> str | None:
     """Why packed SFT rows would not be exact for ``model`` (the unpacked loss and gradients), or None.
 
     Packing separates examples by ``position_ids`` alone (see :func:`token_loss_sum`), which is exact only
@@ -115,14 +119,14 @@ def packing_blocker(model: Any) -> str | None:
     return None
 
 
-def check_packing(model: Any) -> None:
+def check_packing(model: PreTrainedModel) -> None:
     """Raise a one-line :class:`ConfigError` when :func:`packing_blocker` refuses ``model``."""
     reason = packing_blocker(model)
     if reason is not None:
         raise ConfigError(f"config key 'pack': packed rows would not be exact: {reason}; set pack: false")
 
 
-def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+def token_loss_sum(model: PreTrainedModel, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropies over label positions, number of those positions).
 
     Labels are aligned with ``input_ids`` (HF convention): logits at t are scored against labels[t+1].
@@ -152,7 +156,7 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int
 
 @torch.no_grad()
 def evaluate_sft(
-    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int = 32
+    model: PreTrainedModel, examples: Sequence[Example], pad_id: int, batch_size: int = 32
 ) -> dict[str, float]:
     """Token-weighted mean loss and perplexity of ``examples`` (no packing, so no cross-example effects)."""
     was_training = model.training
@@ -169,8 +173,8 @@ def evaluate_sft(
 
 @torch.no_grad()
 def generation_metrics(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     eval_set: EvalSet,
     max_new_tokens: int = 16,
     batch_size: int = 128,
@@ -194,7 +198,7 @@ def generation_metrics(
 # --- data -------------------------------------------------------------------------------------------------
 
 
-def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:
+def load_eval_set(cfg: SFTConfig, tokenizer: PreTrainedTokenizerBase) -> EvalSet | None:
     """Eval data: ``eval_data``, or the eval split of a built-in task; None when there is neither."""
     source = cfg.eval_data or (cfg.data if cfg.data.startswith("task:") else None)
     if source is None:
@@ -206,7 +210,10 @@ def load_eval_set(cfg: SFTConfig, tokenizer: Any) -> EvalSet | None:
     eval_set = EvalSet(examples=examples)
     task = task_of(source)
     if cfg.eval_generate and task is not None:
-        prompts = load_records(source, fmt="prompt_only", split="eval", limit=cfg.eval_samples)
+        # fmt="prompt_only" validates every record into that shape
+        prompts = cast(
+            list[PromptRecord], load_records(source, fmt="prompt_only", split="eval", limit=cfg.eval_samples)
+        )
         eval_set.task = task
         eval_set.prompts = [r.prompt for r in prompts]
         keys = set().union(*(r.extra for r in prompts))
