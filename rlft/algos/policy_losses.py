@@ -10,6 +10,7 @@ estimate of KL(π_old‖π_θ).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -135,49 +136,35 @@ def gspo_loss(
     aggregation: str = "seq-mean-token-mean",
     normalizer: float | None = None,
     max_len: int | None = None,
+    token_level: bool = False,
 ) -> tuple[Tensor, Diagnostics]:
     """GSPO: clip the sequence ratio s_i = exp((1/|y_i|) Σ_t log r_{i,t}) (Zheng et al., arXiv 2507.18071).
 
     ℓ_i = max(−s_i Â_i, −clip(s_i, 1−ε_low, 1+ε_high) Â_i), broadcast to tokens; with seq-mean-token-mean
     this is the mean over sequences, and every token of a sequence gets the same gradient weight.
     Example: log-ratios [0.1, −0.2, 0.4] ⇒ s = 1.105171; Â = +1 ⇒ clipped at 1.0004, zero gradient.
+
+    ``token_level=True`` is GSPO-token (§4.3, registered as ``gspo_token``): s_{i,t} = sg[s_i] ·
+    π_θ(y_{i,t}) / sg[π_θ(y_{i,t})]. Its value is s_i and, when Â_{i,t} = Â_i, its loss and gradient equal
+    GSPO's under every aggregation, including where s_i is clipped or log s_i is capped at 10 (both give
+    zero gradient, as in GSPO and verl); it exists so that per-token advantages can be supplied. Computed
+    in log space like verl: log s_{i,t} = log r_{i,t} − sg[log r_{i,t}] + sg[log s_i], capped at 10.
     """
     mask = mask.to(logp.dtype)
     log_ratio = _log_ratio(logp, old_logp)
     log_s = _sequence_log_ratio(log_ratio, mask)
+    if token_level:
+        # The cap goes on the sum, not on log s_i first: a capped log s_i would sit exactly on the clamp's
+        # boundary, where its gradient passes. The clamped log r (not log π) zeroes the gradient of a token
+        # whose log-ratio passed ±20, as GSPO's mean does.
+        log_s = log_ratio - log_ratio.detach() + log_s.detach()
     return _clip_sequence_ratio(
         log_s, log_ratio, advantages, mask, clip_low, clip_high, aggregation, normalizer, max_len
     )
 
 
-@POLICY_LOSSES.register("gspo_token")
-def gspo_token_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: float = 3e-4,
-    clip_high: float = 4e-4,
-    aggregation: str = "seq-mean-token-mean",
-    normalizer: float | None = None,
-    max_len: int | None = None,
-) -> tuple[Tensor, Diagnostics]:
-    """GSPO-token: s_{i,t} = sg[s_i] · π_θ(y_{i,t}) / sg[π_θ(y_{i,t})] (arXiv 2507.18071 §4.3).
-
-    Its value is s_i and, when Â_{i,t} = Â_i, its loss and gradient equal GSPO's under every aggregation,
-    including where s_i is clipped or log s_i is capped at 10 (both give zero gradient, as in GSPO and
-    verl); it exists so that per-token advantages can be supplied. Computed in log space like verl:
-    log s_{i,t} = log r_{i,t} − sg[log r_{i,t}] + sg[log s_i], capped at 10.
-    """
-    mask = mask.to(logp.dtype)
-    log_ratio = _log_ratio(logp, old_logp)
-    # The cap goes on the sum, not on log s_i first: a capped log s_i would sit exactly on the clamp's
-    # boundary, where its gradient passes. The clamped log r (not log π) zeroes the gradient of a token
-    # whose log-ratio passed ±20, as GSPO's mean does.
-    log_s = log_ratio - log_ratio.detach() + _sequence_log_ratio(log_ratio, mask).detach()
-    return _clip_sequence_ratio(
-        log_s, log_ratio, advantages, mask, clip_low, clip_high, aggregation, normalizer, max_len
-    )
+gspo_token_loss = POLICY_LOSSES.register("gspo_token")(functools.partial(gspo_loss, token_level=True))
+"""GSPO-token (arXiv 2507.18071 §4.3): :func:`gspo_loss` with ``token_level=True``."""
 
 
 def sapo_gate(ratio: Tensor, tau: Tensor | float) -> Tensor:
