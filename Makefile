@@ -20,15 +20,13 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check rlft tests benchmarks
-	$(BIN)/mypy rlft/algos rlft/run rlft/control rlft/data rlft/rewards rlft/models rlft/train/common \
-		rlft/train/sft rlft/train/reward rlft/train/preference rlft/commands rlft/cli.py
+	$(BIN)/mypy rlft
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --cov=rlft --cov-report=term
 	$(BIN)/python -m coverage report --include='rlft/algos/*' --fail-under=95
 
 lint: setup
 	$(BIN)/ruff check rlft tests benchmarks
-	$(BIN)/mypy rlft/algos rlft/run rlft/control rlft/data rlft/rewards rlft/models rlft/train/common \
-		rlft/train/sft rlft/train/reward rlft/train/preference rlft/commands rlft/cli.py
+	$(BIN)/mypy rlft
 
 clean:
 	rm -rf $(VENV) .coverage runs

@@ -150,21 +150,24 @@ def _new_run(out_dir: Path, saved_config: object) -> RunDir:
     return run
 
 
-def _stage_outcome(
-    result: EpochsResult | RLResult, run: RunDir, seconds: float, plot: Path | None = None, **figures: Any
+def _finish_stage(
+    result: Any, run: Any, start: float, plot: Path, summary: str, model_label: str, **figures: Any
 ) -> dict[str, Any]:
-    """What a training stage returns: its own ``figures``, then its time, steps, model, run directory and
-    (when it drew one) plot."""
-    out = {
+    """Print a training stage's closing lines (``summary``, its time, run directory, model and plot) and
+    return its ``figures`` with the time, steps, model, run directory and plot."""
+    seconds = time.monotonic() - start
+    print(
+        f"{summary}   time: {seconds:.0f}s\n  run dir:    {run.root}\n  {model_label + ':':<11} {result.model_dir}\n"
+        f"  plot:       {plot}"
+    )
+    return {
         **figures,
         "seconds": seconds,
         "steps": result.steps,
         "model_dir": result.model_dir,
         "run_dir": run.root,
+        "plot": plot,
     }
-    if plot is not None:
-        out["plot"] = plot
-    return out
 
 
 def _print_before_after(
@@ -281,16 +284,13 @@ def rl_demo_stage(
     )
     rows = (("eval_accuracy", "greedy acc"), ("eval_response_len", "response len"))
     _print_before_after("", 24, rows, result)
-    seconds = time.monotonic() - start
-    print(
-        f"held-out prompts: {cfg.eval.samples} (eval split)   time: {seconds:.0f}s\n"
-        f"  run dir:    {run.root}\n  GRPO model: {result.model_dir}\n  plot:       {plot}"
-    )
-    return _stage_outcome(
+    return _finish_stage(
         result,
         run,
-        seconds,
+        start,
         plot,
+        f"held-out prompts: {cfg.eval.samples} (eval split)",
+        "GRPO model",
         before=before.get("eval_accuracy", float("nan")),
         after=after.get("eval_accuracy", float("nan")),
     )
@@ -423,16 +423,13 @@ def dpo_demo_stage(
         ("eval_loss", "DPO loss (held out)"),
     )
     _print_before_after("", 34, rows, result)
-    seconds = time.monotonic() - start
-    print(
-        f"held-out prompts: {len(_eval_prompts())} × {cfg.win_rate_samples} samples   "
-        f"time: {seconds:.0f}s\n  run dir:    {run.root}\n  DPO model:  {result.model_dir}\n"
-        f"  plot:       {plot}"
-    )
-    return _stage_outcome(
+    return _finish_stage(
         result,
         run,
-        seconds,
+        start,
+        plot,
+        f"held-out prompts: {len(_eval_prompts())} × {cfg.win_rate_samples} samples",
+        "DPO model",
         win_rate_before=before.get("eval_win_rate"),
         win_rate_after=after.get("eval_win_rate"),
         gold_before=before.get("eval_gold_score"),
@@ -515,16 +512,13 @@ def ppo_demo_stage(
     sampled = [r["reward_gold"] for r in result.history if "reward_gold" in r]
     if sampled:  # the training samples (τ = 1): first step vs last step
         print(f"{'gold score, sampled (train)':28}{sampled[0]:>10.4f}{sampled[-1]:>10.4f}")
-    seconds = time.monotonic() - start
-    print(
-        f"KL(policy ‖ SFT) per completion at the last step: {kl:.3f}   time: {seconds:.0f}s\n"
-        f"  run dir:    {run.root}\n  PPO model:  {result.model_dir}\n  plot:       {plot}"
-    )
-    return _stage_outcome(
+    return _finish_stage(
         result,
         run,
-        seconds,
+        start,
         plot,
+        f"KL(policy ‖ SFT) per completion at the last step: {kl:.3f}",
+        "PPO model",
         gold_before=before.get("eval_gold_score", float("nan")),
         gold_after=after.get("eval_gold_score", float("nan")),
         sampled_gold_first=sampled[0] if sampled else float("nan"),

@@ -14,6 +14,7 @@ returns the config with every such key filled in, which is what the trainer runs
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -394,7 +395,7 @@ class RLConfig:
             raise bad("kl.estimator", f"one of {', '.join(KL_ESTIMATORS.names())}", cfg.kl.estimator)
         if cfg.kl.controller not in KL_CONTROLLER_NAMES:
             raise bad("kl.controller", f"one of {', '.join(KL_CONTROLLER_NAMES)}", cfg.kl.controller)
-        if cfg.kl.coef < 0:
+        if preset_value(cfg.kl.coef, "kl.coef") < 0:
             raise bad("kl.coef", "a number >= 0", cfg.kl.coef)
         self._validate_kl_placement(cfg)
         if cfg.kl.target <= 0 or cfg.kl.horizon <= 0:
@@ -418,13 +419,13 @@ class RLConfig:
             raise bad("optim.min_lr_ratio", "a number in [0, 1]")
         if not 0 < cfg.optim.adam_beta2 < 1:
             raise bad("optim.adam_beta2", "a number in (0, 1)")
-        if not 0 <= cfg.baseline_alpha <= 1:
+        if not 0 <= preset_value(cfg.baseline_alpha, "baseline_alpha") <= 1:
             raise bad("baseline_alpha", "a number in [0, 1]")
-        if not 0 <= cfg.overlong_buffer < 1:
+        if not 0 <= preset_value(cfg.overlong_buffer, "overlong_buffer") < 1:
             raise bad("overlong_buffer", "a fraction of sampling.max_new_tokens in [0, 1)")
         if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
             raise bad("gamma", "gamma and lam in [0, 1]", (cfg.gamma, cfg.lam))
-        groups_needed = "group_ids" in ESTIMATOR_ARGS.get(cfg.advantage, ())
+        groups_needed = "group_ids" in ESTIMATOR_ARGS.get(preset_value(cfg.advantage, "advantage"), ())
         generations = cfg.sampling.num_generations
         if groups_needed and generations < 2:
             raise bad(
@@ -436,7 +437,7 @@ class RLConfig:
                 "sampling.num_generations", "at least 2 with dynamic_sampling (it filters groups by variance)"
             )
         rows = cfg.sampling.prompts_per_step * generations
-        if cfg.num_minibatches > rows:
+        if preset_value(cfg.num_minibatches, "num_minibatches") > rows:
             raise bad(
                 "num_minibatches",
                 f"at most sampling.prompts_per_step × sampling.num_generations = {rows}",
@@ -465,7 +466,7 @@ class RLConfig:
                 "kl.placement is none (set kl.placement to loss or reward, or kl.controller to fixed)"
             )
 
-    def _validate_ppo(self, cfg: RLConfig, bad: Any) -> None:
+    def _validate_ppo(self, cfg: RLConfig, bad: Callable[..., ConfigError]) -> None:
         """The critic, score shaping and PPO-ptx keys."""
         c = cfg.critic
         if not isinstance(c.init, str) or not c.init:

@@ -17,8 +17,9 @@ V_old (``batch.values``) is computed once per rollout with no gradient; the retu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -28,12 +29,16 @@ from rlft.models.logprobs import response_states
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
 from rlft.train.common.optimizer import adamw
+from rlft.train.online.config import RLConfig
 from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["Critic", "reward_model_dir"]
 
 
-def reward_model_dir(cfg: Any) -> str | None:
+def reward_model_dir(cfg: RLConfig) -> str | None:
     """The run's reward model: ``reward_model``, else the first ``{reward_model: DIR}`` reward spec."""
     if cfg.reward_model:
         return str(cfg.reward_model)
@@ -46,7 +51,7 @@ def reward_model_dir(cfg: Any) -> str | None:
 class Critic:
     """V(s_t) of rollout tokens, the value loss of a micro-batch, and the critic's optimiser."""
 
-    def __init__(self, cfg: Any, policy: nn.Module, log: Any = None):
+    def __init__(self, cfg: RLConfig, policy: PreTrainedModel):
         c = cfg.critic
         self.shared = c.shared_backbone
         self.policy = policy
@@ -56,7 +61,8 @@ class Critic:
         self.share_prompts = cfg.performance.share_prompts
         self.forward = cfg.performance.forward
         self.bf16 = cfg.performance.bf16
-        self.model: nn.Module | None = None
+        self.model: PreTrainedModel | None = None
+        self.head: nn.Module
         if self.shared:
             width = policy.config.get_text_config().hidden_size
             self.head = nn.Linear(width, 1, bias=False)
@@ -81,7 +87,7 @@ class Critic:
                 self.model = load_reward_model(init)[0]
                 self.source = init
             self.model.eval()  # no dropout: V_old and V must describe the same function
-            self.head = self.model.score
+            self.head = self.model.get_submodule("score")
         params = list(self.model.parameters() if self.model is not None else self.head.parameters())
         self.params = [p for p in params if p.requires_grad]
         optim = cfg.optim
@@ -100,7 +106,8 @@ class Critic:
 
     def values_from_states(self, states: Tensor) -> Tensor:
         with torch.autocast("cpu", enabled=False):
-            return self.head(states.float()).squeeze(-1).float()
+            values: Tensor = self.head(states.float()).squeeze(-1).float()
+        return values
 
     def values(self, batch: RolloutBatch, micro: int | None) -> Tensor:
         """(B, R) V(s_t) on response tokens (0 on padding), no gradient: the rollout's V_old."""
@@ -115,15 +122,17 @@ class Critic:
     ) -> tuple[Tensor, dict[str, float]]:
         """Clipped value loss of micro-batch ``mb`` as its share of a mini-batch of ``normalizer`` tokens;
         ``states`` are the actor's (shared backbone), else the critic runs its own body."""
-        mask = mb.loss_mask.to(torch.float32)
+        mask = mb.filled("loss_mask").to(torch.float32)
         v = self.values_from_states(self._states(mb) if states is None else states)
-        loss, diag = value_loss(v, mb.values, mb.returns, mask, self.clip, "token-mean", normalizer)
+        loss, diag = value_loss(
+            v, mb.filled("values"), mb.filled("returns"), mask, self.clip, "token-mean", normalizer
+        )
         return loss, {"value_loss": float(loss.detach()), "vf_clipfrac": float(diag["vf_clipfrac"])}
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, apply_step: Any = None) -> float:
+    def step(self, apply_step: Callable[..., bool] | None = None) -> float:
         """Clip and take the critic's optimiser step, through ``apply_step`` (the trainer's non-finite
         policy) when given; returns the gradient norm before clipping."""
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
@@ -141,7 +150,7 @@ class Critic:
         (self.model or self.head).load_state_dict(state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def save(self, out: Any, tokenizer: Any) -> None:
+    def save(self, out: str | Path, tokenizer: PreTrainedTokenizerBase | None) -> None:
         """The separate critic as a reward-model directory (a shared head lives in the checkpoints only)."""
         if self.model is not None:
             save_reward_model(self.model, tokenizer, out)

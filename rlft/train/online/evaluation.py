@@ -5,15 +5,21 @@ are verifiable)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlft.data import LengthLimits, PromptExample, encode_prompts, load_records
 from rlft.data.lengths import context_length, prompt_budget
-from rlft.data.tasks import task_of
+from rlft.data.tasks import Task, task_of
 from rlft.models import Sampler, SamplingParams
+from rlft.train.online.config import RLConfig
 from rlft.train.online.rollout import score_rows
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from rlft.rewards import RewardSet
 
 __all__ = ["RLEvalSet", "evaluate_policy", "load_eval_set"]
 
@@ -21,10 +27,10 @@ __all__ = ["RLEvalSet", "evaluate_policy", "load_eval_set"]
 @dataclass
 class RLEvalSet:
     examples: list[PromptExample]
-    task: Any = None  # the built-in task whose ``evaluate`` scores completions, if any
+    task: Task | None = None  # the built-in task whose ``evaluate`` scores completions, if any
 
 
-def load_eval_set(cfg: Any, tokenizer: Any) -> RLEvalSet | None:
+def load_eval_set(cfg: RLConfig, tokenizer: PreTrainedTokenizerBase) -> RLEvalSet | None:
     """``eval.data``, or the eval split of a built-in task (disjoint from its train split); else None."""
     source = cfg.eval.data or (cfg.data if cfg.data.startswith("task:") else None)
     if source is None:
@@ -42,7 +48,7 @@ def load_eval_set(cfg: Any, tokenizer: Any) -> RLEvalSet | None:
 
 @torch.no_grad()
 def evaluate_policy(
-    sampler: Sampler, eval_set: RLEvalSet, rewards: Any, cfg: Any, batch_size: int = 256
+    sampler: Sampler, eval_set: RLEvalSet, rewards: RewardSet, cfg: RLConfig, batch_size: int = 256
 ) -> dict[str, float]:
     """Greedy completions of every eval prompt → the task's metrics (``eval_<name>``) and the mean reward."""
     params = SamplingParams(

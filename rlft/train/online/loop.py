@@ -51,7 +51,7 @@ from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, 
 from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.common.optimizer import adamw
 from rlft.train.common.schedule import warmup_cosine_scheduler
-from rlft.train.online.config import RLConfig
+from rlft.train.online.config import RLConfig, preset_value
 from rlft.train.online.critic import Critic
 from rlft.train.online.evaluation import RLEvalSet, evaluate_policy, load_eval_set
 from rlft.train.online.prompt_stream import PromptStream
@@ -112,8 +112,9 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
         model = load_policy(cfg, checkpoint, say)
         stop_at_end_of_turn(model, tokenizer)
         model.eval()  # no dropout: the sampler's log-probs and the loss's must describe the same policy
-        critic = Critic(cfg, model) if needs_critic(cfg.advantage) else None
-        check_advantage(cfg.advantage, has_critic=critic is not None, extra=cfg.advantage_kwargs)
+        advantage = preset_value(cfg.advantage, "advantage")
+        critic = Critic(cfg, model) if needs_critic(advantage) else None
+        check_advantage(advantage, has_critic=critic is not None, extra=cfg.advantage_kwargs)
         if critic is not None:
             say(f"critic: {critic.source}")
         reference = Reference(cfg, model) if cfg.kl.active else None
@@ -139,13 +140,14 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
         scheduler = warmup_cosine_scheduler(
             optimizer, cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.min_lr_ratio
         )
+        kl_coef = preset_value(cfg.kl.coef, "kl.coef")
         kl_ctl = (
-            AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+            AdaptiveKLController(kl_coef, cfg.kl.target, cfg.kl.horizon)
             if cfg.kl.controller == "adaptive"
-            else FixedKLController(cfg.kl.coef)
+            else FixedKLController(kl_coef)
         )
         adv_state = AdvantageState()
-        adv_state.baseline.alpha = cfg.baseline_alpha
+        adv_state.baseline.alpha = preset_value(cfg.baseline_alpha, "baseline_alpha")
         stream = PromptStream(len(examples), cfg.seed)
 
         step = 0
@@ -214,17 +216,17 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                     sampling,
                     cfg.sampling.prompts_per_step,
                     pad_id,
-                    dynamic_sampling=cfg.dynamic_sampling,
-                    max_rounds=cfg.max_sample_rounds,
-                    greedy_baseline=cfg.advantage == "remax",
+                    dynamic_sampling=preset_value(cfg.dynamic_sampling, "dynamic_sampling"),
+                    max_rounds=preset_value(cfg.max_sample_rounds, "max_sample_rounds"),
+                    greedy_baseline=advantage == "remax",
                     seed=rollout_seed(cfg.seed, step),
                 )
                 if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
-                    batch.loss_mask = batch.loss_mask * batch.finished[:, None].to(batch.loss_mask.dtype)
+                    loss_mask = batch.filled("loss_mask")
+                    batch.loss_mask = loss_mask * batch.finished[:, None].to(loss_mask.dtype)
                 if cfg.missing_eos_penalty:  # TRL: a completion cut at max_new_tokens loses this much score
-                    batch.scores = batch.scores - cfg.missing_eos_penalty * (~batch.finished).to(
-                        batch.scores.dtype
-                    )
+                    scores = batch.filled("scores")
+                    batch.scores = scores - cfg.missing_eos_penalty * (~batch.finished).to(scores.dtype)
                 reward = rollout.metrics()["reward"]
                 if not math.isfinite(reward) and not book.control.skips.check(step + 1, reward=reward):
                     # no sample has a reward (e.g. every function returned None): nothing to learn from
@@ -253,7 +255,7 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                     losses,
                     kl_coef=float(kl_ctl.value),
                     ppo_epochs=cfg.optim.ppo_epochs,
-                    num_minibatches=cfg.num_minibatches,
+                    num_minibatches=preset_value(cfg.num_minibatches, "num_minibatches"),
                     micro_batch_size=cfg.optim.micro_batch_size,
                     max_grad_norm=cfg.optim.max_grad_norm,
                     generator=torch.Generator().manual_seed(minibatch_seed(cfg.seed, step)),
@@ -271,7 +273,9 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                     **rollout.metrics(),
                     **kl_metrics,
                     **update,
-                    "advantage_abs_mean": float(masked_mean(batch.advantages.abs(), batch.loss_mask.float())),
+                    "advantage_abs_mean": float(
+                        masked_mean(batch.filled("advantages").abs(), batch.filled("loss_mask").float())
+                    ),
                     "lr": lr,
                     "time_sample": rollout.time_sample,
                     "time_score": rollout.time_score,

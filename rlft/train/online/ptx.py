@@ -11,17 +11,21 @@ loss on prompt/completion records). The data position is part of the checkpoint 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
 from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
 from rlft.data.lengths import cap_length, context_length
 from rlft.models.precision import bf16_autocast
+from rlft.run import ConfigError
 from rlft.run.seeding import ptx_stream_seed
+from rlft.train.online.config import RLConfig
 from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.sft.trainer import token_loss_sum
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["PtxData"]
 
@@ -29,11 +33,13 @@ __all__ = ["PtxData"]
 class PtxData:
     """Batches of ``cfg.ptx.data`` in a seeded order and their loss ``ptx.coef``·NLL."""
 
-    def __init__(self, cfg: Any, tokenizer: Any):
+    def __init__(self, cfg: RLConfig, tokenizer: PreTrainedTokenizerBase):
         limits = LengthLimits(
             max_total_tokens=cap_length(cfg.ptx.max_tokens, context_length(cfg.model, tokenizer)),
             overflow="truncate",
         )
+        if cfg.ptx.data is None:
+            raise ConfigError("config key 'ptx.data': expected a data source (ptx.coef > 0), got None")
         records = load_records(cfg.ptx.data, fmt=cfg.ptx.format)
         self.examples = encode_sft(records, tokenizer, limits)
         if len(self.examples) == 0:
@@ -47,7 +53,7 @@ class PtxData:
     def next_batch(self) -> dict[str, Any]:
         return collate_sft([self.examples[i] for i in self.stream.take(self.batch_size)], self.pad_id)
 
-    def loss(self, model: torch.nn.Module) -> tuple[Tensor, float]:
+    def loss(self, model: PreTrainedModel) -> tuple[Tensor, float]:
         """(ptx.coef · token-mean NLL of the next batch, the NLL) for one optimiser step."""
         with bf16_autocast(self.bf16):
             total, n = token_loss_sum(model, self.next_batch())

@@ -15,7 +15,7 @@ import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,10 +31,15 @@ from rlft.algos import (
     shaped_token_rewards,
 )
 from rlft.data import PromptExample
+from rlft.data.formats import Prompt
 from rlft.models import Sampler, SamplingParams
 from rlft.run import ConfigError
+from rlft.train.online.config import RLConfig, preset_value
 from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.rollout_batch import RolloutBatch
+
+if TYPE_CHECKING:
+    from rlft.rewards import RewardResult, RewardSet
 
 __all__ = [
     "DynamicSamplingError",
@@ -113,7 +118,9 @@ def zero_variance_groups(scores: Tensor, group_ids: Tensor) -> Tensor:
     return (hi == lo)[inverse]
 
 
-def _rows(examples: Sequence[PromptExample], prompt_index: Tensor) -> tuple[list[Any], dict[str, list[Any]]]:
+def _rows(
+    examples: Sequence[PromptExample], prompt_index: Tensor
+) -> tuple[list[Prompt], dict[str, Sequence[object]]]:
     """Prompts and extra fields (``answer`` …) repeated to one per completion."""
     chosen = [examples[int(i)] for i in prompt_index]
     keys = sorted(set().union(*(e.extra for e in chosen)))
@@ -121,8 +128,12 @@ def _rows(examples: Sequence[PromptExample], prompt_index: Tensor) -> tuple[list
 
 
 def score_rows(
-    rewards: Any, examples: Sequence[PromptExample], prompt_index: Tensor, texts: list[str], lengths: Tensor
-) -> Any:
+    rewards: RewardSet,
+    examples: Sequence[PromptExample],
+    prompt_index: Tensor,
+    texts: list[str],
+    lengths: Tensor,
+) -> RewardResult:
     """The reward set's result for completions ``texts`` of prompts ``prompt_index``."""
     prompts, rows = _rows(examples, prompt_index)
     return rewards(prompts, texts, rows=rows, completion_lengths=lengths.tolist())
@@ -151,7 +162,7 @@ def sample_round(
 
 def collect_rollout(
     sampler: Sampler,
-    rewards: Any,
+    rewards: RewardSet,
     examples: Sequence[PromptExample],
     stream: PromptStream,
     params: SamplingParams,
@@ -319,8 +330,8 @@ def estimate_advantages(
     rewards (RLHF-PPO's ±c). ``extra`` (``advantage_kwargs``) is passed on, over the trainer's inputs."""
     fn = ADVANTAGES.get(name)
     args = estimator_args(name)
-    mask = batch.loss_mask.to(torch.float32)
-    scores = batch.scores
+    mask = batch.filled("loss_mask").to(torch.float32)
+    scores = batch.filled("scores")
     if kl is not None:
         kl = kl * mask
     token_rewards = None
@@ -360,7 +371,9 @@ def estimate_advantages(
     return advantages.to(torch.float32) * mask, returns, token_rewards
 
 
-def advantage_step(cfg: Any, batch: RolloutBatch, kl_coef: float, state: AdvantageState) -> dict[str, float]:
+def advantage_step(
+    cfg: RLConfig, batch: RolloutBatch, kl_coef: float, state: AdvantageState
+) -> dict[str, float]:
     """The estimate stage of the loop, from a batch whose log-probs, scores (and values) are filled in:
 
         KL_t     = k(π_old, π_ref) on response tokens                        (when ``batch.ref_logp`` is set)
@@ -376,7 +389,9 @@ def advantage_step(cfg: Any, batch: RolloutBatch, kl_coef: float, state: Advanta
     mask = batch.response_mask.to(torch.float32)
     if batch.ref_logp is not None:
         rollout_logp = batch.old_logp if batch.old_logp is not None else batch.sampler_logp
-        kl_tokens = kl_estimate(cfg.kl.estimator, rollout_logp, batch.ref_logp) * mask
+        kl_tokens = (
+            kl_estimate(preset_value(cfg.kl.estimator, "kl.estimator"), rollout_logp, batch.ref_logp) * mask
+        )
         k1_seq = (kl_estimate("k1", rollout_logp, batch.ref_logp) * mask).sum(-1)
         metrics = {
             "kl_ref": float(masked_mean(kl_tokens, mask)),
@@ -386,27 +401,27 @@ def advantage_step(cfg: Any, batch: RolloutBatch, kl_coef: float, state: Advanta
         if cfg.kl.placement == "reward":
             kl_in_reward = kl_tokens
     batch.advantages, batch.returns, batch.token_rewards = estimate_advantages(
-        cfg.advantage,
+        preset_value(cfg.advantage, "advantage"),
         batch,
         kl=kl_in_reward,
         kl_coef=kl_coef,
         gamma=cfg.gamma,
         lam=cfg.lam,
-        scale=cfg.scale_rewards,
+        scale=preset_value(cfg.scale_rewards, "scale_rewards"),
         unbiased=cfg.std_unbiased,
         state=state,
         extra=cfg.advantage_kwargs,
         score_clip=cfg.score_clip,
     )
-    loss_mask = batch.loss_mask.to(torch.float32)
+    loss_mask = batch.filled("loss_mask").to(torch.float32)
     if batch.values is not None:
         returns = batch.returns if batch.returns is not None else batch.advantages + batch.values
-        metrics["score"] = float(batch.scores.mean())
+        metrics["score"] = float(batch.filled("scores").mean())
         metrics["value_mean"] = float(masked_mean(batch.values, loss_mask))
         metrics["return_mean"] = float(masked_mean(returns, loss_mask))
         metrics["explained_variance"] = explained_variance(batch.values, returns, loss_mask)
     if kl_in_reward is not None:
-        metrics["score"] = float(batch.scores.mean())
+        metrics["score"] = float(batch.filled("scores").mean())
         metrics["non_score_reward"] = float((-kl_coef * kl_in_reward * loss_mask).sum(-1).mean())
     if cfg.whiten_advantages and float(loss_mask.sum()) >= 2:
         batch.advantages = masked_whiten(batch.advantages, loss_mask)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,6 +25,17 @@ from torch import Tensor
 from rlft.models.logprobs import Responses
 
 __all__ = ["RolloutBatch", "by_micro_batch"]
+
+# The stage that fills each field that starts as None (named when a stage reads it before that one ran).
+FILLED_BY = {
+    "scores": "score",
+    "baseline_scores": "score (ReMax's greedy baseline)",
+    "loss_mask": "score",
+    "ref_logp": "ref (a KL term)",
+    "values": "ref (a critic)",
+    "advantages": "estimate",
+    "returns": "estimate",
+}
 
 
 @dataclass
@@ -46,6 +58,14 @@ class RolloutBatch:
     advantages: Tensor | None = None  # (B, R)
     returns: Tensor | None = None  # (B, R)
 
+    def filled(self, name: str) -> Tensor:
+        """The field ``name`` that a stage fills (:data:`FILLED_BY`); a RuntimeError naming that stage
+        when it has not run."""
+        value: Tensor | None = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"RolloutBatch.{name} is not set: the {FILLED_BY[name]} stage has not run")
+        return value
+
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
@@ -63,7 +83,9 @@ class RolloutBatch:
     def select(self, rows: Tensor | list[int]) -> RolloutBatch:
         """The rows ``rows`` (every tensor field indexed along dim 0)."""
         index = torch.as_tensor(rows, dtype=torch.long)
-        return RolloutBatch(**{k: None if v is None else v.index_select(0, index) for k, v in self._fields()})
+        return RolloutBatch._of(
+            {k: None if v is None else v.index_select(0, index) for k, v in self._fields()}
+        )
 
     def trimmed(self) -> RolloutBatch:
         """The same rows without all-padding columns (prompt columns on the left, response on the right).
@@ -73,17 +95,23 @@ class RolloutBatch:
         p_keep = int(self.prompt_mask.sum(-1).max()) if len(self) else 0
         r_keep = max(int(self.response_mask.sum(-1).max()) if len(self) else 0, 1)
         p_drop = self.prompt_ids.shape[1] - max(p_keep, 1)
-        out = {}
+        out: dict[str, Tensor | None] = {}
         for name, value in self._fields():
             if value is not None and name in ("prompt_ids", "prompt_mask"):
                 value = value[:, p_drop:]
             elif value is not None and value.ndim == 2:
                 value = value[:, :r_keep]
             out[name] = value
-        return RolloutBatch(**out)
+        return RolloutBatch._of(out)
 
     def _fields(self) -> list[tuple[str, Tensor | None]]:
         return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+    @staticmethod
+    def _of(fields: dict[str, Tensor | None]) -> RolloutBatch:
+        """A batch of every field by name (the always-set ones are set whenever the source batch's were)."""
+        kwargs: dict[str, Any] = fields
+        return RolloutBatch(**kwargs)
 
     @staticmethod
     def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
@@ -112,7 +140,7 @@ class RolloutBatch:
                 out[f.name] = torch.cat([_pad_right(p, r_width, fill) for p in parts])
             else:
                 out[f.name] = torch.cat(parts)
-        return RolloutBatch(**out)
+        return RolloutBatch._of(out)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -21,12 +21,17 @@ from rlft.train.online.config import RLConfig
 from rlft.train.online.critic import reward_model_dir
 from rlft.train.online.rollout import needs_critic
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 __all__ = [
     "describe_adapters",
     "describe_algorithm",
     "linear_layers",
     "load_policy",
     "lora_targets",
+    "peft_policy",
     "reward_specs",
     "save_final",
 ]
@@ -63,7 +68,7 @@ def describe_algorithm(cfg: RLConfig) -> str:
             f"critic ({'shared backbone' if r.critic.shared_backbone else 'init ' + r.critic.init}, "
             f"ε_v={r.critic.value_clip}, γ={r.gamma:g}, λ={r.lam:g})"
         )
-        if r.advantage in ADVANTAGES and needs_critic(r.advantage)
+        if r.advantage is not None and r.advantage in ADVANTAGES and needs_critic(r.advantage)
         else "",
         f"ptx {r.ptx.coef:g}·NLL({r.ptx.data})" if r.ptx.coef else "",
         f"lr={r.optim.lr:g}",
@@ -157,9 +162,13 @@ def describe_adapters(model: torch.nn.Module, target_modules: list[str] | str) -
 
 def load_policy(
     cfg: RLConfig, checkpoint: Path | None, log: Callable[[str], None] | None = None
-) -> torch.nn.Module:
+) -> PreTrainedModel:
     """The policy: ``cfg.model`` (or ``checkpoint``), or under ``lora`` the base with PEFT adapters (fresh,
-    or the checkpoint's), the adapted layers reported through ``log`` in one line."""
+    or the checkpoint's), the adapted layers reported through ``log`` in one line.
+
+    The PEFT model is returned as the model it wraps: it stands in for it everywhere (its forward,
+    ``generate``, ``config`` and every other attribute reach the base model); :func:`peft_policy` gives
+    it back as a ``PeftModel`` where the adapters themselves are used."""
     if cfg.lora is None:
         return load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
     try:
@@ -172,12 +181,14 @@ def load_policy(
     if checkpoint is not None:
         model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
         say(describe_adapters(model, targets))
-        return model
+        return cast("PreTrainedModel", model)
     from transformers.pytorch_utils import Conv1D
 
     lora = LoraConfig(
         r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
+        # PEFT annotates lora_alpha as int, but only divides by it (scaling = lora_alpha / r): a float is
+        # what the config takes, and what PEFT computes with.
+        lora_alpha=cfg.lora.alpha,  # type: ignore[arg-type]
         lora_dropout=cfg.lora.dropout,
         target_modules=lora_targets(base, targets),
         # Conv1D (GPT-2) stores its weight transposed; PEFT would flip this per layer with a warning.
@@ -189,10 +200,21 @@ def load_policy(
     except ValueError as err:  # e.g. a name that matches a module PEFT cannot adapt (a norm, a block)
         raise ConfigError(f"config key 'lora.target_modules': {str(err).splitlines()[0]}") from None
     say(describe_adapters(model, targets))
+    return cast("PreTrainedModel", model)
+
+
+def peft_policy(model: torch.nn.Module) -> PeftModel:
+    """``model``, the policy :func:`load_policy` made under ``lora``, as the ``PeftModel`` it is."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected a policy with LoRA adapters (peft.PeftModel), got {type(model).__name__}")
     return model
 
 
-def save_final(model: torch.nn.Module, tokenizer: Any, out: Path, lora: bool) -> None:
+def save_final(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path, lora: bool
+) -> None:
     if lora:  # a plain HF model: adapters merged into the base weights
-        model = model.merge_and_unload()
+        model = peft_policy(model).merge_and_unload()
     save_pretrained_atomic(model, tokenizer, out)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,8 +32,14 @@ from rlft.models.forward_path import ForwardPlan
 from rlft.models.fused.frozen import FrozenForward
 from rlft.models.logprobs import logprobs_from_states, response_states, rollout_logprobs
 from rlft.run import ConfigError
-from rlft.train.online.config import RLConfig
+from rlft.train.online.config import RLConfig, preset_value
+from rlft.train.online.critic import Critic
+from rlft.train.online.ptx import PtxData
 from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
+from rlft.train.online.setup import peft_policy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "POLICY_LOSS_ARGS",
@@ -48,7 +54,7 @@ __all__ = [
 ]
 
 
-def _cfg(cfg: Any, *keys: str) -> dict[str, Any]:
+def _cfg(cfg: RLConfig, *keys: str) -> dict[str, Any]:
     """{key: cfg.key}: config keys that a policy loss takes under the same name."""
     return {key: getattr(cfg, key) for key in keys}
 
@@ -56,7 +62,7 @@ def _cfg(cfg: Any, *keys: str) -> dict[str, Any]:
 # Policy loss → the config values it gets (besides the data, aggregation, normaliser, L_max and
 # loss_kwargs), one line per loss. dual_clip 0 means off: ppo_clip's "off" is None, while DCPO always
 # dual-clips (at max(c, max_ratio)), so it gets the 0 as is.
-POLICY_LOSS_ARGS: dict[str, Callable[[Any], dict[str, Any]]] = {
+POLICY_LOSS_ARGS: dict[str, Callable[[RLConfig], dict[str, Any]]] = {
     "ppo_clip": lambda c: {**_cfg(c, "clip_low", "clip_high"), "dual_clip": c.dual_clip or None},
     "gspo": lambda c: _cfg(c, "clip_low", "clip_high"),
     "gspo_token": lambda c: _cfg(c, "clip_low", "clip_high"),
@@ -68,14 +74,15 @@ POLICY_LOSS_ARGS: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
-def policy_loss_args(cfg: Any) -> dict[str, Any]:
+def policy_loss_args(cfg: RLConfig) -> dict[str, Any]:
     """The config values ``cfg.policy_loss`` gets (its :data:`POLICY_LOSS_ARGS` line)."""
-    POLICY_LOSSES.get(cfg.policy_loss)  # an unknown name fails here, listing the registered ones
+    name = preset_value(cfg.policy_loss, "policy_loss")
+    POLICY_LOSSES.get(name)  # an unknown name fails here, listing the registered ones
     try:
-        args = POLICY_LOSS_ARGS[cfg.policy_loss]
+        args = POLICY_LOSS_ARGS[name]
     except KeyError:
         raise ConfigError(
-            f"policy loss {cfg.policy_loss!r} is registered in rlft.algos.POLICY_LOSSES but has no line in "
+            f"policy loss {name!r} is registered in rlft.algos.POLICY_LOSSES but has no line in "
             "rlft.train.online.update.POLICY_LOSS_ARGS saying which config values it gets"
         ) from None
     return args(cfg)
@@ -130,24 +137,25 @@ class LossSettings:
         )
 
 
-def loss_settings(cfg: Any, plan: ForwardPlan | None = None) -> LossSettings:
+def loss_settings(cfg: RLConfig, plan: ForwardPlan | None = None) -> LossSettings:
     """LossSettings of a resolved RLConfig: the policy loss gets the config values of its
     :data:`POLICY_LOSS_ARGS` line, then ``loss_kwargs``, checked against the loss's own parameters. The
     policy's passes take the path the run's ``plan`` chose (no plan: each pass applies the config's
     ``forward`` option itself, as a unit test of the loss does)."""
     kwargs = policy_loss_args(cfg)
-    params = inspect.signature(POLICY_LOSSES.get(cfg.policy_loss)).parameters
+    policy_loss = preset_value(cfg.policy_loss, "policy_loss")
+    params = inspect.signature(POLICY_LOSSES.get(policy_loss)).parameters
     for key, value in cfg.loss_kwargs.items():
         if key not in params:
-            raise ConfigError(f"config key 'loss_kwargs': policy loss {cfg.policy_loss!r} takes no {key!r}")
+            raise ConfigError(f"config key 'loss_kwargs': policy loss {policy_loss!r} takes no {key!r}")
         kwargs[key] = value
     return LossSettings(
-        policy_loss=cfg.policy_loss,
+        policy_loss=policy_loss,
         loss_kwargs=kwargs,
-        aggregation=cfg.aggregation,
+        aggregation=preset_value(cfg.aggregation, "aggregation"),
         max_len=cfg.sampling.max_new_tokens,
         kl_in_loss=cfg.kl.placement == "loss" and cfg.kl.active,
-        kl_estimator=cfg.kl.estimator,
+        kl_estimator=preset_value(cfg.kl.estimator, "kl.estimator"),
         entropy_coef=cfg.entropy_coef,
         temperature=cfg.sampling.temperature,
         bf16=cfg.performance.bf16,
@@ -178,7 +186,7 @@ def micro_batch_loss(
     s: LossSettings,
     kl_coef: float,
     normalizer: float,
-    critic: Any = None,
+    critic: Critic | None = None,
     value_normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of micro-batch ``mb`` as its share of a mini-batch whose normaliser is ``normalizer``:
@@ -190,22 +198,29 @@ def micro_batch_loss(
     With a shared-backbone ``critic`` the value head reads the same hidden states and vf_coef·L^VF joins
     the loss.
     """
-    mask = mb.loss_mask.to(torch.float32)
+    loss_mask = mb.filled("loss_mask")
+    mask = loss_mask.to(torch.float32)
     want_entropy = s.entropy_coef > 0 or s.log_entropy
-    shared_critic = critic is not None and critic.shared
-    entropy = {"entropy": want_entropy, "entropy_grad": s.entropy_coef > 0}
-    if shared_critic:
+    entropy_grad = s.entropy_coef > 0
+    states = None
+    if critic is not None and critic.shared:
         states = s.states(model, mb)
         logp, ent = logprobs_from_states(
-            model, states, mb.response_ids, mb.loss_mask, temperature=s.temperature, **entropy
+            model,
+            states,
+            mb.response_ids,
+            loss_mask,
+            temperature=s.temperature,
+            entropy=want_entropy,
+            entropy_grad=entropy_grad,
         )
     else:
-        logp, ent = s.logprobs(model, mb, mb.loss_mask, **entropy)
+        logp, ent = s.logprobs(model, mb, loss_mask, entropy=want_entropy, entropy_grad=entropy_grad)
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
     pg_loss, diag = POLICY_LOSSES.get(s.policy_loss)(
         logp,
         old,
-        mb.advantages,
+        mb.filled("advantages"),
         mask,
         aggregation=s.aggregation,
         normalizer=normalizer,
@@ -216,7 +231,7 @@ def micro_batch_loss(
     stats = {k: float(v) for k, v in diag.items()}
     stats["pg_loss"] = float(pg_loss.detach())
     if s.kl_in_loss:
-        kl = kl_estimate(s.kl_estimator, logp, mb.ref_logp)
+        kl = kl_estimate(s.kl_estimator, logp, mb.filled("ref_logp"))
         kl_term = aggregate(kl, mask, s.aggregation, normalizer, s.max_len)
         loss = loss + kl_coef * kl_term
         stats["kl_loss"] = float(kl_term.detach())
@@ -226,7 +241,9 @@ def micro_batch_loss(
             loss = loss - s.entropy_coef * ent_term  # the entropy bonus of PPO's objective
         with torch.no_grad():
             stats["entropy"] = float((ent * mask).sum() / mask.sum().clamp(min=1))
-    if shared_critic:
+    if critic is not None and states is not None:  # the shared-backbone critic
+        if value_normalizer is None:
+            raise ValueError("micro_batch_loss: a shared-backbone critic needs value_normalizer")
         v_loss, v_stats = critic.loss(mb, value_normalizer, states)
         loss = loss + critic.vf_coef * v_loss
         stats.update(v_stats)
@@ -237,7 +254,7 @@ def _micro_batches(mb: RolloutBatch, size: int | None) -> list[RolloutBatch]:
     """``mb`` cut into micro-batches of ``size`` rows of similar length, padding columns trimmed."""
     if size is None or size >= len(mb):
         return [mb.trimmed()]
-    order = torch.argsort(mb.loss_mask.sum(-1), stable=True)
+    order = torch.argsort(mb.filled("loss_mask").sum(-1), stable=True)
     return [mb.select(chunk).trimmed() for chunk in order.split(size)]
 
 
@@ -253,7 +270,7 @@ class Reference:
 
     def __init__(self, cfg: RLConfig, policy: torch.nn.Module):
         self.policy = policy
-        self.model = None
+        self.model: PreTrainedModel | None = None
         self.frozen: FrozenForward | None = None
         self.forward: str | None = None  # None: the policy's own passes (adapters disabled)
         if cfg.lora is None or cfg.ref_model is not None:
@@ -268,13 +285,14 @@ class Reference:
 
     def logprobs(self, batch: RolloutBatch, s: LossSettings, micro: int | None) -> torch.Tensor:
         """(B, R) log π_ref of every response token, no gradient, ``micro`` rows at a time."""
-        if self.model is not None:
+        model = self.model
+        if model is not None:
             return by_micro_batch(
                 batch,
                 micro,
-                lambda mb: s.logprobs(self.model, mb, mb.response_mask, self.frozen, forward=self.forward)[0],
+                lambda mb: s.logprobs(model, mb, mb.response_mask, self.frozen, forward=self.forward)[0],
             )
-        with self.policy.disable_adapter():
+        with peft_policy(self.policy).disable_adapter():
             return by_micro_batch(batch, micro, lambda mb: s.logprobs(self.policy, mb, mb.response_mask)[0])
 
 
@@ -282,11 +300,13 @@ def old_logprobs(
     model: torch.nn.Module, batch: RolloutBatch, s: LossSettings, micro_batch_size: int | None
 ) -> Tensor:
     """log π_old at the loss positions, recomputed with the rollout weights (one no-grad pass)."""
-    return by_micro_batch(batch, micro_batch_size, lambda mb: s.logprobs(model, mb, mb.loss_mask)[0])
+    return by_micro_batch(
+        batch, micro_batch_size, lambda mb: s.logprobs(model, mb, mb.filled("loss_mask"))[0]
+    )
 
 
 def old_policy_logprobs(
-    cfg: Any, model: torch.nn.Module, batch: RolloutBatch, s: LossSettings
+    cfg: RLConfig, model: torch.nn.Module, batch: RolloutBatch, s: LossSettings
 ) -> Tensor | None:
     """π_old of the ratio r = π_θ / π_old, chosen once per step:
 
@@ -303,7 +323,7 @@ def old_policy_logprobs(
 
 
 def policy_update(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     params: list[Tensor],
     batch: RolloutBatch,
@@ -315,8 +335,8 @@ def policy_update(
     micro_batch_size: int | None,
     max_grad_norm: float,
     generator: torch.Generator,
-    critic: Any = None,
-    ptx: Any = None,
+    critic: Critic | None = None,
+    ptx: PtxData | None = None,
     apply_step: Callable[..., bool] | None = None,
 ) -> dict[str, float]:
     """μ passes over ``batch`` in ``num_minibatches`` shuffled mini-batches, one optimiser step each.
@@ -329,7 +349,7 @@ def policy_update(
     ``critic`` (:class:`~rlft.train.online.critic.Critic`): its value loss on the same mini-batches,
     token-mean, with its own optimiser step. ``ptx`` (:class:`~rlft.train.online.ptx.PtxData`):
     + ptx.coef·NLL of one ptx batch in every actor step."""
-    rows = (batch.loss_mask.sum(-1) > 0).nonzero().flatten()
+    rows = (batch.filled("loss_mask").sum(-1) > 0).nonzero().flatten()
     if rows.numel() == 0:
         return {}
     sums, critic_sums, grad_norms, critic_norms = _Sums(), _Sums(), [], []
@@ -339,8 +359,9 @@ def policy_update(
         shuffled = rows[torch.randperm(rows.numel(), generator=generator)]
         for mb_rows in shuffled.tensor_split(min(num_minibatches, rows.numel())):
             mb = batch.select(mb_rows)
-            normalizer = global_normalizer(mb.loss_mask.to(torch.float32), s.aggregation)
-            v_normalizer = global_normalizer(mb.loss_mask.to(torch.float32), "token-mean")
+            mb_mask = mb.filled("loss_mask").to(torch.float32)
+            normalizer = global_normalizer(mb_mask, s.aggregation)
+            v_normalizer = global_normalizer(mb_mask, "token-mean")
             micros = _micro_batches(mb, micro_batch_size)
             optimizer.zero_grad(set_to_none=True)
             if critic is not None:
@@ -354,7 +375,7 @@ def policy_update(
                 for key in ("loss", "pg_loss", "kl_loss", "value_loss"):
                     if key in stats:
                         totals[key] = totals.get(key, 0.0) + stats.pop(key)
-                sums.add(float(micro.loss_mask.sum()), **stats)
+                sums.add(float(micro.filled("loss_mask").sum()), **stats)
             if ptx is not None:
                 ptx_loss, nll = ptx.loss(model)
                 ptx_loss.backward()
@@ -372,7 +393,7 @@ def policy_update(
                         v_loss, v_stats = critic.loss(micro, v_normalizer)
                         v_loss.backward()
                         totals["value_loss"] = totals.get("value_loss", 0.0) + v_stats.pop("value_loss")
-                        critic_sums.add(float(micro.loss_mask.sum()), **v_stats)
+                        critic_sums.add(float(micro.filled("loss_mask").sum()), **v_stats)
                 critic_norms.append(critic.step(apply_step))
             n_steps += 1
     out = {**sums.means(), **critic_sums.means()}
