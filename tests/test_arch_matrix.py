@@ -361,25 +361,14 @@ def test_cache_is_passed_without_deprecated_arguments(zoo, arch) -> None:
 
     from rlft.models import SamplingParams, sample
     from rlft.models.logprobs import response_states
-    from rlft.train import RolloutBatch
 
     model, tokenizer = load_causal_lm(str(zoo[arch])), load_tokenizer(str(zoo[arch]))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*")
         rollout = sample(model, tokenizer, ["hi", "what is"], SamplingParams(max_new_tokens=3, n=2, seed=0))
-        batch = RolloutBatch(
-            prompt_ids=rollout.prompt_ids,
-            prompt_mask=rollout.prompt_mask,
-            response_ids=rollout.response_ids,
-            response_mask=rollout.response_mask,
-            finished=rollout.finished,
-            group_ids=rollout.group_ids,
-            prompt_index=rollout.group_ids,
-            sampler_logp=rollout.logprobs,
-        )
         with torch.no_grad():
-            shared = response_states(model, batch.responses, share_prompts=True, forward="hf", frozen=None)
-            plain = response_states(model, batch.responses, share_prompts=False, forward="hf", frozen=None)
+            shared = response_states(model, rollout.responses, share_prompts=True, forward="hf", frozen=None)
+            plain = response_states(model, rollout.responses, share_prompts=False, forward="hf", frozen=None)
     keep = rollout.response_mask.bool()
     torch.testing.assert_close(shared[keep], plain[keep], atol=2e-5, rtol=1e-5)
 

@@ -18,7 +18,6 @@ from rlft.models.forward_path import (
     plan_for,
     record_forward,
 )
-from rlft.models.fused.frozen import packed_reference
 from rlft.models.fused.kernels import kernels
 from rlft.models.fused.llama_decoder import fast_path_blocker
 from rlft.models.fused.llama_forward import use_fused_forward
@@ -116,7 +115,7 @@ def test_plan_agrees_with_the_predicates_the_paths_call(request, name, forward, 
     model = request.getfixturevalue(name)
     plan = forward_plan(model, forward=forward, bf16=bf16, reference=model)
     assert (plan.training == "fused") == use_fused_forward(model, forward)
-    assert (plan.reference == "packed") == (packed_reference(model, forward, bf16) is not None)
+    assert (plan.reference == "packed") == use_fused_forward(model, forward)  # rollouts pack whenever fused
     params = SamplingParams(max_new_tokens=2, bf16=bf16)
     for decoder in ("auto", "hf"):
         dec = make_decoder(model, params, decoder)

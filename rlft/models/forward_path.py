@@ -200,8 +200,9 @@ def forward_plan(
     used only for the shared-prompt layout; otherwise they are ``rollout_logprobs`` (rollouts), which use
     it for either layout.
 
-    ``reference``: None (no reference pass); a frozen reference model (scored as ``packed_reference``
-    decides); "policy" (the policy with adapters disabled); "table" (log-probs precomputed at start).
+    ``reference``: None (no reference pass); a frozen reference model (packed once when its passes take
+    the fused forward, :meth:`ForwardPlan.frozen_reference`); "policy" (the policy with adapters
+    disabled); "table" (log-probs precomputed at start).
     """
     dtype = torch.bfloat16 if bf16 else next(model.parameters()).dtype
     dtype_name = _dtype_name(dtype)

@@ -23,6 +23,7 @@ from .decoders import HFDecoder
 from .errors import ModelError
 from .forward_path import decoder_choice
 from .fused.llama_decoder import FastLlamaDecoder
+from .logprobs import Responses
 from .precision import bf16_autocast
 from .stopping import StopStrings, truncate_at_stop
 
@@ -110,6 +111,13 @@ class Rollout:
     def response_lengths(self) -> Tensor:
         """(B,) number of response tokens per row."""
         return self.response_mask.sum(-1)
+
+    @property
+    def responses(self) -> Responses:
+        """The model inputs of these rows, for :mod:`rlft.models.logprobs`."""
+        return Responses(
+            self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask, self.group_ids
+        )
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]

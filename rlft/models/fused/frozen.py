@@ -23,16 +23,10 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from .llama_decoder import build_fused_weights
-from .llama_forward import SharedPrompts, attend_rows, use_fused_forward
+from .llama_forward import SharedPrompts, attend_rows
 from .rope import rotate_pairs, rotation
 
-__all__ = ["FrozenForward", "packed_reference"]
-
-
-def packed_reference(model: PreTrainedModel, forward: str, bf16: bool) -> FrozenForward | None:
-    """A :class:`FrozenForward` of a reference ``model`` when its passes would take the fused forward
-    (``forward`` as in :func:`~rlft.models.fused.llama_forward.use_fused_forward`), else None (the model's own)."""
-    return FrozenForward(model, bf16=bf16) if use_fused_forward(model, forward) else None
+__all__ = ["FrozenForward"]
 
 
 class FrozenForward:
