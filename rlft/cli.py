@@ -19,6 +19,7 @@ from rlft.commands.pipeline import add_pipeline_commands
 from rlft.commands.rewards import add_reward_commands
 from rlft.commands.rl import add_rl_commands
 from rlft.run import ConfigError, RunInterrupted
+from rlft.run.distributed import PeerFailure, RankError, launched_world, session
 from rlft.run.lock import release_all
 
 
@@ -94,32 +95,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run on several ranks under torchrun; the others are single-process tools.
+RANKED_COMMANDS = frozenset({"sft", "rm", "dpo", "rrhf", "rl"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    launched = launched_world()
+    # An error every rank meets alike (a config key, a data file, rank 0's run directory) is printed
+    # by rank 0 alone; the others only exit non-zero.
+    quiet = not launched.main
+
+    def fail(message: str, code: int, everywhere: bool = True) -> int:
+        if not (quiet and everywhere):
+            print(f"rlft: {message}", file=sys.stderr)
+        return code
+
     try:
+        if launched.size > 1 and args.command not in RANKED_COMMANDS:
+            raise ConfigError(
+                f"rlft {args.command} runs in one process; launch it without torchrun "
+                f"(on several ranks: {', '.join(sorted(RANKED_COMMANDS))})"
+            )
         command: Callable[[argparse.Namespace, list[str]], int] = args.func
-        return command(args, extra)
+        with session():
+            return command(args, extra)
     except RunInterrupted as stop:  # SIGTERM / Ctrl-C during training: the checkpoint is written
-        print(f"rlft: {stop}", file=sys.stderr)
-        return stop.exit_code
+        return fail(str(stop), stop.exit_code)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading, evaluating): nothing to save
-        print("rlft: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", 130)
+    except PeerFailure as err:  # this rank's collective broke off: the failing rank prints its own error
+        return fail(f"error: {err}", 1, everywhere=False)
+    except RankError as err:  # rank 0's error, already printed there
+        return fail(f"error: {err}", 1)
     except (ConfigError, UnknownNameError, FileNotFoundError) as err:
-        print(f"rlft: error: {err}", file=sys.stderr)
-        return 2
+        return fail(f"error: {err}", 2)
     except OSError as err:  # a full disk, a read-only directory: the OS's reason and the path
         where = f": {err.filename}" if err.filename else ""
-        print(f"rlft: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
+        return fail(f"error: {err.strerror or err}{where}", 1, everywhere=False)
     except SafetensorError as err:  # safetensors' own wrapper of a failed write (e.g. a full disk)
-        print(f"rlft: error: {err}", file=sys.stderr)
-        return 1
+        return fail(f"error: {err}", 1, everywhere=False)
     except ValueError as err:  # EnvError and friends: one line, no traceback
         if type(err).__module__.startswith("rlft"):
-            print(f"rlft: error: {err}", file=sys.stderr)
-            return 2
+            return fail(f"error: {err}", 2)
         raise
     finally:
         release_all()  # the command's run directories (the process may run another command)

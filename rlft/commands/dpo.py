@@ -8,13 +8,13 @@ and returns an exit code. User errors are raised as ConfigError / DataError / Mo
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING
 
 from rlft.run import ConfigError
+from rlft.run.distributed import is_main
 
 from .demo import DPO_PLOT_KEYS
-from .run_setup import add_training_parser, print_done, training_run
+from .run_setup import add_training_parser, announce, print_done, save_run_config, training_run
 
 if TYPE_CHECKING:
     from rlft.train import DPOConfig
@@ -23,7 +23,7 @@ __all__ = ["add_dpo_commands"]
 
 
 def _run_offline(args: argparse.Namespace, extra: list[str], loss: str | None) -> int:
-    from rlft.run import plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import DPOConfig, train_dpo
 
     def check(cfg: DPOConfig) -> None:
@@ -33,11 +33,13 @@ def _run_offline(args: argparse.Namespace, extra: list[str], loss: str | None) -
     run, cfg = training_run(
         args, extra, DPOConfig, loss or "dpo", base={"loss": loss} if loss else None, check=check
     )
-    save_config(cfg, run.config_path)
-    print(f"rlft {cfg.loss}: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
-    result = train_dpo(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
-    plot = plot_run(run, keys=DPO_PLOT_KEYS)
-    print_done(result, run, plot)
+    save_run_config(cfg, run)
+    announce(f"rlft {cfg.loss}: {cfg.model} on {cfg.data}, run dir {run.root}")
+    result = train_dpo(
+        cfg, run, resume=bool(args.resume), show_progress=not args.no_progress, stop_after=args.stop_after
+    )
+    if is_main():
+        print_done(result, run, plot_run(run, keys=DPO_PLOT_KEYS))
     return 0
 
 

@@ -7,16 +7,23 @@ and returns an exit code. User errors are raised as ConfigError / DataError / Mo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlft.run import ConfigError
+from rlft.run.distributed import is_main
 
 from .demo import LM_DEMO_STAGES, lm_demo, parse_stages, tokenizer_corpus
-from .run_setup import add_training_parser, no_extra, print_done, training_run
+from .run_setup import (
+    add_training_parser,
+    announce,
+    no_extra,
+    print_done,
+    save_run_config,
+    training_run,
+)
 
 if TYPE_CHECKING:
     from rlft.data import Record
@@ -41,15 +48,18 @@ def _init_model(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _sft(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.run import plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import SFTConfig, train_sft
 
     run, cfg = training_run(args, extra, SFTConfig, "sft")
-    save_config(cfg, run.config_path)
-    print(f"rlft sft: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
-    result = train_sft(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
-    plot = plot_run(run, keys=["loss", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s"])
-    print_done(result, run, plot)
+    save_run_config(cfg, run)
+    announce(f"rlft sft: {cfg.model} on {cfg.data}, run dir {run.root}")
+    result = train_sft(
+        cfg, run, resume=bool(args.resume), show_progress=not args.no_progress, stop_after=args.stop_after
+    )
+    if is_main():
+        plot = plot_run(run, keys=["loss", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s"])
+        print_done(result, run, plot)
     return 0
 
 

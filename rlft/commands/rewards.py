@@ -9,13 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
 from rlft.run import ConfigError
+from rlft.run.distributed import is_main
 
-from .run_setup import add_training_parser, no_extra, print_done, training_run
+from .run_setup import (
+    add_training_parser,
+    announce,
+    no_extra,
+    print_done,
+    save_run_config,
+    training_run,
+)
 
 __all__ = ["add_reward_commands"]
 
@@ -24,27 +31,19 @@ __all__ = ["add_reward_commands"]
 
 
 def _rm(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.run import plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import RMConfig, train_rm
 
     run, cfg = training_run(args, extra, RMConfig, "rm")
-    save_config(cfg, run.config_path)
-    print(f"rlft rm: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
-    result = train_rm(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
-    plot = plot_run(
-        run,
-        keys=[
-            "loss",
-            "accuracy",
-            "eval_accuracy",
-            "eval_gold_accuracy",
-            "eval_reward_gap",
-            "lr",
-            "grad_norm",
-        ],
+    save_run_config(cfg, run)
+    announce(f"rlft rm: {cfg.model} on {cfg.data}, run dir {run.root}")
+    result = train_rm(
+        cfg, run, resume=bool(args.resume), show_progress=not args.no_progress, stop_after=args.stop_after
     )
-    norm = f"; reward mean {result.norm['mean']:.4g}, std {result.norm['std']:.4g}" if result.norm else ""
-    print_done(result, run, plot, norm)
+    if is_main():
+        keys = ["loss", "accuracy", "eval_accuracy", "eval_gold_accuracy", "eval_reward_gap", "lr", "grad_norm"]
+        norm = f"; reward mean {result.norm['mean']:.4g}, std {result.norm['std']:.4g}" if result.norm else ""
+        print_done(result, run, plot_run(run, keys=keys), norm)
     return 0
 
 

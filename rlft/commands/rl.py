@@ -8,14 +8,13 @@ ModelError / RewardError and printed as one line by the CLI.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlft.run import ConfigError
+from rlft.run.distributed import is_main, main_only
 
 from .demo import PPO_PLOT_KEYS, RL_PLOT_KEYS
-from .run_setup import training_run
+from .run_setup import add_training_parser, announce, save_run_config, training_run
 
 if TYPE_CHECKING:
     from rlft.run import RunDir
@@ -59,12 +58,12 @@ def _pin_reward_files(run: RunDir, cfg: RLConfig, resuming: bool) -> RLConfig:
         check_reward_sources(stored, str(record), paths=[path for _, path in reward_files(cfg.rewards)])
     sources = reward_sources(cfg.rewards)
     if sources or record.exists():
-        atomic_write_json(record, sources)
+        main_only(lambda: atomic_write_json(record, sources))
     return cfg
 
 
 def _rl(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlft.run import plot_run, save_config
+    from rlft.run import plot_run
     from rlft.train import RLConfig, train_rl
 
     if args.presets:
@@ -76,9 +75,13 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError("rl: give --config FILE (and/or --key value overrides); see rlft rl --presets")
     run, cfg = training_run(args, extra, RLConfig, lambda c: f"rl-{c.algorithm}")
     cfg = _pin_reward_files(run, cfg, resuming=bool(args.resume))
-    save_config(cfg.resolved(), run.config_path)  # every preset value spelled out
-    print(f"rlft rl: {cfg.model} on {cfg.data}, run dir {run.root}", file=sys.stderr)
-    result = train_rl(cfg, run, resume=bool(args.resume), show_progress=not args.no_progress)
+    save_run_config(cfg.resolved(), run)  # every preset value spelled out
+    announce(f"rlft rl: {cfg.model} on {cfg.data}, run dir {run.root}")
+    result = train_rl(
+        cfg, run, resume=bool(args.resume), show_progress=not args.no_progress, stop_after=args.stop_after
+    )
+    if not is_main():
+        return 0
     from rlft.train.online.config import preset_value
     from rlft.train.online.rollout import needs_critic
 
@@ -98,17 +101,12 @@ def _rl(args: argparse.Namespace, extra: list[str]) -> int:
 
 def add_rl_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rl`` to the ``rlft`` subparsers."""
-    rl = sub.add_parser(
+    rl = add_training_parser(
+        sub,
         "rl",
-        help="online RL (PPO, GRPO, DAPO, RLOO, …); extra --key value pairs override the config",
-        allow_abbrev=False,
+        "online RL (PPO, GRPO, DAPO, RLOO, …); extra --key value pairs override the config",
+        "RLConfig",
+        _rl,
     )
-    rl.add_argument("--config", type=Path, help="YAML config file (keys of RLConfig)")
     rl.add_argument("--algorithm", help="preset name (grpo, dapo, rloo, …) or custom; see --presets")
-    rl.add_argument("--out", help="run directory (default: output_dir, else runs/rl-ALGO-TIMESTAMP)")
-    rl.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
-    )
     rl.add_argument("--presets", action="store_true", help="list the algorithm presets and exit")
-    rl.add_argument("--no-progress", action="store_true")
-    rl.set_defaults(func=_rl)

@@ -4,11 +4,13 @@ the run directory and config (reopened with ``--resume``, else created fresh) an
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rlft.run import ConfigError, RunDir, load_config
+from rlft.run import ConfigError, RunDir, load_config, save_config
+from rlft.run.distributed import is_main, main_only
 
 if TYPE_CHECKING:
     from rlft.train.common.epoch_loop import EpochsResult
@@ -29,19 +31,50 @@ def training_run(
     otherwise ``--config`` (over ``base``) is loaded, ``check``-ed, and a new run directory is created
     under ``--out`` or the config's ``output_dir`` (if it has one) — never one that already holds a run:
     that stops with ``occupied`` (``{root}``: the directory). The run directory is locked for this
-    process (:meth:`RunDir.claim`)."""
+    process (:meth:`RunDir.claim`).
+
+    Under torchrun rank 0 alone creates, locks and checks the directory; every rank then opens the one
+    rank 0 chose (a fresh timestamped name would differ between ranks), and a failure on rank 0 (a file in
+    the way, a directory in use) stops every rank with the same message."""
     if args.resume:
-        run = RunDir.open(args.resume).claim()
+        run = shared_run(lambda: RunDir.open(args.resume).claim())
         return run, load_config(config_cls, run.config_path, overrides=extra)
     cfg = load_config(config_cls, args.config, overrides=extra, base=base)
     if check is not None:
         check(cfg)
     out = args.out or getattr(cfg, "output_dir", None)
-    run = RunDir.create(out, prefix=prefix(cfg) if callable(prefix) else prefix)
-    run.claim()  # before anything is written: a second process on this --out stops here
-    if run.metrics_path.exists() and run.metrics_path.stat().st_size:
-        raise ConfigError(occupied.format(root=run.root))
-    return run, cfg
+
+    def create() -> RunDir:
+        run = RunDir.create(out, prefix=prefix(cfg) if callable(prefix) else prefix)
+        run.claim()  # before anything is written: a second process on this --out stops here
+        if run.metrics_path.exists() and run.metrics_path.stat().st_size:
+            raise ConfigError(occupied.format(root=run.root))
+        return run
+
+    return shared_run(create), cfg
+
+
+def shared_run(make: Callable[[], RunDir]) -> RunDir:
+    """The run directory ``make()`` gives on rank 0 (which claims it), opened on every other rank."""
+    made: list[RunDir] = []
+
+    def on_main() -> str:
+        made.append(make())
+        return str(made[0].root)
+
+    root = main_only(on_main)
+    return made[0] if made else RunDir.open(root)
+
+
+def save_run_config(cfg: Any, run: RunDir) -> None:
+    """Write ``run/config.yaml`` (rank 0; every rank waits for it, so a failed write stops them all)."""
+    main_only(lambda: save_config(cfg, run.config_path))
+
+
+def announce(text: str) -> None:
+    """A command's opening line on stderr, from rank 0 only."""
+    if is_main():
+        print(text, file=sys.stderr)
 
 
 def no_extra(extra: list[str]) -> None:
@@ -64,6 +97,12 @@ def add_training_parser(
     p.add_argument("--out", help=f"run directory (default: output_dir, else runs/{name}-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="end after N steps without writing the final model, as a crash would (to try --resume)",
+    )
     p.set_defaults(func=func)
     return p
 

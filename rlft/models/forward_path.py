@@ -35,6 +35,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from rlft.run.atomic import atomic_write_text
+from rlft.run.distributed import is_main, world
 
 from .errors import ModelError
 from .fused.frozen import FrozenForward
@@ -107,6 +108,7 @@ class ForwardPlan:
     description: str
     onednn: bool = False
     forward_option: str | None = None
+    sharded: bool = False  # the policy's weights are split across ranks (fsdp2): one body call per pass
 
     @property
     def training_forward(self) -> str:
@@ -187,6 +189,7 @@ def forward_plan(
     share_prompts: bool = True,
     grouped: bool = False,
     reference: Any = None,
+    sharded: bool = False,
 ) -> ForwardPlan:
     """The :class:`ForwardPlan` of a run over ``model`` (the policy, as loaded: LoRA-wrapped or not).
 
@@ -203,7 +206,16 @@ def forward_plan(
     ``reference``: None (no reference pass); a frozen reference model (packed once when its passes take
     the fused forward, :meth:`ForwardPlan.frozen_reference`); "policy" (the policy with adapters
     disabled); "table" (log-probs precomputed at start).
+
+    ``sharded``: the policy's weights are split across ranks (``parallel: fsdp2``): its training passes
+    take the model's own body (FSDP2 gathers each layer's weights around it; the fused body reads whole
+    weights) in one call per pass, without shared prompts, so that every rank gathers the same layers
+    as often. Sampling and evaluation gather the whole model first, so they keep their paths.
     """
+    if sharded and forward == "fast":
+        raise ModelError(
+            "forward: fast reads whole weights, and parallel: fsdp2 shards them; use forward: auto or hf"
+        )
     dtype = torch.bfloat16 if bf16 else next(model.parameters()).dtype
     dtype_name = _dtype_name(dtype)
     parts = []
@@ -225,6 +237,8 @@ def forward_plan(
     why: str | None  # why the training pass is not fused (None when it is)
     if forward is None:
         training, why = "hf", "this trainer runs the model's own forward"
+    elif sharded:
+        training, why = "hf", "parallel: fsdp2 shards the weights"
     else:
         fused, why = _fused(model, forward)
         training = "fused" if fused else "hf"
@@ -267,6 +281,7 @@ def forward_plan(
         description="forward — " + "; ".join(parts),
         onednn=onednn_linear and onednn_linear_available(),
         forward_option=forward,
+        sharded=sharded,
     )
 
 
@@ -318,6 +333,7 @@ def plan_for(
             share_prompts=cfg.share_prompts,
             grouped=True,
             reference=ref,
+            sharded=_sharded(cfg),
         )
     perf = cfg.performance  # RLConfig keeps these in its performance section
     return forward_plan(
@@ -328,12 +344,19 @@ def plan_for(
         onednn_linear=perf.onednn_linear,
         share_prompts=perf.share_prompts,
         reference=ref,
+        sharded=_sharded(cfg),
     )
+
+
+def _sharded(cfg: Any) -> bool:
+    """Whether the trainer's model is sharded across the ranks of this run (``parallel: fsdp2``)."""
+    return getattr(cfg, "parallel", "ddp") == "fsdp2" and world().size > 1
 
 
 def record_forward(run: Any, plan: ForwardPlan) -> str:
     """Write ``plan.description`` to ``RUN/forward.txt`` (``run``: a ``RunDir`` or a directory) and return
     it, for the trainer to print: ``say(record_forward(run, plan_for("sft", model, cfg)))``."""
     root = Path(getattr(run, "root", run))
-    atomic_write_text(root / FORWARD_FILE, plan.description + "\n")
+    if is_main():  # rank 0 writes the run's files
+        atomic_write_text(root / FORWARD_FILE, plan.description + "\n")
     return plan.description

@@ -190,7 +190,10 @@ def ensure_padding(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBas
 
 
 def save_pretrained_atomic(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save ``model`` (safetensors + config) and ``tokenizer`` so that ``out_dir`` is never half-written.
 
@@ -201,16 +204,18 @@ def save_pretrained_atomic(
 
     A model with a NaN or infinite weight is refused (:class:`NonFiniteWeightsError`) before anything
     is written: such a checkpoint would replace a good one and poison every run started from it.
+
+    ``state_dict``: the weights to write instead of the model's own (the whole of a sharded model).
     """
     target = Path(out_dir).expanduser()
-    check_finite_weights(model, target)
+    check_finite_weights(model, target, state_dict)
     target.parent.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(4)
     tmp = target.with_name(f".{target.name}.tmp-{tag}")
     old = target.with_name(f".{target.name}.old-{tag}")
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _fsync_tree(tmp)
@@ -226,10 +231,13 @@ def save_pretrained_atomic(
     return target
 
 
-def check_finite_weights(model: torch.nn.Module, target: str | Path) -> None:
+def check_finite_weights(
+    model: torch.nn.Module, target: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
     """Raise :class:`NonFiniteWeightsError` naming the first floating tensor of ``model``'s state dict
-    that holds a NaN or an infinity (and how many), ``target`` being where it was to be saved."""
-    found = first_nonfinite_tensor(model.state_dict())
+    (or of ``state_dict``) that holds a NaN or an infinity (and how many), ``target`` being where it was
+    to be saved."""
+    found = first_nonfinite_tensor(model.state_dict() if state_dict is None else state_dict)
     if found is not None:
         name, bad, total = found
         raise NonFiniteWeightsError(

@@ -274,9 +274,11 @@ def save_reward_model(
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | Path,
     norm: dict[str, float] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save in HF format (safetensors), atomically; ``norm`` goes into config.json (None keeps the
-    model's current statistics).
+    model's current statistics); ``state_dict``: the weights to write instead of the model's own (the
+    whole of a sharded model).
 
     The config keeps the ``pad_token_id`` the model was trained and scored with, so
     ``AutoModelForSequenceClassification`` pools the same token (:func:`pooled_positions`). Only a model
@@ -286,4 +288,4 @@ def save_reward_model(
         set_reward_norm(model, norm)
     if pad_token_id_of(model) is None and tokenizer is not None and tokenizer.pad_token_id is not None:
         set_pad_token_id(model, int(tokenizer.pad_token_id))
-    return save_pretrained_atomic(model, tokenizer, out_dir)
+    return save_pretrained_atomic(model, tokenizer, out_dir, state_dict=state_dict)

@@ -84,7 +84,10 @@ class RunDir:
 
     def claim(self) -> RunDir:
         """Lock the directory for this process (a second trainer on it fails with one line naming the
-        holder's PID) and tidy what a killed run left behind (:meth:`remove_strays`)."""
+        holder's PID) and tidy what a killed run left behind (:meth:`remove_strays`). Only rank 0 of a
+        multi-process run holds and tidies the directory; the other ranks share it and write nothing."""
+        if not _main_rank():
+            return self
         if self._lock is None:
             try:
                 self._lock = RunLock(self.root).acquire()
@@ -130,8 +133,8 @@ class RunDir:
 
     def trim_metrics(self, last_step: int | None) -> None:
         """Drop metric rows logged after ``last_step`` (the checkpoint a run resumes from; None: every row,
-        a run resumed before its first checkpoint starts again from step 0)."""
-        if not self.metrics_path.exists():
+        a run resumed before its first checkpoint starts again from step 0). Rank 0's job alone."""
+        if not _main_rank() or not self.metrics_path.exists():
             return
         keep = -1 if last_step is None else last_step
         rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= keep]
@@ -144,6 +147,12 @@ class RunDir:
         if not root.is_dir():
             raise FileNotFoundError(f"no run directory at {root}")
         return cls(root)
+
+
+def _main_rank() -> bool:
+    from .distributed import is_main  # imports torch: only when a trainer claims a run
+
+    return is_main()
 
 
 def _remove(path: Path) -> None:

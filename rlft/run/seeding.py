@@ -37,6 +37,13 @@ def rollout_seed(seed: int, step: int) -> int:
     return (seed * _STREAM_STRIDE + step) * 1009
 
 
+def shard_seed(step_seed: int, shard: int) -> int:
+    """Sampling seed of rollout shard ``shard`` of a step whose seed is ``step_seed`` (shard 0 keeps it, so
+    one shard samples as an unsharded rollout): step_seed + shard·7_368_787 (a prime far beyond the few
+    rounds a step's seed is advanced by)."""
+    return step_seed + shard * 7_368_787
+
+
 def minibatch_seed(seed: int, step: int) -> int:
     """Mini-batch shuffling of RL step ``step``'s policy update: (seed·1_000_003 + step)·7919."""
     return (seed * _STREAM_STRIDE + step) * 7919

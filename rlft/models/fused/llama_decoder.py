@@ -59,6 +59,13 @@ _ATTN_CHILDREN = {"q_proj", "k_proj", "v_proj", "o_proj"}
 _MLP_CHILDREN = {"gate_proj", "up_proj", "down_proj", "act_fn"}
 
 
+def _foreign_hooks(module: nn.Module) -> bool:
+    """Forward hooks other than FSDP2's, whose only job (gathering and freeing sharded weights) is done
+    while the weights are whole (the fused path reads them then, see the DTensor check)."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(not getattr(h, "__module__", "").startswith("torch.distributed.fsdp") for h in hooks)
+
+
 def fast_path_blocker(model: PreTrainedModel) -> str | None:
     """Why ``model`` cannot use the fast decode step, or None if it can."""
     config = model.config
@@ -78,8 +85,10 @@ def fast_path_blocker(model: PreTrainedModel) -> str | None:
     if getattr(config, "final_logit_softcapping", None):
         return "the model soft-caps its logits"
     for module in model.modules():
-        if hasattr(module, "_hf_hook") or module._forward_hooks or module._forward_pre_hooks:
+        if hasattr(module, "_hf_hook") or _foreign_hooks(module):
             return "the model has forward hooks (accelerate offloading, adapters, …)"
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):  # DTensor shards (FSDP2)
+        return "the weights are sharded (parallel: fsdp2); sampling gathers them first"
     for layer in body.layers:
         if {name for name, _ in layer.named_children()} != _LAYER_CHILDREN:
             return f"decoder layer {type(layer).__name__} has unexpected submodules"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 from rlft.run import MetricsWriter, Progress
+from rlft.run.distributed import broadcast_object, is_main
 from rlft.train.common.launch import TrainerCall
 from rlft.train.common.run_control import RunControl
 
@@ -55,7 +56,8 @@ class Bookkeeping:
         self.cfg, self.total_steps, self.evaluate, self.save = cfg, total_steps, evaluate, save
         self.say, self.stop_after = call.say, call.stop_after
         self.max_minutes, self.shown_eval, self.eval_every = max_minutes, shown_eval, eval_every
-        self.metrics = MetricsWriter(call.run.root, resume_step=step if resumed else -1)
+        main = is_main()  # only rank 0 writes metrics and shows progress
+        self.metrics = MetricsWriter(call.run.root, resume_step=step if resumed else -1, enabled=main)
         self.control = RunControl(call.run, call.command, cfg.max_consecutive_skips, call.say)
         self.initial_eval = evaluate() if step == 0 else {}  # empty when resumed or without eval data
         if self.initial_eval:
@@ -64,7 +66,7 @@ class Bookkeeping:
             total_steps,
             desc=desc,
             unit="step",
-            enabled=call.show_progress,
+            enabled=call.show_progress and main,
             time_budget_s=60 * max_minutes if max_minutes else None,
             initial=step,
         )
@@ -96,7 +98,8 @@ class Bookkeeping:
         self.steps_run += 1
         self.train_seconds += seconds
         budget_s = 60 * self.max_minutes if self.max_minutes else None
-        self.out_of_time = budget_s is not None and self.train_seconds >= budget_s
+        # rank 0's clock decides for every rank, so all stop after the same step
+        self.out_of_time = budget_s is not None and broadcast_object(self.train_seconds >= budget_s)
         if step % cfg.log_every == 0 or last:
             self._log(step, row)
         if (self.eval_every and step % self.eval_every == 0) or last or self.out_of_time:

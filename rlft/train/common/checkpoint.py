@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from safetensors import SafetensorError
 
 from rlft.models import save_pretrained_atomic
 from rlft.run import CheckpointError, RunDir, RunDirError, atomic_torch_save
+from rlft.run.distributed import RankError, main_only
+from rlft.train.common.parallel import SHARDED_DIR, CheckpointException, DataParallel
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -25,26 +28,49 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def save_checkpoint(
-    run: RunDir, step: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, state: dict[str, Any]
+    run: RunDir,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state: dict[str, Any],
+    parallel: DataParallel | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
-    """Write ``run/checkpoints/step-{step}/`` (model + tokenizer, then trainer_state.pt last).
+    """Write ``run/checkpoints/step-{step}/`` (model + tokenizer, then trainer_state.pt last). Every rank
+    calls it; rank 0 writes the shared files.
 
     The state file is written after the model directory is in place and is what marks a checkpoint
     complete: :func:`latest_checkpoint` skips a directory without it (a crash between the two writes).
     A write that fails (a full disk, a vanished directory) removes the incomplete checkpoint and raises
     :class:`~rlft.run.RunDirError` naming the last complete one, which is left as it was.
+
+    Under fsdp2 the model directory is the whole model gathered to rank 0 (what ``from_pretrained``
+    loads), and ``dcp/`` beside it holds every rank's shard of the model and of ``optimizer``'s state
+    (``torch.distributed.checkpoint``), from which a resumed run continues exactly.
     """
     out = run.checkpoints / f"step-{step}"
-    try:
-        save_pretrained_atomic(model, tokenizer, out)
-        atomic_torch_save(state, out / TRAINER_STATE)
-    except (OSError, SafetensorError) as err:
-        shutil.rmtree(out, ignore_errors=True)
-        raise checkpoint_write_error(run, out, err) from None
+    parallel = parallel or DataParallel()
+    full = parallel.full_state_dict(model)
+
+    def write(what: Callable[[], object]) -> None:
+        try:
+            main_only(what)
+        except (OSError, SafetensorError, RankError) as err:
+            main_only(lambda: shutil.rmtree(out, ignore_errors=True))
+            raise checkpoint_write_error(run, out, err) from None
+
+    write(lambda: save_pretrained_atomic(model, tokenizer, out, state_dict=full))
+    if parallel.sharded and optimizer is not None:
+        try:
+            parallel.save_sharded(model, optimizer, out / SHARDED_DIR)
+        except CheckpointException as err:
+            main_only(lambda: shutil.rmtree(out, ignore_errors=True))
+            raise checkpoint_write_error(run, out / SHARDED_DIR, err) from None
+    write(lambda: atomic_torch_save(state, out / TRAINER_STATE))
     return out
 
 
-def checkpoint_write_error(run: RunDir, path: Path, err: Exception) -> RunDirError:
+def checkpoint_write_error(run: RunDir, path: Path, err: BaseException) -> RunDirError:
     """The one-line error of a checkpoint that could not be written (safetensors reports the OS's
     error inside its own message)."""
     last = latest_checkpoint(run)

@@ -24,6 +24,8 @@ from typing import Any, Self
 import torch
 
 from rlft.data import DataError
+from rlft.run import ConfigError
+from rlft.run.distributed import rank_share, world
 from rlft.train.common.bookkeeping import Bookkeeping
 from rlft.train.common.epochs import EpochTraining, epoch_order
 from rlft.train.common.launch import TrainerCall
@@ -49,6 +51,12 @@ def planned_steps(cfg: Any, n_examples: int, unit: str = "examples") -> int:
     (the ragged tail of each epoch is dropped). Fewer examples than one step takes is a DataError."""
     global_batch = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = n_examples // global_batch
+    ranks = world().size
+    if cfg.batch_size % ranks:
+        raise ConfigError(
+            f"config key 'batch_size': {cfg.batch_size} examples per micro-batch do not divide over {ranks} "
+            f"ranks (batch sizes are global: each rank takes batch_size / {ranks})"
+        )
     if steps_per_epoch == 0:
         raise DataError(
             f"{cfg.data}: {n_examples} training {unit}, fewer than one step's batch_size × grad_accum "
@@ -109,7 +117,12 @@ def train_epochs(
 ) -> EpochsOutcome:
     """Run optimiser steps until ``training.total_steps`` (or ``call.stop_after`` steps, or a signal);
     ``training.pos`` advances in place. Metrics go to ``call.run``, an evaluation at step 0 first unless
-    resumed. The ragged tail of each epoch (fewer than one step's examples) is not used."""
+    resumed. The ragged tail of each epoch (fewer than one step's examples) is not used.
+
+    On several ranks ``step_fn`` gets this rank's share of the step's examples (:func:`rank_share`:
+    ``grad_accum`` micro-batches of batch_size / ranks each) and must divide its losses by counts summed
+    over ranks; the gradients are then summed over ranks before clipping, so the step is the one-rank
+    step over the same global batch."""
     started, pos = time.monotonic(), training.pos
     book = Bookkeeping(
         call,
@@ -155,10 +168,14 @@ def _steps(
         chunk = order[pos.batch_index * global_batch : (pos.batch_index + 1) * global_batch].tolist()
         lr = scheduler.get_last_lr()[0]
         training.optimizer.zero_grad(set_to_none=True)
-        result = step_fn(chunk)
+        result = step_fn(rank_share(chunk, cfg.grad_accum))
+        training.parallel.finish_gradients(training.params)
         # Clip the norm of the full gradient (inf: measure only) to tame early spikes.
-        grad_norm = torch.nn.utils.clip_grad_norm_(training.params, cfg.max_grad_norm or float("inf"))
+        grad_norm = training.parallel.norm(
+            torch.nn.utils.clip_grad_norm_(training.params, cfg.max_grad_norm or float("inf"))
+        )
         book.control.step_optimizer(training.optimizer, pos.step + 1, loss=result.loss, grad_norm=grad_norm)
+        training.parallel.after_step()
         scheduler.step()
         pos.step, pos.batch_index = pos.step + 1, pos.batch_index + 1
         elapsed = time.perf_counter() - t0

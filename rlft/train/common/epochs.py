@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlft.data import DataError, LengthLimits, context_length
+from rlft.models import save_pretrained_atomic
 from rlft.run import RunDir, capture_rng_state, restore_rng_state
+from rlft.run.distributed import all_gather_objects, main_only, world
 from rlft.run.seeding import epoch_seed
 from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from rlft.train.common.launch import TrainerCall
 from rlft.train.common.optimizer import adamw
+from rlft.train.common.parallel import DataParallel
 from rlft.train.common.schedule import warmup_cosine_scheduler
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ __all__ = [
     "model_length_limits",
     "position_state",
     "restore_position",
+    "restore_rng",
+    "rng_state",
     "shuffle_seed",
     "start_training",
 ]
@@ -66,29 +71,50 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def position_state(
-    step: int, epoch: int, batch_index: int, seed: int, optimizer: Any, scheduler: Any
+    step: int, epoch: int, batch_index: int, seed: int, optimizer: Any, scheduler: Any, sharded: bool = False
 ) -> dict[str, Any]:
-    """The trainer state of an epoch-based trainer's checkpoint (the model is saved beside it)."""
-    return {
+    """The trainer state of an epoch-based trainer's checkpoint (the model is saved beside it). A collective
+    on several ranks (each rank's RNG state is gathered); ``sharded``: the optimiser state is saved in the
+    sharded part of the checkpoint instead."""
+    state = {
         "step": step,
         "epoch": epoch,
         "batch_index": batch_index,
         "shuffle_seed": shuffle_seed(seed, epoch),
-        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": capture_rng_state(),
+        **rng_state(),
     }
+    if not sharded:
+        state["optimizer"] = optimizer.state_dict()
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """``rng``: this rank's RNG states, and on several ranks ``rank_rng``: every rank's, in rank order."""
+    mine = capture_rng_state()
+    every = all_gather_objects(mine)
+    return {"rng": every[0], **({"rank_rng": every} if len(every) > 1 else {})}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved: this rank's entry when the world size is the same, else
+    rank 0's (a run resumed on another number of ranks continues, not bitwise)."""
+    every = state.get("rank_rng") or [state["rng"]]
+    w = world()
+    restore_rng_state(every[w.rank] if len(every) == w.size else state["rng"])
 
 
 def restore_position(
-    checkpoint: Path, run: RunDir, seed: int, optimizer: Any, scheduler: Any, say: Callable[[str], None]
+    checkpoint: Path, training: EpochTraining, say: Callable[[str], None]
 ) -> tuple[int, int, int, dict[str, Any]]:
-    """Load what :func:`position_state` saved into ``optimizer``, ``scheduler`` and the RNGs, trim the
-    metrics to the checkpoint, and return (step, epoch, batch_index, the whole state dict) so a trainer
-    can read its own extra keys."""
+    """Load what :func:`position_state` saved into the optimiser, schedule and RNGs of ``training``, trim
+    the metrics to the checkpoint, and return (step, epoch, batch_index, the whole state dict) so a
+    trainer can read its own extra keys."""
+    run, seed, optimizer, scheduler = training.run, training.cfg.seed, training.optimizer, training.scheduler
     state = load_trainer_state(checkpoint)
+    training.parallel.load_sharded(training.model, optimizer, state, checkpoint)
     restore_optimizer(optimizer, scheduler, state, checkpoint)
-    restore_rng_state(state["rng"])
+    restore_rng(state)
     step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
     if state["shuffle_seed"] != shuffle_seed(seed, epoch):
         raise DataError(f"{checkpoint}: saved with a different seed than the config's seed={seed}")
@@ -123,12 +149,23 @@ class EpochTraining:
     total_steps: int
     pos: Position
     resumed: bool
+    parallel: DataParallel
+
+    def save_model(self, out: Path, writer: Callable[..., Any] = save_pretrained_atomic) -> None:
+        """Write the trained model (in eval mode) and tokenizer to ``out`` in Hugging Face format with
+        ``writer(model, tokenizer, out, state_dict=...)``: rank 0 writes, every rank takes part in
+        gathering a sharded model."""
+        full = self.parallel.full_state_dict(self.model)
+        main_only(lambda: writer(self.model.eval(), self.tokenizer, out, state_dict=full))
 
     def save(self, step: int) -> None:
-        """Checkpoint ``step``: the model, and the optimiser, schedule, RNGs and data position beside it."""
-        pos, cfg = self.pos, self.cfg
-        state = position_state(step, pos.epoch, pos.batch_index, cfg.seed, self.optimizer, self.scheduler)
-        save_checkpoint(self.run, step, self.model, self.tokenizer, state)
+        """Checkpoint ``step``: the model, and the optimiser, schedule, RNGs and data position beside it.
+        Every rank calls it."""
+        pos, cfg, sharded = self.pos, self.cfg, self.parallel.sharded
+        state = position_state(
+            step, pos.epoch, pos.batch_index, cfg.seed, self.optimizer, self.scheduler, sharded
+        )
+        save_checkpoint(self.run, step, self.model, self.tokenizer, state, self.parallel, self.optimizer)
 
 
 def start_training(
@@ -140,18 +177,14 @@ def start_training(
     checkpoint: Path | None,
 ) -> EpochTraining:
     """The optimiser (:func:`adamw`) and warm-up + cosine schedule of an epoch-based trainer, restored from
-    ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed."""
+    ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed,
+    and the data parallelism (``parallel``) the model is prepared for before the optimiser is built."""
+    parallel = DataParallel.of(cfg)
+    model = parallel.prepare(model)
     optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    pos = Position(0, 0, 0)
-    if checkpoint is not None:
-        pos.step, pos.epoch, pos.batch_index, _ = restore_position(
-            checkpoint, call.run, cfg.seed, optimizer, scheduler, call.say
-        )
-    else:
-        call.run.trim_metrics(None)  # rows of a run killed before its first checkpoint: it starts again
-    return EpochTraining(
+    training = EpochTraining(
         cfg,
         call.run,
         model,
@@ -160,6 +193,13 @@ def start_training(
         scheduler,
         params,
         total_steps,
-        pos,
+        Position(0, 0, 0),
         checkpoint is not None,
+        parallel,
     )
+    pos = training.pos
+    if checkpoint is not None:
+        pos.step, pos.epoch, pos.batch_index, _ = restore_position(checkpoint, training, call.say)
+    else:
+        call.run.trim_metrics(None)  # rows of a run killed before its first checkpoint: it starts again
+    return training

@@ -22,6 +22,7 @@ import torch
 from rlft.data import set_chat_template_kwargs
 from rlft.models import load_tokenizer
 from rlft.run import RunDir, seed_everything
+from rlft.run.distributed import is_main
 from rlft.train.common.checkpoint import latest_checkpoint
 from rlft.train.common.run_control import owns_run
 
@@ -94,7 +95,7 @@ def lm_trainer(command: str) -> Callable[[Callable[[C, TrainerCall], R]], LMTrai
             if cfg.torch_threads:
                 torch.set_num_threads(cfg.torch_threads)
             seed_everything(cfg.seed)
-            say = log or _to_stderr
+            say = (log or _to_stderr) if is_main() else _silent  # one rank reports
             return body(cfg, TrainerCall(run, command, resume, show_progress, stop_after, say))
 
         # The body's name, docstring and types, on this function's signature: the one callers use.
@@ -112,6 +113,10 @@ def chat_tokenizer(cfg: Any) -> tuple[Any, int]:
     tokenizer = load_tokenizer(cfg.model)
     set_chat_template_kwargs(tokenizer, cfg.chat_template_kwargs)
     return tokenizer, int(tokenizer.pad_token_id)
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _to_stderr(message: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 import torch
 
 from rlft.run import MetricsWriter, RunDir, StepSkips, StopSignals
+from rlft.run.distributed import max_over_ranks
 
 __all__ = ["RunControl", "owns_run"]
 
@@ -81,6 +82,8 @@ class RunControl:
     ) -> None:
         """After a finished step: on a pending SIGTERM/SIGINT write the checkpoint (unless ``saved``
         already did at this step) and raise :class:`~rlft.run.RunInterrupted` saying how to resume."""
+        # a signal caught by any rank stops every rank after the same step (torchrun forwards SIGTERM)
+        self.signals.signum = max_over_ranks(self.signals.signum or 0) or None
         if not self.signals.requested:
             return
         metrics.flush()

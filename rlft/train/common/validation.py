@@ -8,6 +8,7 @@ from typing import Any
 from rlft.data.lengths import OVERFLOW_MODES
 from rlft.run import ConfigError
 from rlft.run.config_types import check_ranges
+from rlft.train.common.parallel import PARALLEL_MODES
 
 __all__ = ["check_epoch_config"]
 
@@ -33,6 +34,8 @@ def check_epoch_config(
     def bad(key: str, expected: str) -> ConfigError:
         return ConfigError(f"config key '{key}': expected {expected}, got {getattr(cfg, key)!r}")
 
+    if cfg.parallel not in PARALLEL_MODES:
+        raise bad("parallel", f"one of {', '.join(PARALLEL_MODES)}")
     if cfg.overflow not in OVERFLOW_MODES:
         raise bad("overflow", f"one of {', '.join(OVERFLOW_MODES)}")
     if cfg.lr <= 0:

@@ -22,6 +22,7 @@ from rlft.algos import ADVANTAGES, AGGREGATIONS, ESTIMATOR_ARGS, KL_ESTIMATORS, 
 from rlft.models.fused.llama_forward import FORWARDS
 from rlft.run import ConfigError
 from rlft.run.config_types import check_common, check_ranges, dotted_value
+from rlft.train.common.parallel import PARALLEL_MODES
 from rlft.train.online.presets import FALLBACKS, PRESETS
 
 __all__ = [
@@ -75,6 +76,7 @@ RANGES: dict[str, tuple[str, ...]] = {
     "positive_or_null": ("optim.micro_batch_size", "max_prompt_tokens", "eval.max_new_tokens"),
     "at_least_zero": (
         "optim.warmup_steps", "eval.every", "save_every", "torch_threads", "seed", "sampling.top_k",
+        "sampling.rollout_shards",
     ),
     "numbers_at_least_zero": (
         "optim.weight_decay", "optim.max_grad_norm", "entropy_coef", "clip_low", "clip_high", "dual_clip",
@@ -157,6 +159,10 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k filtering
     stop_strings: list[str] = field(default_factory=list)
+    # The step's prompts are split into this many shards, each sampled as one batch with its own seed; under
+    # torchrun each rank samples its shards. 0: one per rank. A one-process run with rollout_shards N
+    # samples exactly what N ranks sample (the same completions whatever the number of processes).
+    rollout_shards: int = 0
 
 
 @dataclass
@@ -313,6 +319,8 @@ class RLConfig:
     output_dir: str | None = None
     # Set with the seed by the opening every trainer shares (rlft.train.common.launch), so it stays beside it.
     torch_threads: int = 2  # 0 leaves torch's default
+    parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the policy
+    fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
 
     # --- presets ---
 
@@ -443,6 +451,10 @@ class RLConfig:
                 f"at most sampling.prompts_per_step × sampling.num_generations = {rows}",
             )
         self._validate_ppo(cfg, bad)
+        if cfg.parallel not in PARALLEL_MODES:
+            raise bad("parallel", f"one of {', '.join(PARALLEL_MODES)}")
+        if cfg.lora is not None and cfg.parallel == "fsdp2":
+            raise bad("parallel", "ddp with LoRA (sharding adapters with fsdp2 is not supported)")
         if cfg.lora is not None:
             if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
                 raise bad("lora", "r >= 1, alpha > 0, dropout in [0, 1)", dataclasses.asdict(cfg.lora))

@@ -28,7 +28,9 @@ from rlft.algos import value_loss
 from rlft.models.logprobs import response_states
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
+from rlft.run.distributed import world
 from rlft.train.common.optimizer import adamw
+from rlft.train.common.parallel import DataParallel
 from rlft.train.online.config import RLConfig
 from rlft.train.online.rollout_batch import RolloutBatch, by_micro_batch
 
@@ -90,6 +92,9 @@ class Critic:
             self.head = self.model.get_submodule("score")
         params = list(self.model.parameters() if self.model is not None else self.head.parameters())
         self.params = [p for p in params if p.requires_grad]
+        # Under torchrun the critic is replicated on every rank (its gradients summed over ranks),
+        # whatever the actor's parallelism.
+        self.parallel = DataParallel("ddp", world())
         optim = cfg.optim
         self.optimizer = adamw(self.params, c.lr or optim.lr, optim.weight_decay, beta2=optim.adam_beta2)
 
@@ -132,9 +137,14 @@ class Critic:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    def replicate(self) -> None:
+        """Give every rank rank 0's critic (call once, before training)."""
+        self.parallel.prepare(self.model or self.head)  # type: ignore[arg-type]
+
     def step(self, apply_step: Callable[..., bool] | None = None) -> float:
-        """Clip and take the critic's optimiser step, through ``apply_step`` (the trainer's non-finite
-        policy) when given; returns the gradient norm before clipping."""
+        """Sum the gradients over ranks, clip and take the critic's optimiser step, through ``apply_step``
+        (the trainer's non-finite policy) when given; returns the gradient norm before clipping."""
+        self.parallel.finish_gradients(self.params)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
         if apply_step is None:
             self.optimizer.step()

@@ -22,8 +22,11 @@ and the saved stream position; with the weights, optimiser, scheduler, RNG, KL c
 state (REINFORCE baseline, DCPO's per-prompt statistics) restored, a resumed run on CPU computes the same
 weights as an uninterrupted one.
 
-Data parallel later: sample a slice of each step's prompts per rank, all-reduce the normalisers of
-``update.py`` and the group statistics, and write from rank 0 — no global state is kept here.
+Data parallel (torchrun): every rank takes the same prompts from the stream and samples, scores and scores
+again (π_old, π_ref, V_old) only its shards of them (``sampling.rollout_shards``: one process sampling every
+shard draws the same completions); the rows are then gathered, so that the estimate stage sees the whole
+step on every rank, and each rank trains on its own rows with the whole mini-batch's normalisers, the
+gradients summed over ranks (``update.py``, ``rlft.train.common.parallel``). Rank 0 writes.
 """
 
 from __future__ import annotations
@@ -43,20 +46,30 @@ from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import HFSampler, SamplingParams
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.fused.onednn_linears import use_onednn_linears
-from rlft.run import capture_rng_state, restore_rng_state
+from rlft.run.distributed import all_gather_objects, main_only, world
 from rlft.run.seeding import minibatch_seed, rollout_seed
 from rlft.train.common.bookkeeping import Bookkeeping
 from rlft.train.common.chat_stops import stop_at_end_of_turn
 from rlft.train.common.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
+from rlft.train.common.epochs import restore_rng, rng_state
 from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
 from rlft.train.common.optimizer import adamw
+from rlft.train.common.parallel import DataParallel
 from rlft.train.common.schedule import warmup_cosine_scheduler
 from rlft.train.online.config import RLConfig, preset_value
 from rlft.train.online.critic import Critic
 from rlft.train.online.evaluation import RLEvalSet, evaluate_policy, load_eval_set
 from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.ptx import PtxData
-from rlft.train.online.rollout import advantage_step, check_advantage, collect_rollout, needs_critic
+from rlft.train.online.rollout import (
+    RolloutStats,
+    Shards,
+    advantage_step,
+    check_advantage,
+    collect_rollout,
+    gather_rollout,
+    needs_critic,
+)
 from rlft.train.online.setup import describe_algorithm, load_policy, reward_specs, save_final
 from rlft.train.online.update import Reference, loss_settings, old_policy_logprobs, policy_update
 
@@ -77,6 +90,11 @@ class RLResult:
 
 
 # --- the trainer -----------------------------------------------------------------------------------------
+
+
+def _gathered_stats(stats: RolloutStats) -> RolloutStats:
+    """Every rank's rollout statistics merged (one process: ``stats``)."""
+    return RolloutStats.merged(all_gather_objects(stats)) if world().size > 1 else stats
 
 
 @lm_trainer("rl")
@@ -132,6 +150,11 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                 use_onednn_linears(critic.model)
         sampler = HFSampler(model, tokenizer, decoder=plan.decoder or "auto")
         losses = loss_settings(cfg, plan)
+        parallel = DataParallel.of(cfg)
+        model = parallel.prepare(model)  # before the optimiser: under fsdp2 its parameters become shards
+        if critic is not None:
+            critic.replicate()
+        shards = Shards.of(cfg.sampling.rollout_shards, cfg.sampling.prompts_per_step)
 
         optimizer = adamw(
             model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, beta2=cfg.optim.adam_beta2
@@ -153,8 +176,9 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
         step = 0
         if checkpoint is not None:
             state = load_trainer_state(checkpoint)
+            parallel.load_sharded(model, optimizer, state, checkpoint)
             restore_optimizer(optimizer, scheduler, state, checkpoint)
-            restore_rng_state(state["rng"])
+            restore_rng(state)
             stream.load_state_dict(state["stream"])
             kl_ctl.value = state["kl_coef"]
             adv_state.load_state_dict(state["advantage_state"])
@@ -172,20 +196,24 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
             state = {
                 "step": at_step,
                 "stream": stream.state_dict(),
-                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(),
+                **rng_state(),
                 "kl_coef": float(kl_ctl.value),
                 "advantage_state": adv_state.state_dict(),
             }
+            if not parallel.sharded:  # else in the checkpoint's sharded part
+                state["optimizer"] = optimizer.state_dict()
             if critic is not None:
                 state["critic"] = critic.state_dict()
             if ptx is not None:
                 state["ptx_stream"] = ptx.state_dict()
-            save_checkpoint(run, at_step, model, tokenizer, state)
+            save_checkpoint(run, at_step, model, tokenizer, state, parallel, optimizer)
 
         def evaluate() -> dict[str, float]:
-            return evaluate_policy(sampler, eval_set, rewards, cfg) if eval_set is not None else {}
+            if eval_set is None:
+                return {}
+            with parallel.gathered(model):  # every rank evaluates everything; rank 0 logs it
+                return evaluate_policy(sampler, eval_set, rewards, cfg)
 
         sampling = SamplingParams(
             max_new_tokens=cfg.sampling.max_new_tokens,
@@ -207,41 +235,48 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
         with book:
             while step < cfg.max_steps:
                 t_step = time.perf_counter()
-                # 1–2. sample and score (dynamic sampling rounds, ReMax's greedy baseline)
-                batch, rollout = collect_rollout(
-                    sampler,
-                    rewards,
-                    examples,
-                    stream,
-                    sampling,
-                    cfg.sampling.prompts_per_step,
-                    pad_id,
-                    dynamic_sampling=preset_value(cfg.dynamic_sampling, "dynamic_sampling"),
-                    max_rounds=preset_value(cfg.max_sample_rounds, "max_sample_rounds"),
-                    greedy_baseline=advantage == "remax",
-                    seed=rollout_seed(cfg.seed, step),
-                )
+                # 1–2. sample and score this rank's shards (dynamic sampling rounds, ReMax's greedy baseline)
+                with parallel.gathered(model):
+                    batch, rollout = collect_rollout(
+                        sampler,
+                        rewards,
+                        examples,
+                        stream,
+                        sampling,
+                        cfg.sampling.prompts_per_step,
+                        pad_id,
+                        dynamic_sampling=preset_value(cfg.dynamic_sampling, "dynamic_sampling"),
+                        max_rounds=preset_value(cfg.max_sample_rounds, "max_sample_rounds"),
+                        greedy_baseline=advantage == "remax",
+                        seed=rollout_seed(cfg.seed, step),
+                        shards=shards,
+                    )
                 if cfg.mask_truncated:  # DAPO's overlong filter: cut-off completions teach nothing
                     loss_mask = batch.filled("loss_mask")
                     batch.loss_mask = loss_mask * batch.finished[:, None].to(loss_mask.dtype)
                 if cfg.missing_eos_penalty:  # TRL: a completion cut at max_new_tokens loses this much score
                     scores = batch.filled("scores")
                     batch.scores = scores - cfg.missing_eos_penalty * (~batch.finished).to(scores.dtype)
-                reward = rollout.metrics()["reward"]
+                reward = _gathered_stats(rollout).metrics()["reward"]  # the whole step's, on every rank
                 if not math.isfinite(reward) and not book.control.skips.check(step + 1, reward=reward):
                     # no sample has a reward (e.g. every function returned None): nothing to learn from
                     scheduler.step()
                     step += 1
-                    book.skipped_step(step, {**rollout.metrics(), "skipped_steps": book.control.skipped})
+                    book.skipped_step(
+                        step, {**_gathered_stats(rollout).metrics(), "skipped_steps": book.control.skipped}
+                    )
                     continue
                 # 3. reference log-probs (and π_old when the policy will move before some loss is taken)
                 t_ref = time.perf_counter()
-                batch.old_logp = old_policy_logprobs(cfg, model, batch, losses)
+                with parallel.gathered(model):
+                    batch.old_logp = old_policy_logprobs(cfg, model, batch, losses)
                 if reference is not None:
                     batch.ref_logp = reference.logprobs(batch, losses, cfg.optim.micro_batch_size)
                 if critic is not None:  # V_old of every response token
                     batch.values = critic.values(batch, cfg.optim.micro_batch_size)
                 time_ref = time.perf_counter() - t_ref
+                # every rank's rows, on every rank: the estimate stage sees the whole step's batch
+                batch, rollout, owner = gather_rollout(batch, rollout, pad_id)
                 # 4. per-token rewards (KL shaping) and advantages
                 t_update = time.perf_counter()
                 kl_metrics = advantage_step(cfg, batch, float(kl_ctl.value), adv_state)
@@ -262,6 +297,8 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
                     critic=critic,
                     ptx=ptx,
                     apply_step=functools.partial(book.control.step_optimizer, step=step + 1),
+                    owner=owner,
+                    parallel=parallel,
                 )
                 scheduler.step()
                 if reference is not None:
@@ -294,8 +331,9 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
     model_dir = run.root / "model"
     if step == cfg.max_steps or book.out_of_time:
         if critic is not None:
-            critic.save(run.root / "critic", tokenizer)
-        save_final(model, tokenizer, model_dir, cfg.lora is not None)
+            main_only(lambda: critic.save(run.root / "critic", tokenizer))
+        full = parallel.full_state_dict(model)
+        main_only(lambda: save_final(model, tokenizer, model_dir, cfg.lora is not None, full))
     return RLResult(
         steps=step,
         seconds=time.monotonic() - start,

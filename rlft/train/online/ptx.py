@@ -19,6 +19,7 @@ from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_rec
 from rlft.data.lengths import cap_length, context_length
 from rlft.models.precision import bf16_autocast
 from rlft.run import ConfigError
+from rlft.run.distributed import rank_share, sum_over_ranks, world
 from rlft.run.seeding import ptx_stream_seed
 from rlft.train.online.config import RLConfig
 from rlft.train.online.prompt_stream import PromptStream
@@ -46,19 +47,28 @@ class PtxData:
             raise DataError(f"ptx.data {cfg.ptx.data}: no examples ({self.examples.report})")
         self.coef = cfg.ptx.coef
         self.batch_size = cfg.ptx.batch_size
+        if self.batch_size % world().size:
+            raise ConfigError(
+                f"config key 'ptx.batch_size': {self.batch_size} examples do not divide over "
+                f"{world().size} ranks (batch sizes are global)"
+            )
         self.pad_id = int(tokenizer.pad_token_id)
         self.bf16 = cfg.performance.bf16
         self.stream = PromptStream(len(self.examples), ptx_stream_seed(cfg.seed))
 
     def next_batch(self) -> dict[str, Any]:
-        return collate_sft([self.examples[i] for i in self.stream.take(self.batch_size)], self.pad_id)
+        """This rank's share of the next ``batch_size`` examples (all of them on one process)."""
+        chosen = rank_share(self.stream.take(self.batch_size), 1)
+        return collate_sft([self.examples[i] for i in chosen], self.pad_id)
 
     def loss(self, model: PreTrainedModel) -> tuple[Tensor, float]:
-        """(ptx.coef · token-mean NLL of the next batch, the NLL) for one optimiser step."""
+        """(ptx.coef · token-mean NLL of the next batch, the NLL) for one optimiser step; on several ranks
+        this rank's share of it, the mean taken over every rank's tokens."""
         with bf16_autocast(self.bf16):
             total, n = token_loss_sum(model, self.next_batch())
-        nll = total.float() / max(n, 1)
-        return self.coef * nll, float(nll.detach())
+        total_everywhere, tokens = sum_over_ranks(float(total.detach()), n)
+        nll = total.float() / max(tokens, 1)
+        return self.coef * nll, total_everywhere / max(tokens, 1)
 
     def state_dict(self) -> dict[str, int]:
         return self.stream.state_dict()

@@ -34,6 +34,8 @@ from rlft.data import PromptExample
 from rlft.data.formats import Prompt
 from rlft.models import Sampler, SamplingParams
 from rlft.run import ConfigError
+from rlft.run.distributed import all_gather_objects, sum_over_ranks, world
+from rlft.run.seeding import shard_seed
 from rlft.train.online.config import RLConfig, preset_value
 from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.rollout_batch import RolloutBatch
@@ -44,12 +46,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DynamicSamplingError",
     "RolloutStats",
+    "Shards",
     "advantage_step",
     "check_advantage",
     "collect_rollout",
     "estimate_advantages",
     "estimator_args",
+    "gather_rollout",
     "needs_critic",
+    "sample_shards",
     "zero_variance_groups",
 ]
 
@@ -97,6 +102,41 @@ class RolloutStats:
         if self.skipped:
             out["reward_skipped"] = self.skipped
         return out
+
+
+    @staticmethod
+    def merged(parts: Sequence[RolloutStats]) -> RolloutStats:
+        """The statistics of several processes' shards as one (times: the slowest process's)."""
+        out = RolloutStats(rounds=max(p.rounds for p in parts))
+        for p in parts:
+            out.rewards += p.rewards
+            out.lengths += p.lengths
+            out.truncated += p.truncated
+            out.greedy_rewards += p.greedy_rewards
+            for name, values in p.per_function.items():
+                out.per_function.setdefault(name, []).extend(values)
+            out.groups += p.groups
+            out.zero_variance += p.zero_variance
+            out.skipped += p.skipped
+            out.tokens += p.tokens
+        out.time_sample = max(p.time_sample for p in parts)
+        out.time_score = max(p.time_score for p in parts)
+        return out
+
+
+def gather_rollout(
+    batch: RolloutBatch, stats: RolloutStats, pad_id: int
+) -> tuple[RolloutBatch, RolloutStats, Tensor]:
+    """(every process's rows in rank order, their merged statistics, the rank that holds each row). On
+    one process: ``batch``, ``stats`` and zeros. The estimate stage then runs on the whole step's batch
+    on every rank — group, batch and running statistics need no reduction of their own — and each rank
+    trains on its rows with the whole mini-batch's normalisers."""
+    if world().size == 1:
+        return batch, stats, torch.zeros(len(batch), dtype=torch.long)
+    parts = all_gather_objects((batch, stats))
+    owner = torch.cat([torch.full((len(b),), r, dtype=torch.long) for r, (b, _) in enumerate(parts)])
+    full = RolloutBatch.concat([b for b, _ in parts], pad_id)
+    return full, RolloutStats.merged([st for _, st in parts]), owner
 
 
 def _nanmean(x: Tensor) -> float:
@@ -160,6 +200,51 @@ def sample_round(
     return batch, rollout.texts
 
 
+@dataclass(frozen=True)
+class Shards:
+    """How a step's prompts are split for sampling: ``count`` equal shards, each sampled as one batch with
+    its own seed (:func:`~rlft.run.seeding.shard_seed`); this process samples ``mine`` (a contiguous run,
+    rank r's on r of several ranks). One shard of one process is the unsharded rollout."""
+
+    count: int = 1
+    mine: tuple[int, ...] = (0,)
+
+    @classmethod
+    def of(cls, requested: int, prompts_per_step: int) -> Shards:
+        """``sampling.rollout_shards`` (0: one per rank) on this run's ranks."""
+        w = world()
+        count = requested or w.size
+        if count % w.size or prompts_per_step % count:
+            raise ConfigError(
+                f"config key 'sampling.rollout_shards': {count} shards must divide over {w.size} ranks and "
+                f"divide sampling.prompts_per_step = {prompts_per_step} (batch sizes are global)"
+            )
+        per_rank = count // w.size
+        return cls(count, tuple(range(w.rank * per_rank, (w.rank + 1) * per_rank)))
+
+
+def sample_shards(
+    sampler: Sampler,
+    examples: Sequence[PromptExample],
+    indices: list[int],
+    params: SamplingParams,
+    shards: Shards,
+    pad_id: int,
+) -> tuple[RolloutBatch, list[str]]:
+    """This process's shards of the step's prompts ``indices`` sampled shard by shard (shard s with seed
+    ``shard_seed(params.seed, s)``), in shard order."""
+    per = len(indices) // shards.count
+    batches, texts = [], []
+    for shard in shards.mine:
+        seed = None if params.seed is None else shard_seed(params.seed, shard)
+        batch, shard_texts = sample_round(
+            sampler, examples, indices[shard * per : (shard + 1) * per], _with_seed(params, seed)
+        )
+        batches.append(batch)
+        texts.extend(shard_texts)
+    return RolloutBatch.concat(batches, pad_id), texts
+
+
 def collect_rollout(
     sampler: Sampler,
     rewards: RewardSet,
@@ -173,17 +258,25 @@ def collect_rollout(
     max_rounds: int = 10,
     greedy_baseline: bool = False,
     seed: int = 0,
+    shards: Shards | None = None,
 ) -> tuple[RolloutBatch, RolloutStats]:
     """Sample and score one step's rollout (see the module docstring); ``seed`` seeds round r with
-    ``seed + r`` so a step's rollout depends only on the weights, the data position and the seed."""
+    ``seed + r`` so a step's rollout depends only on the weights, the data position and the seed.
+
+    ``shards``: this process samples and scores only its shards of every round's prompts, and returns its
+    rows and the statistics of what it drew; every process takes the same prompts from ``stream``. With
+    dynamic sampling the groups kept are the first with reward variance in shard order, over all
+    processes, so the step keeps what one process sampling every shard would keep."""
+    shards = shards or Shards()
     clock = time.perf_counter
     stats = RolloutStats()
-    kept: list[RolloutBatch] = []
+    kept: list[list[RolloutBatch]] = [[] for _ in shards.mine]  # per shard of this process, by round
     n_kept = 0
     while True:
         indices = stream.take(prompts_per_step)
         t0 = clock()
-        batch, texts = sample_round(sampler, examples, indices, _with_seed(params, seed + stats.rounds))
+        params_r = _with_seed(params, seed + stats.rounds)
+        batch, texts = sample_shards(sampler, examples, indices, params_r, shards, pad_id)
         greedy_texts = None
         if greedy_baseline:
             greedy_params = SamplingParams(
@@ -195,7 +288,9 @@ def collect_rollout(
                 seed=0,
                 bf16=params.bf16,
             )
-            greedy_batch, greedy_texts = sample_round(sampler, examples, indices, greedy_params)
+            greedy_batch, greedy_texts = sample_shards(
+                sampler, examples, indices, greedy_params, shards, pad_id
+            )
         t1 = clock()
         stats.time_sample += t1 - t0
         stats.rounds += 1
@@ -223,30 +318,45 @@ def collect_rollout(
         batch.scores = _fill_invalid(result.total, result.valid, batch.group_ids)
 
         flat = zero_variance_groups(batch.scores, batch.group_ids)
-        n_groups = len(indices)
+        n_groups = len(shards.mine) * (len(indices) // shards.count)
+        group_flat = flat.view(n_groups, -1)[:, 0]
         stats.groups += n_groups
-        stats.zero_variance += int(flat.view(n_groups, -1)[:, 0].sum())
+        stats.zero_variance += int(group_flat.sum())
         if not dynamic_sampling:
             return batch, stats
-        keep_groups = (~flat).view(n_groups, -1)[:, 0].nonzero().flatten()[: prompts_per_step - n_kept]
-        if keep_groups.numel():
-            rows = torch.isin(batch.group_ids, keep_groups).nonzero().flatten()
-            kept.append(batch.select(rows))
-            n_kept += keep_groups.numel()
-        if n_kept == prompts_per_step:
-            return RolloutBatch.concat(kept, pad_id), stats
+        keep_groups = _first_varied_groups(group_flat, prompts_per_step - n_kept)
+        per_shard = n_groups // len(shards.mine)
+        for j in range(len(shards.mine)):  # rows of each shard, kept apart: the step's rows are shard-major
+            mine = keep_groups[keep_groups // per_shard == j]
+            if mine.numel():
+                kept[j].append(batch.select(torch.isin(batch.group_ids, mine).nonzero().flatten()))
+        (kept_everywhere,) = sum_over_ranks(keep_groups.numel())
+        n_kept += int(kept_everywhere)
+        if n_kept == prompts_per_step:  # a process may keep none of the groups: then it has no rows
+            parts = [part for shard in kept for part in shard]
+            return RolloutBatch.concat(parts, pad_id) if parts else batch.select([]), stats
         if 0 < max_rounds <= stats.rounds:
+            (zero_variance, groups) = sum_over_ranks(stats.zero_variance, stats.groups)
             raise DynamicSamplingError(
                 f"dynamic sampling: only {n_kept} of {prompts_per_step} prompt groups had rewards that "
                 f"differ after {stats.rounds} rounds (max_sample_rounds={max_rounds}; "
-                f"{stats.zero_variance} of {stats.groups} groups sampled had all-equal rewards). The "
+                f"{zero_variance:.0f} of {groups:.0f} groups sampled had all-equal rewards). The "
                 "task is too easy or too hard for the model at this point: raise max_sample_rounds "
                 "(<= 0: no cap), lower sampling.prompts_per_step, raise sampling.num_generations, or set "
                 "dynamic_sampling: false"
             )
 
 
-def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
+def _first_varied_groups(group_flat: Tensor, wanted: int) -> Tensor:
+    """This process's groups (local ids) among the first ``wanted`` groups with reward variance, counted
+    over every process's groups in rank (= shard) order."""
+    flags = all_gather_objects(group_flat.tolist())
+    offset = sum(len(f) for f in flags[: world().rank])
+    varied = [i for i, flat in enumerate(f for part in flags for f in part) if not flat][:wanted]
+    return torch.tensor([i - offset for i in varied if offset <= i < offset + len(group_flat)], dtype=torch.long)
+
+
+def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
     return dataclasses.replace(params, seed=seed)
 
 

@@ -149,6 +149,8 @@ def by_micro_batch(batch: RolloutBatch, size: int | None, fn: Callable[[RolloutB
     when None), each with its padding columns trimmed, without gradient: the rollout-wide passes (π_old,
     π_ref, V_old) that must fit in the memory one training micro-batch takes."""
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+    if len(batch) == 0:  # (a rank may keep no rows of a dynamically sampled step)
+        return out
     for rows in torch.arange(len(batch)).split(size or len(batch)):
         part = fn(batch.select(rows).trimmed())
         out[rows, : part.shape[1]] = part

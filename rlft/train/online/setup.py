@@ -213,8 +213,13 @@ def peft_policy(model: torch.nn.Module) -> PeftModel:
 
 
 def save_final(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path, lora: bool
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out: Path,
+    lora: bool,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """The trained policy as a plain Hugging Face model (``state_dict``: the whole of a sharded one)."""
     if lora:  # a plain HF model: adapters merged into the base weights
         model = peft_policy(model).merge_and_unload()
-    save_pretrained_atomic(model, tokenizer, out)
+    save_pretrained_atomic(model, tokenizer, out, state_dict=state_dict)

@@ -32,6 +32,8 @@ from rlft.models.forward_path import ForwardPlan
 from rlft.models.fused.frozen import FrozenForward
 from rlft.models.logprobs import logprobs_from_states, response_states, rollout_logprobs
 from rlft.run import ConfigError
+from rlft.run.distributed import all_gather_objects, sum_over_ranks
+from rlft.train.common.parallel import DataParallel
 from rlft.train.online.config import RLConfig, preset_value
 from rlft.train.online.critic import Critic
 from rlft.train.online.ptx import PtxData
@@ -159,7 +161,7 @@ def loss_settings(cfg: RLConfig, plan: ForwardPlan | None = None) -> LossSetting
         entropy_coef=cfg.entropy_coef,
         temperature=cfg.sampling.temperature,
         bf16=cfg.performance.bf16,
-        share_prompts=cfg.performance.share_prompts,
+        share_prompts=cfg.performance.share_prompts and not (plan is not None and plan.sharded),
         forward=plan.training_forward if plan is not None else cfg.performance.forward,
     )
 
@@ -178,6 +180,16 @@ class _Sums:
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.tokens, 1.0) for k, v in self.values.items()}
+
+    @staticmethod
+    def merged(parts: list[_Sums]) -> _Sums:
+        out = _Sums()
+        for part in parts:
+            out.add(0.0)
+            out.tokens += part.tokens
+            for k, v in part.values.items():
+                out.values[k] = out.values.get(k, 0.0) + v
+        return out
 
 
 def micro_batch_loss(
@@ -252,10 +264,20 @@ def micro_batch_loss(
 
 def _micro_batches(mb: RolloutBatch, size: int | None) -> list[RolloutBatch]:
     """``mb`` cut into micro-batches of ``size`` rows of similar length, padding columns trimmed."""
+    if len(mb) == 0:
+        return []
     if size is None or size >= len(mb):
         return [mb.trimmed()]
     order = torch.argsort(mb.filled("loss_mask").sum(-1), stable=True)
     return [mb.select(chunk).trimmed() for chunk in order.split(size)]
+
+
+def _lockstep_passes(owner: Tensor, size: int | None, parallel: DataParallel) -> int:
+    """The micro-batches each rank runs for a mini-batch whose rows belong to ``owner``: its own count,
+    except under fsdp2, where every rank runs the busiest rank's count (0 rows: no pass)."""
+    counts = [int((owner == r).sum()) for r in range(parallel.world.size)]
+    passes = [0 if n == 0 else 1 if size is None else -(-n // size) for n in counts]
+    return max(passes) if parallel.sharded else passes[parallel.world.rank]
 
 
 # --- what the loss compares against: π_old and π_ref --------------------------------------------------------
@@ -338,6 +360,8 @@ def policy_update(
     critic: Critic | None = None,
     ptx: PtxData | None = None,
     apply_step: Callable[..., bool] | None = None,
+    owner: Tensor | None = None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
     """μ passes over ``batch`` in ``num_minibatches`` shuffled mini-batches, one optimiser step each.
     Rows without loss tokens (masked truncations, invalid rewards) are left out. Returns mean diagnostics.
@@ -348,7 +372,17 @@ def policy_update(
 
     ``critic`` (:class:`~rlft.train.online.critic.Critic`): its value loss on the same mini-batches,
     token-mean, with its own optimiser step. ``ptx`` (:class:`~rlft.train.online.ptx.PtxData`):
-    + ptx.coef·NLL of one ptx batch in every actor step."""
+    + ptx.coef·NLL of one ptx batch in every actor step.
+
+    On several ranks ``batch`` is the whole step's rollout on every rank and ``owner`` the rank that
+    trains on each row: the mini-batches are drawn from the whole batch (the same on every rank, as on one
+    process), each rank runs the micro-batches of its rows of a mini-batch with that mini-batch's
+    normalisers, and ``parallel`` sums the gradients over ranks before the clip and the step. Under fsdp2
+    every rank runs as many micro-batches as the busiest one (zero-weight passes on the others), since each
+    forward and backward gathers and scatters the sharded weights with every rank."""
+    parallel = parallel or DataParallel()
+    rank = parallel.world.rank
+    owner = owner if owner is not None else torch.zeros(len(batch), dtype=torch.long)
     rows = (batch.filled("loss_mask").sum(-1) > 0).nonzero().flatten()
     if rows.numel() == 0:
         return {}
@@ -358,17 +392,20 @@ def policy_update(
     for _ in range(ppo_epochs):
         shuffled = rows[torch.randperm(rows.numel(), generator=generator)]
         for mb_rows in shuffled.tensor_split(min(num_minibatches, rows.numel())):
-            mb = batch.select(mb_rows)
+            mb = batch.select(mb_rows)  # the whole mini-batch: its normalisers
             mb_mask = mb.filled("loss_mask").to(torch.float32)
             normalizer = global_normalizer(mb_mask, s.aggregation)
             v_normalizer = global_normalizer(mb_mask, "token-mean")
-            micros = _micro_batches(mb, micro_batch_size)
+            micros = _micro_batches(mb.select((owner[mb_rows] == rank).nonzero().flatten()), micro_batch_size)
+            idle = _lockstep_passes(owner[mb_rows], micro_batch_size, parallel) - len(micros)
             optimizer.zero_grad(set_to_none=True)
             if critic is not None:
                 critic.zero_grad()
             mb_loss = 0.0
             for micro in micros:
-                loss, stats = micro_batch_loss(model, micro, s, kl_coef, normalizer, critic, v_normalizer)
+                loss, stats = parallel.run(
+                    model, micro_batch_loss, model, micro, s, kl_coef, normalizer, critic, v_normalizer
+                )
                 loss.backward()
                 stats["loss"] = float(loss.detach())
                 mb_loss += stats["loss"]
@@ -376,16 +413,23 @@ def policy_update(
                     if key in stats:
                         totals[key] = totals.get(key, 0.0) + stats.pop(key)
                 sums.add(float(micro.filled("loss_mask").sum()), **stats)
+            for _ in range(idle):  # fsdp2: take part in the busiest rank's passes, contributing nothing
+                idle_mb = mb.select([0]).trimmed()
+                loss, _ = parallel.run(model, micro_batch_loss, model, idle_mb, s, kl_coef, 1.0, critic, 1.0)
+                (loss * 0.0).backward()
             if ptx is not None:
-                ptx_loss, nll = ptx.loss(model)
+                ptx_loss, nll = parallel.run(model, ptx.loss, model)
                 ptx_loss.backward()
                 totals["ptx_nll"] = totals.get("ptx_nll", 0.0) + nll
                 mb_loss += float(ptx_loss.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+            parallel.finish_gradients(params)
+            grad_norm = parallel.norm(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
+            (mb_loss,) = sum_over_ranks(mb_loss)  # every rank skips a non-finite step alike
             if apply_step is None:
                 optimizer.step()
             else:
                 apply_step(optimizer, loss=mb_loss, grad_norm=grad_norm)
+            parallel.after_step()
             grad_norms.append(float(grad_norm))
             if critic is not None:
                 if not critic.shared:
@@ -396,6 +440,13 @@ def policy_update(
                         critic_sums.add(float(micro.filled("loss_mask").sum()), **v_stats)
                 critic_norms.append(critic.step(apply_step))
             n_steps += 1
+    if parallel.active:  # every rank's share of the sums: the logged means are the whole batch's
+        parts = all_gather_objects((sums, critic_sums, totals))
+        sums, critic_sums = _Sums.merged([p[0] for p in parts]), _Sums.merged([p[1] for p in parts])
+        totals = {}
+        for _, _, part in parts:
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0.0) + value
     out = {**sums.means(), **critic_sums.means()}
     out.update({k: v / n_steps for k, v in totals.items()})
     out["grad_norm"] = sum(grad_norms) / n_steps

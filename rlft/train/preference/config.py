@@ -105,6 +105,8 @@ class DPOConfig:
     win_rate_samples: int = 8  # sampled completions per held-out prompt for the win rate
     win_rate_max_new_tokens: int = 24
     torch_threads: int = 2  # 0 leaves torch's default
+    parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the model
+    fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
 
     def __post_init__(self) -> None:
         if self.loss == "dpo":

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from rlft.algos import PREFERENCE_LOSSES
+from rlft.run.distributed import sum_over_ranks
 from rlft.train.preference.config import DPOConfig
 
 __all__ = ["offline_loss", "summarize"]
@@ -113,14 +114,23 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def summarize(losses: Sequence[Tensor], metrics: Sequence[dict[str, Tensor]]) -> dict[str, float]:
-    """Means over every example of a step (or an eval pass); NaN entries (metric n/a) are skipped."""
-    out = {"loss": float(torch.cat([x.detach().reshape(-1) for x in losses]).mean())}
+def summarize(
+    losses: Sequence[Tensor], metrics: Sequence[dict[str, Tensor]], over_ranks: bool = False
+) -> dict[str, float]:
+    """Means over every example of a step (or an eval pass); NaN entries (metric n/a) are skipped.
+    ``over_ranks``: the examples are this rank's share of a step, and the means are over all ranks'."""
+    columns = {"loss": torch.cat([x.detach().reshape(-1) for x in losses]).double()}
     for key in metrics[0] if metrics else ():
-        values = torch.cat([m[key].reshape(-1).float() for m in metrics])
-        values = values[~values.isnan()]
-        if values.numel():
-            out[key] = float(values.mean())
+        values = torch.cat([m[key].reshape(-1).double() for m in metrics])
+        columns[key] = values[~values.isnan()]
+    sums = [float(v.sum()) for v in columns.values()] + [v.numel() for v in columns.values()]
+    if over_ranks:
+        sums = sum_over_ranks(*sums)
+    out = {}
+    totals, counts = sums[: len(columns)], sums[len(columns) :]
+    for key, total, count in zip(columns, totals, counts, strict=True):
+        if count:
+            out[key] = total / count
     if "rewards/chosen" in out and "rewards/rejected" in out and "rewards/margins" not in out:
         out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]  # KTO: unpaired
     return out

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from rlft.models.logprobs import grouped_logprob_sums
 from rlft.run import atomic_path
+from rlft.run.distributed import is_main
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -154,6 +155,8 @@ def reference_logprob_sums(
             say(f"reference log-probs: cache at {file} ignored ({why}); recomputing")
     start = time.monotonic()
     values = compute_logprob_sums(model, sequences, pad_id, bf16=bf16, forward=forward)
+    if not is_main():  # every rank computes the same table; rank 0 writes it
+        return values
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
         save_file({"logps": values.contiguous()}, str(tmp), metadata=_metadata(key, len(values)))

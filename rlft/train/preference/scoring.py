@@ -17,6 +17,7 @@ from rlft.algos import kto_kl_baseline
 from rlft.models.forward_path import ForwardPlan
 from rlft.models.fused.frozen import FrozenForward
 from rlft.models.logprobs import grouped_logprob_sums
+from rlft.run.distributed import sum_over_ranks, world
 from rlft.train.preference.config import DPOConfig
 from rlft.train.preference.data import OfflineData
 from rlft.train.preference.loss import offline_loss
@@ -141,12 +142,17 @@ def kto_baseline(
     cfg: DPOConfig,
     reference: Reference | None,
 ) -> Tensor:
-    """z₀ over ``examples`` (a whole optimiser step): mean policy − reference log-ratio of the mismatched
-    (prompt_i, completion_{i+1}) sequences, clamped at 0 and detached (KTO, arXiv 2402.01306)."""
+    """z₀ over ``examples`` (a whole optimiser step; on several ranks this rank's share, the mean taken
+    over every rank's): mean policy − reference log-ratio of the mismatched (prompt_i, completion_{i+1})
+    sequences, clamped at 0 and detached (KTO, arXiv 2402.01306)."""
     if reference is None:
         raise TypeError(
             "kto_baseline: KTO's baseline is a log-ratio to the reference model, and none was given"
         )
     rows = data.mismatched_rows(examples)
     policy, _ = score_sequences(model, data, rows, pad_id, cfg)
-    return kto_kl_baseline(policy - reference(data, rows))
+    logratio = (policy - reference(data, rows)).detach()
+    if world().size == 1:
+        return kto_kl_baseline(logratio)
+    total, count = sum_over_ranks(float(logratio.double().sum()), logratio.numel())
+    return kto_kl_baseline(torch.tensor([total / count], dtype=logratio.dtype))

@@ -26,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from rlft.data.tasks import task_of
-from rlft.models import load_causal_lm, save_pretrained_atomic, training_mode
+from rlft.models import load_causal_lm, training_mode
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.train.common.chat_stops import stop_at_end_of_turn
 from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
@@ -107,7 +107,9 @@ def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
     # config's `forward` option is resolved to the plan's choice for the passes that follow.
     plan = plan_for("dpo", model, cfg, reference=reference, sampling=win_rate is not None)
     say(record_forward(run, plan))
-    cfg = dataclasses.replace(cfg, forward=plan.training_forward)
+    cfg = dataclasses.replace(
+        cfg, forward=plan.training_forward, share_prompts=cfg.share_prompts and not plan.sharded
+    )
     if reference is not None:
         reference.follow(plan)
     stop_at_end_of_turn(model, tokenizer)
@@ -116,25 +118,31 @@ def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
 
     def evaluate() -> dict[str, float]:
         out: dict[str, float] = {}
-        if eval_data is not None:
-            out |= evaluate_offline(model, eval_data, pad_id, cfg, reference)
-        if win_rate is not None:
-            out |= win_rate(model)
+        # every rank evaluates the whole eval set on the whole model; rank 0 logs it
+        with training.parallel.gathered(model):
+            if eval_data is not None:
+                out |= evaluate_offline(model, eval_data, pad_id, cfg, reference)
+            if win_rate is not None:
+                out |= win_rate(model)
         return out
 
+    step_examples = cfg.batch_size * cfg.grad_accum  # global: every rank's share together
+    as_pass = training.parallel.run  # a pass that reads the head's weights directly (sharded: a root forward)
+
     def train_step(chunk: list[int]) -> StepResult:
-        micro = [chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size] for m in range(cfg.grad_accum)]
+        size = len(chunk) // cfg.grad_accum  # this rank's share of each micro-batch
+        micro = [chunk[m * size : (m + 1) * size] for m in range(cfg.grad_accum)]
         z0 = None
-        if kind == "unpaired":  # KTO's baseline over the whole step, before any gradient
-            z0 = kto_baseline(model, train, chunk, pad_id, cfg, reference)
+        if kind == "unpaired":  # KTO's baseline over the whole step (all ranks), before any gradient
+            z0 = as_pass(model, kto_baseline, model, train, chunk, pad_id, cfg, reference)
         losses, step_metrics = [], []
         for examples in micro:
-            loss, mets = micro_batch_loss(model, train, examples, pad_id, cfg, reference, z0)
+            loss, mets = as_pass(model, micro_batch_loss, model, train, examples, pad_id, cfg, reference, z0)
             # Σ per-example losses / examples in the whole step: accumulation does not change the update
-            (loss.sum() / len(chunk)).backward()
+            (loss.sum() / step_examples).backward()
             losses.append(loss.detach())
             step_metrics.append(mets)
-        summary = summarize(losses, step_metrics)
+        summary = summarize(losses, step_metrics, over_ranks=True)
         if z0 is not None:
             summary["kl"] = float(z0)
         shown = {"loss": summary["loss"]}
@@ -144,5 +152,5 @@ def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
 
     outcome = train_epochs(call, training, len(train), train_step, evaluate=evaluate, desc=f"dpo/{cfg.loss}")
     if outcome.finished:
-        save_pretrained_atomic(model.eval(), tokenizer, outcome.model_dir)
+        training.save_model(outcome.model_dir)
     return DPOResult.of(outcome)

@@ -56,6 +56,8 @@ class RMConfig:
     max_consecutive_skips: int = 10  # stop after this many steps in a row skipped as non-finite
     output_dir: str | None = None
     torch_threads: int = 2
+    parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the model
+    fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
 
     def validate(self) -> None:
         check_required(

@@ -21,6 +21,7 @@ either loss is the same computation. Data order, checkpoints and exact resume ar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from rlft.models import (
 )
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.scalar_head import set_pad_token_id
+from rlft.run.distributed import sum_over_ranks
 from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
 from rlft.train.common.epochs import model_length_limits, start_training
 from rlft.train.common.launch import TrainerCall, chat_tokenizer, lm_trainer
@@ -161,19 +163,18 @@ def train_rm(cfg: RMConfig, call: TrainerCall) -> RMResult:
     def evaluate() -> dict[str, float]:
         if not eval_groups:
             return {}
-        return evaluate_rm(model, eval_groups, pad_id, loss_name, max(cfg.batch_size, 64), gold)
+        with training.parallel.gathered(model):  # every rank evaluates everything; rank 0 logs it
+            return evaluate_rm(model, eval_groups, pad_id, loss_name, max(cfg.batch_size, 64), gold)
 
     def train_step(chunk: list[int]) -> StepResult:
-        micro = [
-            [train[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]]
-            for m in range(cfg.grad_accum)
-        ]
-        # Normalise by the elements of the WHOLE step (all micro-batches): Σ element losses / N.
-        n_elements = sum(element_count(groups, loss_name) for groups in micro)
+        size = len(chunk) // cfg.grad_accum  # this rank's share of each micro-batch
+        micro = [[train[j] for j in chunk[m * size : (m + 1) * size]] for m in range(cfg.grad_accum)]
+        # Normalise by the elements of the WHOLE step (all micro-batches, all ranks): Σ element losses / N.
+        (n_elements,) = sum_over_ranks(sum(element_count(groups, loss_name) for groups in micro))
         loss_sum, correct, gap, n_pairs, n_seqs = 0.0, 0.0, 0.0, 0, 0
         for groups in micro:
             batch = collate_groups(groups, pad_id)
-            rewards = group_rewards(model, batch)
+            rewards = training.parallel.run(model, group_rewards, model, batch)
             margins = batch["margin"] if use_margin else None
             losses = rm_loss(rewards, batch["ranks"], batch["valid"], loss_name, margins, cfg.center_coef)
             (losses.sum() / n_elements).backward()
@@ -185,15 +186,17 @@ def train_rm(cfg: RMConfig, call: TrainerCall) -> RMResult:
                 n_pairs + n,
                 n_seqs + len(batch["input_ids"]),
             )
-        loss_value, accuracy = loss_sum / n_elements, correct / max(n_pairs, 1)
-        row = {"loss": loss_value, "accuracy": accuracy, "reward_gap": gap / max(n_pairs, 1)}
+        loss_sum, correct, gap, pairs, seqs = sum_over_ranks(loss_sum, correct, gap, n_pairs, n_seqs)
+        loss_value, accuracy = loss_sum / n_elements, correct / max(pairs, 1)
+        row = {"loss": loss_value, "accuracy": accuracy, "reward_gap": gap / max(pairs, 1)}
         return StepResult(
-            loss_value, row, {"loss": loss_value, "acc": accuracy}, counted=("seqs_per_s", n_seqs)
+            loss_value, row, {"loss": loss_value, "acc": accuracy}, counted=("seqs_per_s", seqs)
         )
 
     outcome = train_epochs(call, training, len(train), train_step, evaluate=evaluate, desc="rm")
     norm: dict[str, float] = {}
     if outcome.finished:
-        norm = reward_stats(model, _norm_seqs(cfg, tokenizer, train), pad_id, max(cfg.batch_size, 64))
-        save_reward_model(model.eval(), tokenizer, outcome.model_dir, norm=norm)
+        with training.parallel.gathered(model):
+            norm = reward_stats(model, _norm_seqs(cfg, tokenizer, train), pad_id, max(cfg.batch_size, 64))
+        training.save_model(outcome.model_dir, functools.partial(save_reward_model, norm=norm))
     return RMResult.of(outcome, norm=norm)

@@ -53,6 +53,8 @@ class SFTConfig:
     eval_generate: bool = True  # greedy-generate on eval prompts and report the task's metrics (tasks only)
     eval_max_new_tokens: int = 16
     torch_threads: int = 2  # 0 leaves torch's default
+    parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the model
+    fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
 
     def validate(self) -> None:
         check_required(

@@ -12,9 +12,9 @@ Exact resume: the data order of epoch e is ``randperm`` from a ``torch.Generator
 the optimiser, scheduler and RNG states restored, a resumed run on CPU computes bitwise the same weights as
 an uninterrupted one.
 
-Data parallel later: divide by the token count summed over all ranks (all-reduce N before the backward),
-give each rank its slice of every global batch, and write files from rank 0 only. Nothing here keeps
-global state beyond ``torch.set_num_threads``.
+Data parallel (torchrun): each rank takes its slice of every micro-batch and divides by the token count
+summed over all ranks; the gradients are summed over ranks before clipping (``rlft.train.common``), so N
+ranks take the one-process step. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from rlft.data import (
     load_records,
 )
 from rlft.data.tasks import task_of
-from rlft.models import SamplingParams, load_causal_lm, sample, save_pretrained_atomic, training_mode
+from rlft.models import SamplingParams, load_causal_lm, sample, training_mode
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.run import ConfigError
+from rlft.run.distributed import sum_over_ranks
 from rlft.train.common.chat_stops import stop_at_end_of_turn
 from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
 from rlft.train.common.epochs import model_length_limits, shuffle_seed, start_training
@@ -232,10 +233,12 @@ def step_batches(
 def collate_step(
     examples: Sequence[Example], chunk: list[int], cfg: SFTConfig, pad_id: int
 ) -> list[dict[str, Any]]:
-    """The ``grad_accum`` collated micro-batches of one optimiser step's examples ``chunk``."""
+    """The ``grad_accum`` collated micro-batches of one optimiser step's examples ``chunk`` (this rank's
+    share of them on several ranks)."""
+    size = len(chunk) // cfg.grad_accum
     return [
         collate_sft(
-            [examples[j] for j in chunk[m * cfg.batch_size : (m + 1) * cfg.batch_size]],
+            [examples[j] for j in chunk[m * size : (m + 1) * size]],
             pad_id,
             pack=cfg.pack,
             max_len=cfg.max_len if cfg.pack else None,
@@ -279,26 +282,29 @@ def train_sft(cfg: SFTConfig, call: TrainerCall) -> SFTResult:
     def evaluate() -> dict[str, float]:
         if eval_set is None:
             return {}
-        out = evaluate_sft(model, eval_set.examples, pad_id, batch_size=max(cfg.batch_size, 32))
-        if cfg.eval_generate:
-            out |= generation_metrics(model, tokenizer, eval_set, cfg.eval_max_new_tokens, seed=cfg.seed)
+        # every rank evaluates the whole eval set on the whole model; rank 0 logs it
+        with training.parallel.gathered(model):
+            out = evaluate_sft(model, eval_set.examples, pad_id, batch_size=max(cfg.batch_size, 32))
+            if cfg.eval_generate:
+                out |= generation_metrics(model, tokenizer, eval_set, cfg.eval_max_new_tokens, seed=cfg.seed)
         return out
 
     def train_step(chunk: list[int]) -> StepResult:
         batches = collate_step(train, chunk, cfg, pad_id)
-        # Normalise by the loss tokens of the WHOLE step (all micro-batches): Σ token losses / N.
-        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        # Normalise by the loss tokens of the WHOLE step (all micro-batches, all ranks): Σ token losses / N.
+        (n_tokens,) = sum_over_ranks(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
         loss_sum = 0.0
         for batch in batches:
             loss, _ = token_loss_sum(model, batch)
             (loss / max(n_tokens, 1)).backward()
             loss_sum += float(loss.detach())
+        local_seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
+        loss_sum, seen = sum_over_ranks(loss_sum, local_seen)
         loss_value = loss_sum / max(n_tokens, 1)
-        seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
         shown = {"loss": loss_value, "lr": training.scheduler.get_last_lr()[0]}
         return StepResult(loss_value, {"loss": loss_value}, shown, counted=("tokens_per_s", seen))
 
     outcome = train_epochs(call, training, len(train), train_step, evaluate=evaluate, desc="sft")
     if outcome.finished:
-        save_pretrained_atomic(model.eval(), tokenizer, outcome.model_dir)
+        training.save_model(outcome.model_dir)
     return SFTResult.of(outcome)
