@@ -21,7 +21,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check rlft tests benchmarks
 	$(BIN)/mypy rlft
-	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --cov=rlft --cov-report=term
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadgroup --cov=rlft --cov-report=term
 	$(BIN)/python -m coverage report --include='rlft/algos/*' --fail-under=95
 
 lint: setup

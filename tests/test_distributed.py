@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -161,9 +162,17 @@ def cases(models, tmp_path_factory) -> dict[str, Case]:
     return {name: Case(name, models, tmp_path_factory.mktemp(name)) for name in CASES}
 
 
+def by_case(pairs: list[tuple[str, str]]) -> list:
+    """(case, mode) parameters, each case's tests on one test worker (``--dist loadgroup``), which then
+    makes that case's runs once."""
+    return [pytest.param(name, mode, marks=pytest.mark.xdist_group(name)) for name, mode in pairs]
+
+
 @pytest.mark.parametrize(
     ("name", "mode"),
-    [(name, mode) for name in CASES for mode in ("ddp", "fsdp2") if (name, mode) != ("kto", "fsdp2")],
+    by_case(
+        [(name, mode) for name in CASES for mode in ("ddp", "fsdp2") if (name, mode) != ("kto", "fsdp2")]
+    ),
 )
 def test_two_ranks_equal_one_rank(cases, name, mode) -> None:
     case = cases[name]
@@ -178,6 +187,7 @@ def test_two_ranks_equal_one_rank(cases, name, mode) -> None:
     assert (two / "checkpoints" / "step-4" / "dcp" / ".metadata").is_file() == (mode == "fsdp2")
 
 
+@pytest.mark.xdist_group("sft")
 def test_the_export_of_a_sharded_model_loads_in_transformers(cases) -> None:
     """fsdp2's final model, gathered to rank 0, is a tied Llama that ``from_pretrained`` loads; its
     sharded checkpoint, reassembled in one process, is the Hugging Face export beside it."""
@@ -203,15 +213,20 @@ def test_the_export_of_a_sharded_model_loads_in_transformers(cases) -> None:
 
 @pytest.mark.parametrize(
     ("name", "mode"),
-    [("sft", "fsdp2"), ("dpo", "fsdp2"), ("grpo", "fsdp2"), ("ppo", "ddp")],
+    by_case([("sft", "fsdp2"), ("dpo", "fsdp2"), ("grpo", "fsdp2"), ("ppo", "ddp")]),
 )
 def test_resume_on_two_ranks_is_exact(cases, name, mode) -> None:
     case = cases[name]
     uninterrupted, _ = case.run(mode)
     run = case.root / f"resumed-{mode}"
-    args = ("--config", str(case.config), "--out", str(run), f"--parallel={mode}")
-    ok(rlft(case.command, *args, "--stop-after", "2", ranks=2))
-    assert not (run / "model").exists() and (run / "checkpoints" / "step-2" / "trainer_state.pt").is_file()
+    if name == "sft":  # a run that stops after 2 steps, as a crash would
+        args = ("--config", str(case.config), "--out", str(run), f"--parallel={mode}")
+        ok(rlft(case.command, *args, "--stop-after", "2", ranks=2))
+        assert (
+            not (run / "model").exists() and (run / "checkpoints" / "step-2" / "trainer_state.pt").is_file()
+        )
+    else:  # the uninterrupted run as it stood after its step-2 checkpoint
+        interrupted_copy(uninterrupted, run, step=2)
     proc = ok(rlft(case.command, "--resume", str(run), ranks=2))
     assert "resuming from" in proc.stderr
     want, got = model_weights(uninterrupted), model_weights(run)
@@ -220,24 +235,71 @@ def test_resume_on_two_ranks_is_exact(cases, name, mode) -> None:
     assert_same_rows(rows(run), rows(uninterrupted), rtol=0)
 
 
+def interrupted_copy(src: Path, dst: Path, step: int) -> None:
+    """``src`` as a run killed right after its step-``step`` checkpoint left it: no final model, no later
+    checkpoint (its metric rows after the checkpoint are dropped on resume)."""
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "model")
+    for later in (dst / "checkpoints").glob("step-*"):
+        if int(later.name.removeprefix("step-")) > step:
+            shutil.rmtree(later)
+
+
+@pytest.mark.xdist_group("sft")
 def test_resume_on_another_number_of_ranks(cases) -> None:
     """A sharded checkpoint of 2 ranks continues on one process (DCP reshards it); a ddp checkpoint
     cannot be taken by fsdp2, and says so in one line."""
     case = cases["sft"]
     uninterrupted, _ = case.run("fsdp2")
     run = case.root / "fsdp2-then-one"
-    args = ("--config", str(case.config), "--out", str(run), "--parallel=fsdp2")
-    ok(rlft(case.command, *args, "--stop-after", "2", ranks=2))
+    interrupted_copy(uninterrupted, run, step=2)
     ok(rlft(case.command, "--resume", str(run), "--parallel=ddp"))
     assert_same_update(model_weights(run), model_weights(uninterrupted), case.start, atol=1e-5)
-    ddp_run, _ = case.run("ddp")
+    ddp_run = case.root / "ddp-then-fsdp2"
+    interrupted_copy(case.run("ddp")[0], ddp_run, step=2)
     proc = rlft(case.command, "--resume", str(ddp_run), "--parallel=fsdp2", ranks=2)
     assert proc.returncode != 0
     assert proc.stderr.count("written by one process or under parallel: ddp") == 1, proc.stderr[-2000:]
 
 
+class _Call:
+    """Unpickles as ``func(*args)``: how a crafted index would run code."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def test_a_sharded_checkpoint_index_cannot_run_code(tmp_path) -> None:
+    import pickle
+
+    from rlft.run import CheckpointError
+    from rlft.train.common.safe_dcp import load_metadata
+
+    marker = tmp_path / "ran"
+    crafted = [
+        _Call(os.system, f"touch {marker}"),  # a global outside the index's types
+        _Call(print, "x"),
+    ]
+    for payload in crafted:
+        with pytest.raises(CheckpointError, match="not part of a checkpoint index"):
+            load_metadata(pickle.dumps(payload), "dcp/.metadata")
+
+    # a dotted name reaching through an allowed module's own imports
+    def text(t: str) -> bytes:  # SHORT_BINUNICODE
+        return b"\x8c" + bytes([len(t)]) + t.encode()
+
+    dotted = b"\x80\x04" + text("torch.distributed.checkpoint.metadata") + text("os.system") + b"\x93."
+    with pytest.raises(CheckpointError, match="not part of a checkpoint index"):
+        load_metadata(dotted, "dcp/.metadata")
+    assert not marker.exists()
+
+
 FAIL_ON_RANK_1 = """\
 import os
+import shutil
 if os.environ.get("RANK") == "1":
     import rlft.train.sft.trainer as trainer
 
@@ -254,6 +316,7 @@ if os.environ.get("RANK") == "1":
 """
 
 
+@pytest.mark.xdist_group("sft")
 def test_a_failing_rank_stops_every_rank_quickly(cases, tmp_path) -> None:
     config = cases["sft"].config
     hook = tmp_path / "hook"
@@ -277,6 +340,7 @@ def test_a_failing_rank_stops_every_rank_quickly(cases, tmp_path) -> None:
     assert not (tmp_path / "run" / "model").exists()
 
 
+@pytest.mark.xdist_group("sft")
 def test_errors_of_rank_0_reach_every_rank_and_print_once(cases, tmp_path) -> None:
     config = cases["sft"].config
     blocker = tmp_path / "a-file"

@@ -33,7 +33,6 @@ __all__ = [
     "RankError",
     "World",
     "all_gather_objects",
-    "barrier",
     "broadcast_object",
     "collective",
     "is_main",
@@ -128,11 +127,20 @@ def collective(fn: Callable[[], T]) -> T:
     :class:`PeerFailure`, one line for the user instead of gloo's traceback."""
     try:
         return fn()
-    except (RuntimeError, dist.DistError) as err:
-        if isinstance(err, (RankError, PeerFailure)):
-            raise
+    except RuntimeError as err:
+        if isinstance(err, (RankError, PeerFailure)) or not _from_transport(err):
+            raise  # this rank's own failure (out of memory, a bad tensor): its own message
         reason = " ".join(str(err).split())[:200]
         raise PeerFailure(f"rank {dist.get_rank()} stopped: another rank failed ({reason})") from None
+
+
+def _from_transport(err: RuntimeError) -> bool:
+    """Whether ``err`` is the process group's report of a broken or silent peer (gloo and NCCL raise
+    plain RuntimeErrors for these, naming the transport or the timeout)."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err)
+    return any(key in text for key in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timeout"))
 
 
 def sum_over_ranks(*values: float) -> list[float]:
@@ -152,11 +160,6 @@ def max_over_ranks(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64)
     collective(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX))
     return int(t.item())
-
-
-def barrier() -> None:
-    if _active():
-        collective(lambda: dist.barrier())
 
 
 def broadcast_object(value: T, src: int = 0) -> T:

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 
 from rlft.models import save_pretrained_atomic
 from rlft.run import CheckpointError, RunDir, RunDirError, atomic_torch_save
-from rlft.run.distributed import RankError, main_only
+from rlft.run.distributed import main_only
 from rlft.train.common.parallel import SHARDED_DIR, CheckpointException, DataParallel
 
 if TYPE_CHECKING:
@@ -53,11 +53,20 @@ def save_checkpoint(
     full = parallel.full_state_dict(model)
 
     def write(what: Callable[[], object]) -> None:
-        try:
-            main_only(what)
-        except (OSError, SafetensorError, RankError) as err:
-            main_only(lambda: shutil.rmtree(out, ignore_errors=True))
-            raise checkpoint_write_error(run, out, err) from None
+        """``what()`` on rank 0; on any failure the incomplete checkpoint is removed there and every
+        rank raises (one collective, whatever failed)."""
+
+        def attempt() -> None:
+            try:
+                what()
+            except (OSError, SafetensorError) as err:
+                shutil.rmtree(out, ignore_errors=True)
+                raise checkpoint_write_error(run, out, err) from None
+            except BaseException:
+                shutil.rmtree(out, ignore_errors=True)
+                raise
+
+        main_only(attempt)
 
     write(lambda: save_pretrained_atomic(model, tokenizer, out, state_dict=full))
     if parallel.sharded and optimizer is not None:

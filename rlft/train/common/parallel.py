@@ -160,17 +160,19 @@ class DataParallel:
         modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
         for m in modules:
             m.unshard()
-            m.set_reshard_after_forward(False)
+            m.set_reshard_after_forward(False, recurse=False)
         try:
             yield
         finally:
             for m in modules:
                 m.reshard()
-                m.set_reshard_after_forward(True)
+                # FSDP2's defaults: layers free their gathered weights after a forward, the root keeps
+                # its own (embeddings, head) for the backward that follows
+                m.set_reshard_after_forward(m is not model, recurse=False)
 
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-        """The whole model's state dict on this rank's CPU (None: the model's own, unsharded). A
-        collective under fsdp2: every rank calls it."""
+        """The whole model's state dict in CPU memory on rank 0 (empty on the other ranks); None when the
+        model is not sharded (its own state dict is whole). A collective under fsdp2: every rank calls it."""
         if not self.sharded:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

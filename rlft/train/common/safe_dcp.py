@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import pickle
+from types import ModuleType
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint.metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
@@ -20,38 +22,36 @@ from rlft.run import CheckpointError
 
 __all__ = ["SafeReader", "load_metadata"]
 
-# (module, name) pairs a DCP index may name; modules whose every class is a plain record are listed whole.
-_RECORD_MODULES = frozenset(
-    {
-        "torch.distributed.checkpoint.metadata",
-        "torch.distributed.checkpoint.filesystem",
-        "torch.distributed.checkpoint.planner",
+def _classes_of(module: ModuleType) -> set[tuple[str, str]]:
+    """(module, name) of every class defined in ``module`` (DCP's plain record types and enums)."""
+    return {
+        (module.__name__, name)
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__
     }
-)
-_ALLOWED = frozenset(
-    {
-        ("torch", "Size"),
-        ("torch._utils", "_get_layout"),
-        ("torch.serialization", "_get_layout"),
-        ("pathlib", "PosixPath"),
-        ("pathlib._local", "PosixPath"),
-        ("collections", "OrderedDict"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "slice"),
-    }
-)
+
+
+# Exactly what a DCP index names: DCP's record classes, torch sizes and layouts, paths. Nothing here runs
+# code when called with data from the file (a class builds a record; _get_layout looks a name up in a table).
+_ALLOWED = _classes_of(dcp_metadata) | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib._local", "PosixPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 class _IndexUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module in _RECORD_MODULES and not name.startswith("__"):
-            return super().find_class(module, name)
-        found = getattr(torch, name, None) if module == "torch" else None
-        if isinstance(found, (torch.dtype, torch.layout, torch.memory_format)):
-            return found
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
+        # a dotted name would reach through the module's own imports (os, pickle, …)
+        if "." not in name:
+            if (module, name) in _ALLOWED:
+                return super().find_class(module, name)
+            found = getattr(torch, name, None) if module == "torch" else None
+            if isinstance(found, (torch.dtype, torch.layout, torch.memory_format)):
+                return found
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
 
 

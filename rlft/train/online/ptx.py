@@ -63,12 +63,13 @@ class PtxData:
 
     def loss(self, model: PreTrainedModel) -> tuple[Tensor, float]:
         """(ptx.coef · token-mean NLL of the next batch, the NLL) for one optimiser step; on several ranks
-        this rank's share of it, the mean taken over every rank's tokens."""
+        both are this rank's share (its tokens' losses over every rank's token count), which sum over
+        ranks to the whole batch's."""
         with bf16_autocast(self.bf16):
             total, n = token_loss_sum(model, self.next_batch())
-        total_everywhere, tokens = sum_over_ranks(float(total.detach()), n)
+        (tokens,) = sum_over_ranks(n)
         nll = total.float() / max(tokens, 1)
-        return self.coef * nll, total_everywhere / max(tokens, 1)
+        return self.coef * nll, float(nll.detach())
 
     def state_dict(self) -> dict[str, int]:
         return self.stream.state_dict()
