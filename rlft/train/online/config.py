@@ -456,7 +456,10 @@ class RLConfig:
         if cfg.lora is not None and cfg.parallel == "fsdp2":
             raise bad("parallel", "ddp with LoRA (sharding adapters with fsdp2 is not supported)")
         if cfg.critic.shared_backbone and cfg.parallel == "fsdp2":
-            raise bad("parallel", "ddp with critic.shared_backbone (a value head on a sharded body is not supported)")
+            raise bad(
+                "parallel",
+                "ddp with critic.shared_backbone (a value head on a sharded body is not supported)",
+            )
         if cfg.lora is not None:
             if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
                 raise bad("lora", "r >= 1, alpha > 0, dropout in [0, 1)", dataclasses.asdict(cfg.lora))

@@ -63,13 +63,13 @@ from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.ptx import PtxData
 from rlft.train.online.rollout import (
     RolloutStats,
-    Shards,
     advantage_step,
     check_advantage,
     collect_rollout,
     gather_rollout,
     needs_critic,
 )
+from rlft.train.online.rollout_shards import Shards
 from rlft.train.online.setup import describe_algorithm, load_policy, reward_specs, save_final
 from rlft.train.online.update import Reference, loss_settings, old_policy_logprobs, policy_update
 

@@ -10,7 +10,6 @@ and sample further rounds until ``prompts_per_step`` groups survive; then keep e
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -35,10 +34,10 @@ from rlft.data.formats import Prompt
 from rlft.models import Sampler, SamplingParams
 from rlft.run import ConfigError
 from rlft.run.distributed import all_gather_objects, sum_over_ranks, world
-from rlft.run.seeding import shard_seed
 from rlft.train.online.config import RLConfig, preset_value
 from rlft.train.online.prompt_stream import PromptStream
 from rlft.train.online.rollout_batch import RolloutBatch
+from rlft.train.online.rollout_shards import Shards, first_varied_groups, sample_shards, with_seed
 
 if TYPE_CHECKING:
     from rlft.rewards import RewardResult, RewardSet
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DynamicSamplingError",
     "RolloutStats",
-    "Shards",
     "advantage_step",
     "check_advantage",
     "collect_rollout",
@@ -54,7 +52,6 @@ __all__ = [
     "estimator_args",
     "gather_rollout",
     "needs_critic",
-    "sample_shards",
     "zero_variance_groups",
 ]
 
@@ -102,7 +99,6 @@ class RolloutStats:
         if self.skipped:
             out["reward_skipped"] = self.skipped
         return out
-
 
     @staticmethod
     def merged(parts: Sequence[RolloutStats]) -> RolloutStats:
@@ -179,72 +175,6 @@ def score_rows(
     return rewards(prompts, texts, rows=rows, completion_lengths=lengths.tolist())
 
 
-def sample_round(
-    sampler: Sampler,
-    examples: Sequence[PromptExample],
-    indices: list[int],
-    params: SamplingParams,
-) -> tuple[RolloutBatch, list[str]]:
-    """``params.n`` completions for each of the prompts ``indices`` (dataset positions)."""
-    rollout = sampler.sample([examples[i].prompt_ids for i in indices], params)
-    batch = RolloutBatch(
-        prompt_ids=rollout.prompt_ids,
-        prompt_mask=rollout.prompt_mask,
-        response_ids=rollout.response_ids,
-        response_mask=rollout.response_mask,
-        finished=rollout.finished,
-        group_ids=rollout.group_ids,
-        prompt_index=torch.tensor(indices, dtype=torch.long)[rollout.group_ids],
-        sampler_logp=rollout.logprobs,
-    )
-    return batch, rollout.texts
-
-
-@dataclass(frozen=True)
-class Shards:
-    """How a step's prompts are split for sampling: ``count`` equal shards, each sampled as one batch with
-    its own seed (:func:`~rlft.run.seeding.shard_seed`); this process samples ``mine`` (a contiguous run,
-    rank r's on r of several ranks). One shard of one process is the unsharded rollout."""
-
-    count: int = 1
-    mine: tuple[int, ...] = (0,)
-
-    @classmethod
-    def of(cls, requested: int, prompts_per_step: int) -> Shards:
-        """``sampling.rollout_shards`` (0: one per rank) on this run's ranks."""
-        w = world()
-        count = requested or w.size
-        if count % w.size or prompts_per_step % count:
-            raise ConfigError(
-                f"config key 'sampling.rollout_shards': {count} shards must divide over {w.size} ranks and "
-                f"divide sampling.prompts_per_step = {prompts_per_step} (batch sizes are global)"
-            )
-        per_rank = count // w.size
-        return cls(count, tuple(range(w.rank * per_rank, (w.rank + 1) * per_rank)))
-
-
-def sample_shards(
-    sampler: Sampler,
-    examples: Sequence[PromptExample],
-    indices: list[int],
-    params: SamplingParams,
-    shards: Shards,
-    pad_id: int,
-) -> tuple[RolloutBatch, list[str]]:
-    """This process's shards of the step's prompts ``indices`` sampled shard by shard (shard s with seed
-    ``shard_seed(params.seed, s)``), in shard order."""
-    per = len(indices) // shards.count
-    batches, texts = [], []
-    for shard in shards.mine:
-        seed = None if params.seed is None else shard_seed(params.seed, shard)
-        batch, shard_texts = sample_round(
-            sampler, examples, indices[shard * per : (shard + 1) * per], _with_seed(params, seed)
-        )
-        batches.append(batch)
-        texts.extend(shard_texts)
-    return RolloutBatch.concat(batches, pad_id), texts
-
-
 def collect_rollout(
     sampler: Sampler,
     rewards: RewardSet,
@@ -275,7 +205,7 @@ def collect_rollout(
     while True:
         indices = stream.take(prompts_per_step)
         t0 = clock()
-        params_r = _with_seed(params, seed + stats.rounds)
+        params_r = with_seed(params, seed + stats.rounds)
         batch, texts = sample_shards(sampler, examples, indices, params_r, shards, pad_id)
         greedy_texts = None
         if greedy_baseline:
@@ -324,7 +254,7 @@ def collect_rollout(
         stats.zero_variance += int(group_flat.sum())
         if not dynamic_sampling:
             return batch, stats
-        keep_groups = _first_varied_groups(group_flat, prompts_per_step - n_kept)
+        keep_groups = first_varied_groups(group_flat, prompts_per_step - n_kept)
         per_shard = n_groups // len(shards.mine)
         for j in range(len(shards.mine)):  # rows of each shard, kept apart: the step's rows are shard-major
             mine = keep_groups[keep_groups // per_shard == j]
@@ -345,19 +275,6 @@ def collect_rollout(
                 "(<= 0: no cap), lower sampling.prompts_per_step, raise sampling.num_generations, or set "
                 "dynamic_sampling: false"
             )
-
-
-def _first_varied_groups(group_flat: Tensor, wanted: int) -> Tensor:
-    """This process's groups (local ids) among the first ``wanted`` groups with reward variance, counted
-    over every process's groups in rank (= shard) order."""
-    flags = all_gather_objects(group_flat.tolist())
-    offset = sum(len(f) for f in flags[: world().rank])
-    varied = [i for i, flat in enumerate(f for part in flags for f in part) if not flat][:wanted]
-    return torch.tensor([i - offset for i in varied if offset <= i < offset + len(group_flat)], dtype=torch.long)
-
-
-def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
-    return dataclasses.replace(params, seed=seed)
 
 
 def _fill_invalid(scores: Tensor, valid: Tensor, group_ids: Tensor) -> Tensor:
