@@ -12,7 +12,7 @@ saved once; both sides load that directory. Batch: 16 preference pairs per step,
 tokenisation does too), β = 0.1, sigmoid loss, AdamW, lr 1e-5, grad-norm clip 1.0, 2 torch threads.
 Variants: the reference recomputed every step ("ref", TRL ``precompute_ref_log_probs=False``, rlft
 ``precompute_ref: false``) or precomputed before the timed steps ("pre"), in float32 or with bfloat16
-(TRL ``bf16=True`` = CPU autocast; rlft ``bf16: true``).
+(TRL ``bf16=True`` = CPU autocast; rlft ``precision: bf16``).
 
 TRL is configured as benchmarks/RESULTS.md §How the figures are measured describes:
 ``gradient_checkpointing=False``, ``use_cpu=True``,
@@ -153,7 +153,7 @@ def worker_rlft(args: argparse.Namespace) -> dict:
             max_grad_norm=1.0,
             precompute_ref=ref == "pre",
             ref_cache_dir=str(root / "cache"),
-            bf16=dtype == "bf16",
+            precision=dtype,
             torch_threads=THREADS,
             win_rate=False,
             share_prompts=not args.no_share_prompt,

@@ -163,7 +163,7 @@ def rlft_worker(spec: dict) -> dict:
     from rlft.models import load_causal_lm
     from rlft.run import RunDir, read_metrics
     from rlft.train import KLConfig, RLConfig, train_rl
-    from rlft.train.online.config import EvalConfig, OptimConfig, PerformanceConfig, SamplingConfig
+    from rlft.train.online.config import EvalConfig, OptimConfig, SamplingConfig
 
     cfg = RLConfig(
         model=spec["model"],
@@ -186,7 +186,7 @@ def rlft_worker(spec: dict) -> dict:
         kl=KLConfig(coef=spec["beta"]),
         max_steps=spec["steps"],
         max_minutes=spec.get("max_minutes", 0.0),
-        performance=PerformanceConfig(bf16=spec["bf16"]),
+        precision="bf16" if spec["bf16"] else "fp32",
         seed=spec["seed"],
         torch_threads=spec["threads"],
     )

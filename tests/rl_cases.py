@@ -40,7 +40,7 @@ def write_reward_file(root: Path) -> str:
 
 def rl_replace(cfg: RLConfig, **changes) -> RLConfig:
     """``dataclasses.replace`` of an RLConfig that also takes the keys of its sections by their flat names
-    (``lr=``, ``eval_every=``, ``ptx_coef=``, ``bf16=``, …), each put in its section as
+    (``lr=``, ``eval_every=``, ``ptx_coef=``, ``forward=``, …), each put in its section as
     ``RLConfig.RENAMED`` places it; a whole section (``sampling=SamplingConfig(…)``) is taken as it is."""
     top: dict = {}
     sections: dict[str, dict] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from micro_models import save_micro_llama
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
@@ -125,12 +125,8 @@ def assert_same_update(got: dict, want: dict, start: dict, atol: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("models")
-    return {
-        task: save_micro_llama(root / task, task, 300, 280 if task == "arithmetic" else 300)
-        for task in ("arithmetic", "preference")
-    }
+def models(micro_llamas) -> dict[str, str]:
+    return micro_llamas
 
 
 class Case:
@@ -262,6 +258,26 @@ def test_resume_on_another_number_of_ranks(cases) -> None:
     assert proc.stderr.count("written by one process or under parallel: ddp") == 1, proc.stderr[-2000:]
 
 
+@pytest.mark.xdist_group("sft")
+def test_accelerate_launch_runs_the_same_ranks(cases) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2`` starts the ranks torchrun starts (its
+    environment is torchrun's), on CPUs as well: the run equals one process."""
+    pytest.importorskip("accelerate")
+    case = cases["sft"]
+    one, _ = case.run("one")
+    out = case.root / "accelerate"
+    with socket.socket() as sock:  # a free port: parallel test workers never collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port)]  # fmt: skip
+    args = ["-m", "rlft", "sft", "--config", str(case.config), "--out", str(out), "--no-progress"]
+    proc = ok(subprocess.run([*launch, *args], capture_output=True, text=True, timeout=240, env=_env()))
+    assert proc.stdout.count("done: 4 steps") == 1
+    assert_same_update(model_weights(out), model_weights(one), case.start, atol=1e-5)
+
+
 class _Call:
     """Unpickles as ``func(*args)``: how a crafted index would run code."""
 
@@ -306,11 +322,11 @@ if os.environ.get("RANK") == "1":
     calls = []
     real = trainer.token_loss_sum
 
-    def failing(model, batch):
+    def failing(*args):
         calls.append(1)
         if len(calls) > 3:
             raise RuntimeError("injected failure on rank 1")
-        return real(model, batch)
+        return real(*args)
 
     trainer.token_loss_sum = failing
 """

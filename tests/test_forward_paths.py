@@ -148,12 +148,12 @@ def test_plan_for_reads_each_trainers_config(llama) -> None:
     from rlft.train import DPOConfig, RLConfig, SFTConfig
     from rlft.train.online.config import PerformanceConfig
 
-    performance = PerformanceConfig(bf16=True, forward="hf")
-    rl = plan_for("rl", llama, RLConfig(performance=performance), reference=llama)
+    performance = PerformanceConfig(forward="hf")
+    rl = plan_for("rl", llama, RLConfig(precision="bf16", performance=performance), reference=llama)
     assert (rl.decoder, rl.training, rl.reference, rl.dtype) == ("fast", "hf", "hf", torch.bfloat16)
     assert "fused Llama decoder, torch ops (bfloat16)" in rl.description  # bf16 autocast while sampling
 
-    dpo = plan_for("dpo", llama, DPOConfig(bf16=True, share_prompts=False), reference=llama, sampling=True)
+    dpo = plan_for("dpo", llama, DPOConfig(precision="bf16", share_prompts=False), reference=llama, sampling=True)
     assert (dpo.training, dpo.reference, dpo.dtype) == ("fused", "fused", torch.bfloat16)
     assert "C kernels (float32)" in dpo.description or kernels() is None  # the win rate samples in float32
 

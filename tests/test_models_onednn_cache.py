@@ -55,3 +55,16 @@ def test_growable_layer_appends_grows_and_selects():
     torch.testing.assert_close(layer.keys, torch.cat(chunks, dim=2)[rows])
     layer.crop(-2)
     assert layer.get_seq_length() == 5 and layer.values.shape == (2, 2, 5, 5)
+
+
+def test_onednn_availability_does_not_depend_on_the_autocast_of_the_first_caller():
+    """The probe's answer is cached for the process: a first call from inside bfloat16 autocast (a bf16
+    pass) must not switch oneDNN off for every float32 pass after it."""
+    onednn_linear_available.cache_clear()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = onednn_linear_available()
+        onednn_linear_available.cache_clear()
+        assert inside == onednn_linear_available()
+    finally:
+        onednn_linear_available.cache_clear()

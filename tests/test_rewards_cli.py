@@ -100,3 +100,19 @@ def test_score_errors_are_one_line(tmp_path, capsys) -> None:
     spec.write_text("rewards: [exact_match]\nextra: 1\n")
     assert rlft.cli.main(["score", "--data", str(data), "--out", out, "--rewards", str(spec)]) == 2
     assert "expected keys 'rewards'" in capsys.readouterr().err
+
+
+def test_score_takes_device_and_precision(trained_rm, tmp_path) -> None:
+    """``--precision bf16`` scores under bfloat16 autocast: close to float32, not the same numbers."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "Describe the forest briefly:", "completion": " green calm"}) + "\n"
+    )
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.jsonl"
+        args = ["score", "--data", str(data), "--out", str(out), "--reward-model", f"{trained_rm}/model"]
+        assert rlft.cli.main([*args, "--device", "cpu", "--precision", precision]) == 0
+        scores[precision] = json.loads(out.read_text())["reward"]
+    assert scores["bf16"] != scores["fp32"]
+    assert scores["bf16"] == pytest.approx(scores["fp32"], abs=0.05 + 0.05 * abs(scores["fp32"]))

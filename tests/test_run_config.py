@@ -221,21 +221,23 @@ def test_renamed_key_names_the_new_key(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("module", "name", "old", "new"),
+    ("module", "name", "old", "new", "value"),
     [
-        ("rlft.train.online.config", "RLConfig", "bf16_autocast", "performance.bf16"),
-        ("rlft.train.online.config", "RLConfig", "share_prompts", "performance.share_prompts"),
-        ("rlft.train.preference.config", "DPOConfig", "share_prompt", "share_prompts"),
+        ("rlft.train.online.config", "RLConfig", "bf16_autocast", "precision", "bf16"),
+        ("rlft.train.online.config", "RLConfig", "performance.bf16", "precision", "bf16"),  # left its section
+        ("rlft.train.preference.config", "DPOConfig", "bf16", "precision", "bf16"),
+        ("rlft.train.online.config", "RLConfig", "share_prompts", "performance.share_prompts", False),
+        ("rlft.train.preference.config", "DPOConfig", "share_prompt", "share_prompts", False),
     ],
 )
-def test_trainer_configs_refuse_their_old_key_names(tmp_path, module, name, old, new):
+def test_trainer_configs_refuse_their_old_key_names(tmp_path, module, name, old, new, value):
     """A saved run config (config.yaml) of an older version, as ``--resume`` reads it, names the new key."""
     import importlib
 
     cls = getattr(importlib.import_module(module), name)
     path = write(tmp_path, f"model: m\ndata: task:arithmetic\n{old}: false\n")
     assert error(cls, path) == f"{path}: config key '{old}' was renamed to '{new}'"
-    assert dotted_value(load_config(cls, overrides={"model": "m", "data": "d", new: False}), new) is False
+    assert dotted_value(load_config(cls, overrides={"model": "m", "data": "d", new: value}), new) == value
 
 
 def test_rl_config_names_the_section_of_every_flat_key_that_moved(tmp_path):
@@ -261,9 +263,9 @@ def test_rl_config_sections_on_the_command_line_and_their_checks():
     from rlft.train import RLConfig
 
     required = ["--model", "m", "--data", "d"]
-    sections = ["--optim.lr", "3e-5", "--eval.every", "5", "--performance.bf16"]
+    sections = ["--optim.lr", "3e-5", "--eval.every", "5", "--performance.forward", "hf"]
     cfg = load_config(RLConfig, overrides=[*required, *sections])
-    assert (cfg.optim.lr, cfg.eval.every, cfg.performance.bf16) == (3e-5, 5, True)
+    assert (cfg.optim.lr, cfg.eval.every, cfg.performance.forward) == (3e-5, 5, "hf")
     assert error(RLConfig, overrides=[*required, "--optim.lr", "0"]) == (
         "command line: config key 'optim.lr': expected a number > 0, got 0.0"
     )

@@ -101,7 +101,7 @@ def test_reference_packs_its_fused_weights_once_and_computes_the_same_logprobs(
     cfg = small_cfg(tiny_model, reward_file).resolved()
     reference = Reference(cfg, policy)
     plan = plan_for("rl", policy, cfg, reference=reference)
-    reference.follow(plan, cfg.performance.bf16)  # the run's plan decides the packing
+    reference.follow(plan, cfg.bf16)  # the run's plan decides the packing
     settings = loss_settings(cfg, plan)
     ref_logp = reference.logprobs(batch, settings, None)
     assert reference.frozen is not None  # the packed body was built and used

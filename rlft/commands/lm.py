@@ -17,8 +17,10 @@ from rlft.run.distributed import is_main
 
 from .demo import LM_DEMO_STAGES, lm_demo, parse_stages, tokenizer_corpus
 from .run_setup import (
+    add_compute_arguments,
     add_training_parser,
     announce,
+    compute_of,
     no_extra,
     print_done,
     save_run_config,
@@ -94,12 +96,14 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.data import encode_prompts, load_records, set_chat_template_kwargs
     from rlft.data.tasks import task_of
     from rlft.models import SamplingParams, load_causal_lm, load_tokenizer, sample
+    from rlft.models.device import place
     from rlft.train.common.chat_stops import stop_at_end_of_turn
 
     no_extra(extra)
     if (args.prompts is None) == (args.task is None):
         raise ConfigError("generate: give exactly one of --prompts FILE or --task NAME")
-    model, tokenizer = load_causal_lm(args.model), load_tokenizer(args.model)
+    device = compute_of(args)
+    model, tokenizer = place(load_causal_lm(args.model), device), load_tokenizer(args.model)
     set_chat_template_kwargs(tokenizer, parse_chat_template_kwargs(args.chat_template_kwargs))
     stop_at_end_of_turn(model, tokenizer)
     params = SamplingParams(
@@ -108,6 +112,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
         n=args.n,
         greedy=args.greedy,
         seed=args.seed,
+        bf16=args.precision == "bf16",
     )
     task, extra_fields = None, {}
     if args.task:
@@ -176,6 +181,7 @@ def add_lm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="JSON",
         help="extra variables for the chat template, e.g. '{\"enable_thinking\": false}'",
     )
+    add_compute_arguments(gen)
     gen.set_defaults(func=_generate)
 
     demo = sub.add_parser(

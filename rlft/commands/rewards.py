@@ -16,8 +16,10 @@ from rlft.run import ConfigError
 from rlft.run.distributed import is_main
 
 from .run_setup import (
+    add_compute_arguments,
     add_training_parser,
     announce,
+    compute_of,
     no_extra,
     print_done,
     save_run_config,
@@ -77,6 +79,7 @@ def _specs(args: argparse.Namespace) -> tuple[list[Any], str]:
 def _score(args: argparse.Namespace, extra: list[str]) -> int:
     from rlft.data import PromptCompletionRecord, load_records
     from rlft.models import load_tokenizer
+    from rlft.models.precision import bf16_autocast
     from rlft.rewards import build_rewards
     from rlft.run import atomic_write_text
 
@@ -96,7 +99,9 @@ def _score(args: argparse.Namespace, extra: list[str]) -> int:
         ]
     keys = sorted(set().union(*(r.extra for r in records)))
     rows: dict[str, Sequence[object]] = {k: [r.extra.get(k) for r in records] for k in keys}
-    with build_rewards(specs, on_invalid=on_invalid) as rewards:
+    device = compute_of(args)
+    with build_rewards(specs, on_invalid=on_invalid) as rewards, bf16_autocast(args.precision == "bf16", device.type):
+        rewards.place(device)
         result = rewards([r.prompt for r in records], [r.completion for r in records], rows, lengths)
 
     def num(x: float) -> float | None:
@@ -146,4 +151,5 @@ def add_reward_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     score.add_argument("--on-invalid", default="error", choices=["error", "skip"])
     score.add_argument("--tokenizer", help="tokenizer for token counts (default: the reward model's)")
     score.add_argument("--limit", type=int, help="score only the first N rows")
+    add_compute_arguments(score)
     score.set_defaults(func=_score)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
+
 from rlft.run import ConfigError, RunDir, load_config, save_config
 from rlft.run.distributed import is_main, main_only
 
@@ -81,6 +83,20 @@ def no_extra(extra: list[str]) -> None:
     """Stop a command that takes no ``--key value`` overrides when some were given."""
     if extra:
         raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
+
+
+def add_compute_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision`` of a command that runs a model outside a trainer (the trainers
+    take the ``device`` and ``precision`` config keys)."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: a GPU when there is one)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast")
+
+
+def compute_of(args: argparse.Namespace) -> torch.device:
+    """The device ``--device`` names (checked: a missing GPU is one line)."""
+    from rlft.run.device import resolve_device
+
+    return resolve_device(args.device)
 
 
 def add_training_parser(

@@ -40,7 +40,7 @@ class HFDecoder:
         batch, width = input_ids.shape
         # Start with room for 128 new tokens; GrowableLayer doubles when a long generation needs more.
         self.cache = make_cache(self.model, width + min(self.max_new_tokens, 128))
-        self.key_valid = torch.ones(batch, width + self.max_new_tokens, dtype=torch.bool)
+        self.key_valid = torch.ones(batch, width + self.max_new_tokens, dtype=torch.bool, device=input_ids.device)
         self.key_valid[:, :width] = attention_mask.bool()
         self.has_padding = not bool(self.key_valid[:, :width].all())
         positions = position_ids_from_mask(attention_mask)
@@ -70,13 +70,13 @@ class HFDecoder:
             self.mask_kind = "bool"
         elif plain and attn == "eager":
             self.mask_kind = "additive"
-            self.key_bias = torch.zeros(self.key_valid.shape, dtype=torch.float32).masked_fill_(
+            self.key_bias = self.key_valid.new_zeros(self.key_valid.shape, dtype=torch.float32).masked_fill_(
                 ~self.key_valid, torch.finfo(torch.float32).min
             )
 
     def head(self, hidden: Tensor) -> Tensor:
         """Float32 logits of the last hidden states (B, d) → (B, V)."""
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             weight_dtype = self.model.get_output_embeddings().weight.dtype
             return apply_lm_head(self.model, hidden.to(weight_dtype)).float()
 

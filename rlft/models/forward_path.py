@@ -167,12 +167,17 @@ def _sampling_text(model: PreTrainedModel, decoder: str, bf16: bool) -> tuple[st
     return "fast", text, None
 
 
+def _on_onednn(model: nn.Module) -> bool:
+    """Whether ``model``'s linears can take oneDNN's CPU route: torch has it and the weights are on the CPU."""
+    return onednn_linear_available() and next(model.parameters()).device.type == "cpu"
+
+
 def _hf_body(model: nn.Module, dtype: torch.dtype, onednn: bool, frozen: bool, reason: str | None) -> str:
     """The Hugging Face body, with the oneDNN linears that
     :func:`~rlft.models.fused.onednn_linears.use_onednn_linears` installs where they apply (float32 only:
     under autocast they keep PyTorch's path)."""
     text = "Hugging Face body"
-    if onednn and dtype == torch.float32 and onednn_linear_available() and _has_linears(model):
+    if onednn and dtype == torch.float32 and _on_onednn(model) and _has_linears(model):
         text += ", oneDNN packed linears" if frozen else ", oneDNN linears"
     return f"{text} ({_dtype_name(dtype)}" + (f"; {reason})" if reason else ")")
 
@@ -279,7 +284,7 @@ def forward_plan(
         reference=ref_kind,
         dtype=dtype,
         description="forward — " + "; ".join(parts),
-        onednn=onednn_linear and onednn_linear_available(),
+        onednn=onednn_linear and _on_onednn(model),
         forward_option=forward,
         sharded=sharded,
     )
@@ -307,9 +312,9 @@ def plan_for(
 
     - "sft": the model's own forward; samples (greedy evaluation generations, ``eval_generate``) in float32;
     - "rm": the model's own forward (a scalar-head model); never samples;
-    - "dpo": ``forward``, ``bf16``, ``share_prompts`` over ``grouped_logprob_sums``; samples (win rate)
+    - "dpo": ``forward``, ``precision``, ``share_prompts`` over ``grouped_logprob_sums``; samples (win rate)
       in float32 when ``sampling``;
-    - "rl": ``performance.forward``, ``performance.bf16`` (autocast for sampling too),
+    - "rl": ``performance.forward``, ``precision`` (autocast for sampling too),
       ``performance.onednn_linear``, ``performance.share_prompts``.
 
     ``reference``: the trainer's reference — None, a frozen model, or its ``Reference`` wrapper (see
@@ -340,7 +345,7 @@ def plan_for(
         model,
         sampling=True if sampling is None else sampling,
         forward=perf.forward,
-        bf16=perf.bf16,
+        bf16=cfg.bf16,
         onednn_linear=perf.onednn_linear,
         share_prompts=perf.share_prompts,
         reference=ref,

@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 
-def bf16_autocast(enabled: bool, device_type: str = "cpu") -> contextlib.AbstractContextManager[object]:
+def bf16_autocast(enabled: bool, device_type: str) -> contextlib.AbstractContextManager[object]:
     """bfloat16 autocast on ``device_type`` when ``enabled``, else a no-op context.
 
     Matmuls of the transformer body then run in bfloat16 with float32 weights kept as the master copy;

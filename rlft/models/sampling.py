@@ -20,6 +20,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .decoders import HFDecoder
+from .device import model_device
 from .errors import ModelError
 from .forward_path import decoder_choice
 from .fused.llama_decoder import FastLlamaDecoder
@@ -230,7 +231,7 @@ def pick_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generat
 
 def _inverse_cdf(cdf: Tensor, generator: torch.Generator) -> Tensor:
     """(b,) first index where the (b, V) cumulative probabilities exceed u·total, u ~ U[0, 1)."""
-    u = torch.rand(cdf.shape[0], 1, generator=generator).mul_(cdf[:, -1:])
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device).mul_(cdf[:, -1:])
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
@@ -294,8 +295,8 @@ def _generate(
     out_ids, out_logp, out_mask, finished = outputs
     pad_id = int(out_ids[0, 0])  # out_ids starts as all padding
     steps = out_ids.shape[1]
-    rows = torch.arange(out_ids.shape[0])  # batch row -> output row
-    alive = torch.ones(out_ids.shape[0], dtype=torch.bool)
+    rows = torch.arange(out_ids.shape[0], device=out_ids.device)  # batch row -> output row
+    alive = torch.ones(out_ids.shape[0], dtype=torch.bool, device=out_ids.device)
     dense = True  # batch row i is output row i and all rows are alive: plain column writes
     used = 0
     with bf16_autocast(params.bf16, prompt_ids.device.type):
@@ -348,8 +349,9 @@ def sample(
     (:func:`~rlft.models.fused.llama_decoder.fast_path_blocker`) and the generic HF body otherwise; "hf" forces
     the generic one; "fast" demands the fused one. ``compact_at``: fraction of finished rows that
     triggers dropping them from the batch (1.0 disables compaction). The same ``params.seed`` gives
-    identical rollouts for the same inputs and settings. The returned tensors are ordinary tensors
-    (not inference-mode ones), so a trainer can use them inside autograd.
+    identical rollouts for the same inputs and settings (on the same device: a GPU draws other random
+    numbers than the CPU). The returned tensors are ordinary tensors (not inference-mode ones), so a
+    trainer can use them inside autograd, and on the CPU wherever the model computes.
     """
     params = params or SamplingParams()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -366,23 +368,26 @@ def sample(
     if params.stop_strings and stops is None:
         stops = StopStrings(tokenizer, params.stop_strings, _vocab_size(model))
     # Allocated outside inference mode and filled in place inside it: the results stay normal tensors.
-    out_ids = torch.full((total, steps), pad_id, dtype=torch.long)
-    out_logp = torch.zeros((total, steps), dtype=torch.float32)
-    out_mask = torch.zeros((total, steps), dtype=torch.bool)
-    finished = torch.zeros(total, dtype=torch.bool)
+    device = model_device(model)
+    out_ids = torch.full((total, steps), pad_id, dtype=torch.long, device=device)
+    out_logp = torch.zeros((total, steps), dtype=torch.float32, device=device)
+    out_mask = torch.zeros((total, steps), dtype=torch.bool, device=device)
+    finished = torch.zeros(total, dtype=torch.bool, device=device)
+    eos = [] if params.ignore_eos else _eos_ids(model, tokenizer, params)
     used = _generate(
         make_decoder(model, params, decoder),
-        prompt_ids,
-        prompt_mask,
+        prompt_ids.to(device),
+        prompt_mask.to(device),
         params,
-        torch.Generator().manual_seed(seed),
-        torch.tensor([] if params.ignore_eos else _eos_ids(model, tokenizer, params), dtype=torch.long),
+        torch.Generator(device).manual_seed(seed),
+        torch.tensor(eos, dtype=torch.long, device=device),
         stops,
         compact_at,
         (out_ids, out_logp, out_mask, finished),
     )
-
-    response_ids, response_mask, logprobs = out_ids[:, :used], out_mask[:, :used].long(), out_logp[:, :used]
+    # the rollout lives on the CPU, as every batch does (rlft.models.device)
+    response_ids, response_mask = out_ids[:, :used].cpu(), out_mask[:, :used].long().cpu()
+    logprobs, finished = out_logp[:, :used].cpu(), finished.cpu()
     lengths = response_mask.sum(-1).tolist()
     texts = tokenizer.batch_decode(
         [ids[:n] for ids, n in zip(response_ids.tolist(), lengths, strict=True)], skip_special_tokens=True

@@ -41,6 +41,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .device import model_device, to_device
 from .errors import ModelError
 from .hf import _check_source, load_causal_lm, load_error, load_tokenizer, parse_dtype, save_pretrained_atomic
 from .positions import position_ids_from_mask
@@ -211,8 +212,8 @@ def reward_model_from_causal_lm(
 
 
 def token_values(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The head at every position, float32 (B, T): a value model's V(s_t). Padding positions hold
-    whatever the head gives there; mask them."""
+    """The head at every position, float32 (B, T), on the model's device: a value model's V(s_t). Padding
+    positions hold whatever the head gives there; mask them."""
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ModelError(
             f"input_ids and attention_mask must be 2-D and the same shape, got {tuple(input_ids.shape)} "
@@ -223,6 +224,7 @@ def token_values(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tens
         raise ModelError(
             f"{type(model).__name__} has no linear 'score' head (expected a decoder reward model)"
         )
+    input_ids, attention_mask = to_device((input_ids, attention_mask), model_device(model))
     out = _body(model)(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -258,7 +260,9 @@ def pooled_positions(input_ids: Tensor, attention_mask: Tensor, pad_token_id: in
 
 def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The reward (B,): the head at each row's :func:`pooled_positions` (left or right padding), the
-    token ``AutoModelForSequenceClassification`` pools for the same ids and ``config.pad_token_id``."""
+    token ``AutoModelForSequenceClassification`` pools for the same ids and ``config.pad_token_id``; on the
+    model's device."""
+    input_ids, attention_mask = to_device((input_ids, attention_mask), model_device(model))
     if _head(model) is None:  # an encoder classifier (BERT-style): its own pooling is the right one
         logits: Tensor = model(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits[:, 0].float()

@@ -56,6 +56,8 @@ class StopStrings:
         still generating. Returns a (b,) bool tensor.
         """
         hit = torch.zeros_like(alive)
+        if self.table.device != tokens.device:
+            self.table = self.table.to(tokens.device)  # once per sampler: the table follows the model
         candidates = (self.table[tokens] & alive).nonzero().flatten().tolist()
         start = max(0, step + 1 - self.window)
         for i in candidates:  # usually a handful of rows, not the batch

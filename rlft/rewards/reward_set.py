@@ -143,6 +143,15 @@ class RewardSet:
             total=total.float(), per_function=per_function, valid=valid, skipped=int(bad.sum())
         )
 
+    def place(self, device: torch.device) -> None:
+        """Move the reward models scored in this process to ``device`` (the trainer's); functions run in
+        worker pools keep their own."""
+        from .reward_model import RewardModelFunction
+
+        for fn in self.functions:
+            if isinstance(fn, RewardModelFunction):
+                torch.nn.Module.to(fn.model, device)
+
     def close(self) -> None:
         """Shut down any process pools (idempotent)."""
         for pool in self.pools.values():

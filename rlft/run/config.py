@@ -8,7 +8,8 @@ A config class may list keys that have a new name in a class attribute
 run config, a preset, the command line) is then refused with one line naming the new key, rather than the
 generic "unknown config key". The new name may be a dotted key relative to the class, for a key that
 moved into a section: ``{"lr": "optim.lr"}`` refuses ``lr: 1e-5`` and ``--lr 1e-5`` with
-``config key 'lr' was renamed to 'optim.lr'``.
+``config key 'lr' was renamed to 'optim.lr'``. A new name starting with ``/`` is a key of the top level,
+for a section key that left its section: ``{"bf16": "/precision"}`` in a section ``performance``.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ def _apply(
         if name not in hints:
             renamed = getattr(cls, "RENAMED", {}).get(name)
             if renamed is not None:
-                raise ConfigError(f"{source}: config key '{prefix}{name}' was renamed to '{prefix}{renamed}'")
+                # "/key": a key of the top level, not of this section
+                target = renamed[1:] if renamed.startswith("/") else prefix + renamed
+                raise ConfigError(f"{source}: config key '{prefix}{name}' was renamed to '{target}'")
             raise ConfigError(_unknown_key_message(cls, key, prefix, source))
         hint = hints[name]
         sub = dataclass_of(hint)

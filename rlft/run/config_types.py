@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -206,6 +207,20 @@ def check_required(cfg: Any, **expected: str) -> None:
             raise bad_value(cfg, key, what)
 
 
+PRECISIONS = ("fp32", "bf16")  # the ``precision`` key: float32, or bfloat16 autocast (rlft.run.device)
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")  # the ``device`` key
+
+
+def check_compute(device: object, precision: object) -> None:
+    """Raise a one-line :class:`ConfigError` for a ``device`` or ``precision`` key of the wrong form (checked
+    with the rest of a config, before anything is loaded; whether the device exists is
+    :func:`rlft.run.device.resolve_device`'s question)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"config key 'precision': expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def check_common(
     cfg: Any,
     lrs: tuple[str, ...] = ("lr",),
@@ -215,7 +230,8 @@ def check_common(
     """Checks every trainer config shares: ``seed`` in [0, 2**32 - 1], each learning rate in ``lrs`` (dotted
     keys; null skipped) below 1, each generation budget in ``generation`` at most MAX_NEW_TOKENS, each key
     of ``optional_text`` null or a non-empty string, and ``max_consecutive_skips`` (where the config has
-    it) at least 1. Raises a one-line ConfigError naming the key."""
+    it) at least 1, and the form of ``device`` and ``precision`` (where it has them). Raises a one-line
+    ConfigError naming the key."""
 
     def bad(key: str, expected: str, value: Any) -> ConfigError:
         return ConfigError(f"config key '{key}': expected {expected}, got {show(value)}")
@@ -234,6 +250,8 @@ def check_common(
         value = dotted_value(cfg, key)
         if value is not None and not str(value).strip():
             raise bad(key, "a non-empty string or null", value)
+    if hasattr(cfg, "device"):
+        check_compute(cfg.device, cfg.precision)
     skips = getattr(cfg, "max_consecutive_skips", 1)
     if isinstance(skips, bool) or not isinstance(skips, int) or skips < 1:
         raise bad("max_consecutive_skips", "an integer >= 1", skips)

@@ -68,6 +68,9 @@ def _foreign_hooks(module: nn.Module) -> bool:
 
 def fast_path_blocker(model: PreTrainedModel) -> str | None:
     """Why ``model`` cannot use the fast decode step, or None if it can."""
+    device = next(model.parameters()).device
+    if device.type != "cpu":  # the fused paths are CPU code (C kernels, oneDNN); a GPU runs HF's body
+        return f"the fused paths run on the CPU and the weights are on {device}"
     config = model.config
     if getattr(config, "model_type", None) not in FAST_MODEL_TYPES:
         return f"model_type {getattr(config, 'model_type', None)!r} is not one of {FAST_MODEL_TYPES}"

@@ -17,6 +17,7 @@ prompt tokens, ~3 answer tokens) about half of all the work of the reference and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from ..device import model_device, to_device
 from ..fused.frozen import FrozenForward
 from ..fused.llama_forward import SharedPrompts, fused_hidden_rows, use_fused_forward
 from ..kv_cache import cache_argument
@@ -61,6 +63,10 @@ class Responses:
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
+    def to(self, device: torch.device) -> Responses:
+        """The same responses on ``device`` (the model's, before a pass)."""
+        return Responses(*to_device(dataclasses.astuple(self), device))
+
 
 def response_states(
     model: nn.Module,
@@ -77,8 +83,9 @@ def response_states(
     model qualifies, "fast" demands it, "hf" uses the model's own body. ``bf16`` runs the body with
     bfloat16 matmuls (the fused forward's bfloat16 variant, or autocast around the Hugging Face body).
     ``frozen``: the same fused body with weights packed once, for a model that never changes (the
-    reference; no gradient)."""
+    reference; no gradient). The responses go to the model's device, and so do the states."""
     lm = _causal_lm(model)
+    responses = responses.to(model_device(lm))
     if int(responses.prompt_mask.sum(-1).min()) > 0:
         if frozen is not None:
             return _fused_states(frozen.hidden_rows, responses, share_prompts)
@@ -92,12 +99,13 @@ def response_states(
 
 def _first_of_groups(responses: Responses, share_prompts: bool) -> tuple[Tensor, Tensor]:
     """(index of the first row of each distinct prompt (G,), each row's prompt (B,) in 0..G−1)."""
+    device = responses.response_ids.device
     if not share_prompts or responses.group_ids is None:
-        rows = torch.arange(len(responses))
+        rows = torch.arange(len(responses), device=device)
         return rows, rows
     groups, inverse = torch.unique(responses.group_ids, return_inverse=True)
-    first = torch.full((groups.numel(),), len(responses)).scatter_reduce(
-        0, inverse, torch.arange(len(responses)), "amin"
+    first = torch.full((groups.numel(),), len(responses), device=device).scatter_reduce(
+        0, inverse, torch.arange(len(responses), device=device), "amin"
     )
     return first, inverse
 
@@ -180,7 +188,8 @@ def rollout_logprobs(
     frozen: FrozenForward | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(B, R) log-probs of ``responses.response_ids`` at ``positions`` (0 elsewhere), and the entropies of
-    π(·|x, y_<t) at the same positions when ``entropy`` (with gradient only if ``entropy_grad``)."""
+    π(·|x, y_<t) at the same positions when ``entropy`` (with gradient only if ``entropy_grad``); on the
+    model's device."""
     states = response_states(
         model, responses, share_prompts=share_prompts, forward=forward, frozen=frozen, bf16=bf16
     )
@@ -209,7 +218,8 @@ def logprobs_from_states(
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`rollout_logprobs` from the (B, R, d) states of :func:`response_states` (so that a value head
     can read the same states: PPO's critic on a shared backbone)."""
-    keep = positions.to(torch.bool)
+    keep = positions.to(states.device, torch.bool)
+    response_ids = response_ids.to(states.device)
     flat, flat_entropy = head_logprobs(
         _causal_lm(model),
         states[keep],  # (N, d): the states that predict each kept response token
@@ -219,7 +229,7 @@ def logprobs_from_states(
         entropy=entropy,
         entropy_grad=entropy_grad,
     )
-    logp = torch.zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat)
+    logp = keep.new_zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat)
     if flat_entropy is None:
         return logp, None
-    return logp, torch.zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat_entropy)
+    return logp, keep.new_zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, flat_entropy)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..device import model_device, to_device
 from ..errors import ModelError
 from ..fused.frozen import FrozenForward
 from ..fused.llama_forward import (
@@ -82,8 +83,10 @@ def sequence_logprob_sums(
     keeps every real token away from its row's padding. ``forward``: "auto" takes the fused Llama
     forward when :func:`~rlft.models.fused.llama_forward.fast_train_blocker` allows it, "hf" forces the model's
     own forward, "fast" demands the fused one. Differentiable (use ``torch.no_grad()`` for a reference).
+    The inputs go to the model's device, and so do the results.
     """
     _check(input_ids, attention_mask, loss_mask)
+    input_ids, attention_mask, loss_mask = to_device((input_ids, attention_mask, loss_mask), model_device(model))
     use_fast = use_fused_forward(model, forward)
     # Columns after the longest row are padding everywhere, and the last column predicts nothing.
     width = int(attention_mask.sum(-1).max())

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..device import model_device, to_device
 from ..errors import ModelError
 from ..positions import position_ids_from_mask
 from .head import head_logprobs
@@ -75,9 +76,11 @@ def token_logprobs(
     log-prob is z[x]/τ − logsumexp(z/τ) in float32, the same formula the sampler uses.
 
     ``return_entropy=True`` also returns the entropy of π(·|x_{≤t}) at τ at the same positions
-    (``rlft.algos.entropy_from_logits``), as a second (B, T−1−s) tensor.
+    (``rlft.algos.entropy_from_logits``), as a second (B, T−1−s) tensor. The inputs go to the model's
+    device, and so do the results.
     """
     _check_inputs(input_ids, attention_mask, temperature, chunk_size)
+    input_ids, attention_mask = to_device((input_ids, attention_mask), model_device(model))
     start = 0 if logits_to_keep_from is None else int(logits_to_keep_from)
     if not 0 <= start <= input_ids.shape[1] - 2:
         raise ModelError(
@@ -114,6 +117,9 @@ def response_logprobs(
     Same numbers as :func:`token_logprobs` on the concatenation with ``logits_to_keep_from=P−1``;
     positions where ``response_mask`` is 0 are set to 0.
     """
+    prompt_ids, prompt_mask, response_ids, response_mask = to_device(
+        (prompt_ids, prompt_mask, response_ids, response_mask), model_device(model)
+    )
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     out = token_logprobs(

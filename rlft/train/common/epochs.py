@@ -178,7 +178,8 @@ def start_training(
 ) -> EpochTraining:
     """The optimiser (:func:`adamw`) and warm-up + cosine schedule of an epoch-based trainer, restored from
     ``checkpoint`` when resuming. ``cfg`` supplies lr, weight_decay, warmup_steps, min_lr_ratio and seed,
-    and the data parallelism (``parallel``) the model is prepared for before the optimiser is built."""
+    and the data parallelism (``parallel``) the model (already on the run's device) is prepared for before
+    the optimiser is built."""
     parallel = DataParallel.of(cfg)
     model = parallel.prepare(model)
     optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)

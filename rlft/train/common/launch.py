@@ -22,6 +22,7 @@ import torch
 from rlft.data import set_chat_template_kwargs
 from rlft.models import load_tokenizer
 from rlft.run import RunDir, seed_everything
+from rlft.run.device import resolve_device
 from rlft.run.distributed import is_main
 from rlft.train.common.checkpoint import latest_checkpoint
 from rlft.train.common.run_control import owns_run
@@ -34,6 +35,7 @@ class TrainerConfig(Protocol):
 
     seed: int
     torch_threads: int  # 0 leaves torch's default
+    device: str  # auto | cpu | cuda | cuda:N (rlft.run.device)
 
     def validate(self) -> None: ...
 
@@ -56,6 +58,7 @@ class TrainerCall:
         int | None
     )  # end after this many steps without the final save, as a crash would (resume tests)
     say: Callable[[str], None]  # where the trainer's one-line reports go
+    device: torch.device  # where this rank's models compute (the config's ``device``, resolved)
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint to continue from: the newest complete one when resuming, else None."""
@@ -79,8 +82,9 @@ class LMTrainer(Protocol[C_contra, R_co]):
 def lm_trainer(command: str) -> Callable[[Callable[[C, TrainerCall], R]], LMTrainer[C, R]]:
     """Decorate ``body(cfg, call)`` into the trainer ``command``, called as :class:`LMTrainer`: it holds
     the run directory for the call (:func:`owns_run`), validates ``cfg`` (before anything global changes,
-    so a bad ``torch_threads`` is a config error), sets ``torch_threads`` (0: torch's default) and seeds
-    every RNG with ``cfg.seed``; ``log`` defaults to stderr."""
+    so a bad ``torch_threads`` is a config error), resolves ``device`` (a missing GPU is a config error
+    too), sets ``torch_threads`` (0: torch's default) and seeds every RNG with ``cfg.seed``; ``log``
+    defaults to stderr."""
 
     def decorate(body: Callable[[C, TrainerCall], R]) -> LMTrainer[C, R]:
         def trainer(
@@ -92,11 +96,14 @@ def lm_trainer(command: str) -> Callable[[Callable[[C, TrainerCall], R]], LMTrai
             log: Callable[[str], None] | None = None,
         ) -> R:
             cfg.validate()
+            device = resolve_device(cfg.device)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL and every allocation without a device go there
             if cfg.torch_threads:
                 torch.set_num_threads(cfg.torch_threads)
             seed_everything(cfg.seed)
             say = (log or _to_stderr) if is_main() else _silent  # one rank reports
-            return body(cfg, TrainerCall(run, command, resume, show_progress, stop_after, say))
+            return body(cfg, TrainerCall(run, command, resume, show_progress, stop_after, say, device))
 
         # The body's name, docstring and types, on this function's signature: the one callers use.
         for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):

@@ -211,14 +211,15 @@ class PerformanceConfig:
     """How the sampling, training and reference passes run: settings that change speed and memory, and
     numerics only within rounding (``rlft.models.forward_path`` records the path a run took)."""
 
-    bf16: bool = False  # CPU bfloat16 autocast for sampling and the forward passes
+    RENAMED: ClassVar[dict[str, str]] = {"bf16": "/precision"}  # now a top-level key of every trainer
+
     onednn_linear: bool = True  # float32 linear layers of training/reference passes on oneDNN (CPU)
     share_prompts: bool = True  # run each group's prompt once in the training/reference passes
     forward: str = (
         "auto"  # training/reference passes: auto | fast (the fused Llama forward) | hf (the model's)
     )
     recompute_old_logp: bool = False  # false: π_old = the sampler's log-probs (same policy, same τ; float32
-    # only — under bf16 they are always recomputed, since the two bf16 paths round differently)
+    # only — under precision bf16 they are always recomputed, since the two bf16 paths round differently)
 
 
 def preset_value(value: T | None, key: str) -> T:
@@ -250,7 +251,8 @@ class RLConfig:
     # Keys refused with one line naming their place (rlft.run.config): the same name for the same concept in
     # every trainer config, and each section key given flat.
     RENAMED: ClassVar[dict[str, str]] = {
-        "bf16_autocast": "performance.bf16",
+        "bf16_autocast": "precision",
+        "bf16": "precision",
         **_moved("sampling", SamplingConfig),
         **_moved("optim", OptimConfig),
         **_moved("eval", EvalConfig, "eval_"),
@@ -321,6 +323,13 @@ class RLConfig:
     torch_threads: int = 2  # 0 leaves torch's default
     parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the policy
     fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: where models compute (auto: the rank's GPU if any)
+    precision: str = "fp32"  # fp32 | bf16: bfloat16 autocast matmuls; weights, optimiser and losses float32
+
+    @property
+    def bf16(self) -> bool:
+        """``precision: bf16``: the transformer body under bfloat16 autocast."""
+        return self.precision == "bf16"
 
     # --- presets ---
 

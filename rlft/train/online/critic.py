@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rlft.algos import value_loss
+from rlft.models.device import model_device, place
 from rlft.models.logprobs import response_states
 from rlft.models.scalar_head import load_reward_model, reward_model_from_causal_lm, save_reward_model
 from rlft.run import ConfigError
@@ -62,7 +63,7 @@ class Critic:
         self.max_grad_norm = cfg.optim.max_grad_norm if c.max_grad_norm is None else c.max_grad_norm
         self.share_prompts = cfg.performance.share_prompts
         self.forward = cfg.performance.forward
-        self.bf16 = cfg.performance.bf16
+        self.bf16 = cfg.bf16
         self.model: PreTrainedModel | None = None
         self.head: nn.Module
         if self.shared:
@@ -90,6 +91,7 @@ class Critic:
                 self.source = init
             self.model.eval()  # no dropout: V_old and V must describe the same function
             self.head = self.model.get_submodule("score")
+        place(self.model if self.model is not None else self.head, model_device(policy))  # the actor's device
         params = list(self.model.parameters() if self.model is not None else self.head.parameters())
         self.params = [p for p in params if p.requires_grad]
         # Under torchrun the critic is replicated on every rank (its gradients summed over ranks),
@@ -110,7 +112,7 @@ class Critic:
         )
 
     def values_from_states(self, states: Tensor) -> Tensor:
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(states.device.type, enabled=False):
             values: Tensor = self.head(states.float()).squeeze(-1).float()
         return values
 

@@ -56,7 +56,7 @@ def evaluate_policy(
         stop_strings=tuple(cfg.sampling.stop_strings),
         greedy=True,
         seed=0,
-        bf16=cfg.performance.bf16,
+        bf16=cfg.bf16,
     )
     texts: list[str] = []
     lengths: list[torch.Tensor] = []

@@ -44,6 +44,7 @@ from rlft.algos import AdaptiveKLController, AdvantageState, FixedKLController, 
 from rlft.data import DataError, LengthLimits, encode_prompts, load_records
 from rlft.data.lengths import context_length, prompt_budget
 from rlft.models import HFSampler, SamplingParams
+from rlft.models.device import place
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.fused.onednn_linears import use_onednn_linears
 from rlft.run.distributed import all_gather_objects, main_only, world
@@ -127,7 +128,8 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
 
         # Models: policy (trainable), reference (frozen, only when a KL term is on).
         checkpoint = call.resume_checkpoint()
-        model = load_policy(cfg, checkpoint, say)
+        model = place(load_policy(cfg, checkpoint, say), call.device)  # every other model follows it
+        rewards.place(call.device)
         stop_at_end_of_turn(model, tokenizer)
         model.eval()  # no dropout: the sampler's log-probs and the loss's must describe the same policy
         advantage = preset_value(cfg.advantage, "advantage")
@@ -140,7 +142,7 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
         plan = plan_for("rl", model, cfg, reference=reference)
         say(record_forward(run, plan))
         if reference is not None:
-            reference.follow(plan, cfg.performance.bf16)
+            reference.follow(plan, cfg.bf16)
         ptx = PtxData(cfg, tokenizer) if cfg.ptx.coef > 0 else None
         if plan.onednn:  # float32 matmuls of the Hugging Face bodies on oneDNN
             use_onednn_linears(model)
@@ -222,7 +224,7 @@ def train_rl(cfg: RLConfig, call: TrainerCall) -> RLResult:
             top_p=cfg.sampling.top_p,
             n=cfg.sampling.num_generations,
             stop_strings=tuple(cfg.sampling.stop_strings),
-            bf16=cfg.performance.bf16,
+            bf16=cfg.bf16,
         )
         book = Bookkeeping(
             call, cfg, cfg.max_steps, step, checkpoint is not None, evaluate, save, f"rl {cfg.algorithm}",

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from rlft.data import DataError, LengthLimits, collate_sft, encode_sft, load_records
 from rlft.data.lengths import cap_length, context_length
-from rlft.models.precision import bf16_autocast
 from rlft.run import ConfigError
 from rlft.run.distributed import rank_share, sum_over_ranks, world
 from rlft.run.seeding import ptx_stream_seed
@@ -53,7 +52,7 @@ class PtxData:
                 f"{world().size} ranks (batch sizes are global)"
             )
         self.pad_id = int(tokenizer.pad_token_id)
-        self.bf16 = cfg.performance.bf16
+        self.bf16 = cfg.bf16
         self.stream = PromptStream(len(self.examples), ptx_stream_seed(cfg.seed))
 
     def next_batch(self) -> dict[str, Any]:
@@ -65,8 +64,7 @@ class PtxData:
         """(ptx.coef · token-mean NLL of the next batch, the NLL) for one optimiser step; on several ranks
         both are this rank's share (its tokens' losses over every rank's token count), which sum over
         ranks to the whole batch's."""
-        with bf16_autocast(self.bf16):
-            total, n = token_loss_sum(model, self.next_batch())
+        total, n = token_loss_sum(model, self.next_batch(), self.bf16)
         (tokens,) = sum_over_ranks(n)
         nll = total.float() / max(tokens, 1)
         return self.coef * nll, float(nll.detach())

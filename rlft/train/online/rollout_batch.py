@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlft.models.device import to_device
 from rlft.models.logprobs import Responses
 
 __all__ = ["RolloutBatch", "by_micro_batch"]
@@ -87,6 +88,10 @@ class RolloutBatch:
             {k: None if v is None else v.index_select(0, index) for k, v in self._fields()}
         )
 
+    def to(self, device: torch.device) -> RolloutBatch:
+        """The same rows with every tensor on ``device`` (a micro-batch going to the model's device)."""
+        return RolloutBatch._of({k: None if v is None else to_device(v, device) for k, v in self._fields()})
+
     def trimmed(self) -> RolloutBatch:
         """The same rows without all-padding columns (prompt columns on the left, response on the right).
 
@@ -147,13 +152,14 @@ class RolloutBatch:
 def by_micro_batch(batch: RolloutBatch, size: int | None, fn: Callable[[RolloutBatch], Tensor]) -> Tensor:
     """(B, R) float32 made of ``fn(micro_batch)`` over consecutive micro-batches of ``size`` rows (all rows
     when None), each with its padding columns trimmed, without gradient: the rollout-wide passes (π_old,
-    π_ref, V_old) that must fit in the memory one training micro-batch takes."""
+    π_ref, V_old) that must fit in the memory one training micro-batch takes. The result stays with the
+    rollout, on the CPU, wherever the model computes."""
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
     if len(batch) == 0:  # (a rank may keep no rows of a dynamically sampled step)
         return out
     for rows in torch.arange(len(batch)).split(size or len(batch)):
         part = fn(batch.select(rows).trimmed())
-        out[rows, : part.shape[1]] = part
+        out[rows, : part.shape[1]] = part.to(out.device)
     return out
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from rlft.algos import POLICY_LOSSES, aggregate, global_normalizer, kl_estimate
 from rlft.models import load_causal_lm
+from rlft.models.device import model_device, place
 from rlft.models.forward_path import ForwardPlan
 from rlft.models.fused.frozen import FrozenForward
 from rlft.models.logprobs import logprobs_from_states, response_states, rollout_logprobs
@@ -160,7 +161,7 @@ def loss_settings(cfg: RLConfig, plan: ForwardPlan | None = None) -> LossSetting
         kl_estimator=preset_value(cfg.kl.estimator, "kl.estimator"),
         entropy_coef=cfg.entropy_coef,
         temperature=cfg.sampling.temperature,
-        bf16=cfg.performance.bf16,
+        bf16=cfg.bf16,
         share_prompts=cfg.performance.share_prompts and not (plan is not None and plan.sharded),
         forward=plan.training_forward if plan is not None else cfg.performance.forward,
     )
@@ -296,7 +297,7 @@ class Reference:
         self.frozen: FrozenForward | None = None
         self.forward: str | None = None  # None: the policy's own passes (adapters disabled)
         if cfg.lora is None or cfg.ref_model is not None:
-            self.model = load_causal_lm(cfg.ref_model or cfg.model)
+            self.model = place(load_causal_lm(cfg.ref_model or cfg.model), model_device(policy))
             self.model.requires_grad_(False)
 
     def follow(self, plan: ForwardPlan, bf16: bool) -> None:
@@ -339,7 +340,7 @@ def old_policy_logprobs(
     - otherwise the sampler's own log-probs, which the fused sampler computes in the same precision."""
     if cfg.optim.ppo_epochs == 1 and cfg.num_minibatches == 1:
         return None
-    if cfg.performance.recompute_old_logp or cfg.performance.bf16:
+    if cfg.performance.recompute_old_logp or cfg.bf16:
         return old_logprobs(model, batch, s, cfg.optim.micro_batch_size)
     return batch.sampler_logp
 
@@ -381,7 +382,7 @@ def policy_update(
     every rank runs as many micro-batches as the busiest one (zero-weight passes on the others), since each
     forward and backward gathers and scatters the sharded weights with every rank."""
     parallel = parallel or DataParallel()
-    rank = parallel.world.rank
+    rank, device = parallel.world.rank, model_device(model)
     owner = owner if owner is not None else torch.zeros(len(batch), dtype=torch.long)
     rows = (batch.filled("loss_mask").sum(-1) > 0).nonzero().flatten()
     if rows.numel() == 0:
@@ -396,7 +397,8 @@ def policy_update(
             mb_mask = mb.filled("loss_mask").to(torch.float32)
             normalizer = global_normalizer(mb_mask, s.aggregation)
             v_normalizer = global_normalizer(mb_mask, "token-mean")
-            micros = _micro_batches(mb.select((owner[mb_rows] == rank).nonzero().flatten()), micro_batch_size)
+            mine = mb.select((owner[mb_rows] == rank).nonzero().flatten())
+            micros = [m.to(device) for m in _micro_batches(mine, micro_batch_size)]
             idle = _lockstep_passes(owner[mb_rows], micro_batch_size, parallel) - len(micros)
             optimizer.zero_grad(set_to_none=True)
             if critic is not None:
@@ -414,7 +416,7 @@ def policy_update(
                         totals[key] = totals.get(key, 0.0) + stats.pop(key)
                 sums.add(float(micro.filled("loss_mask").sum()), **stats)
             for _ in range(idle):  # fsdp2: take part in the busiest rank's passes, contributing nothing
-                idle_mb = mb.select([0]).trimmed()
+                idle_mb = mb.select([0]).trimmed().to(device)
                 loss, _ = parallel.run(model, micro_batch_loss, model, idle_mb, s, kl_coef, 1.0, critic, 1.0)
                 (loss * 0.0).backward()
             if ptx is not None:

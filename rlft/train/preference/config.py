@@ -59,7 +59,7 @@ class DPOConfig:
     """
 
     # Keys with a new name (the same name for the same concept in every trainer config).
-    RENAMED: ClassVar[dict[str, str]] = {"share_prompt": "share_prompts"}
+    RENAMED: ClassVar[dict[str, str]] = {"share_prompt": "share_prompts", "bf16": "precision"}
 
     model: str = ""  # the policy to start from (usually an SFT model directory)
     ref_model: str | None = None  # null: the starting policy (``model``) is the reference
@@ -90,7 +90,6 @@ class DPOConfig:
     max_steps: int | None = 100
     epochs: int | None = None  # used when max_steps is null
     max_grad_norm: float = 1.0  # 0 disables clipping
-    bf16: bool = False  # bfloat16 matmuls (float32 weights, norms and losses): autocast's trade-off
     forward: str = "auto"  # auto | fast | hf: the fused Llama forward when possible, or the model's own
     share_prompts: bool = True  # fused forward: one row per example, its prompt computed once
     eval_every: int = 0
@@ -107,6 +106,13 @@ class DPOConfig:
     torch_threads: int = 2  # 0 leaves torch's default
     parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the model
     fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: where models compute (auto: the rank's GPU if any)
+    precision: str = "fp32"  # fp32 | bf16: bfloat16 autocast matmuls; weights, optimiser and losses float32
+
+    @property
+    def bf16(self) -> bool:
+        """``precision: bf16``: the transformer body under bfloat16 autocast."""
+        return self.precision == "bf16"
 
     def __post_init__(self) -> None:
         if self.loss == "dpo":

@@ -123,7 +123,7 @@ def compute_logprob_sums(
         if sum(len(g[1]) for g in batch) >= batch_size or n == len(groups) - 1:
             scored = [(p, [sequences[i][1] for i in idx]) for p, idx in batch]
             sums, _ = grouped_logprob_sums(model, scored, pad_id, bf16=bf16, forward=forward)
-            out[torch.tensor([i for _, idx in batch for i in idx])] = sums.float()
+            out[torch.tensor([i for _, idx in batch for i in idx])] = sums.float().cpu()  # the table: CPU
             batch = []
     model.train(was_training)
     return out

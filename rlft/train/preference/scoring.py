@@ -56,6 +56,9 @@ def score_sequences(
         share_prompts=cfg.share_prompts,
         frozen=frozen,
     )
+    # the loss over these per-sequence numbers is taken on the CPU, beside the reference table (the copy
+    # is part of the graph)
+    sums, counts = sums.cpu(), counts.cpu()
     order = torch.tensor([p for ps in groups.values() for p in ps])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order))

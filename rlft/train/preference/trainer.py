@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from rlft.data.tasks import task_of
 from rlft.models import load_causal_lm, training_mode
+from rlft.models.device import place
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.train.common.chat_stops import stop_at_end_of_turn
 from rlft.train.common.epoch_loop import EpochsResult, StepResult, planned_steps, train_epochs
@@ -87,7 +88,7 @@ def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
     win_rate = WinRate(task, tokenizer, cfg) if cfg.win_rate and hasattr(task, "win_rate") else None
     reference = None
     if cfg.needs_reference or win_rate is not None:
-        ref_model = load_causal_lm(cfg.ref_model or cfg.model)
+        ref_model = place(load_causal_lm(cfg.ref_model or cfg.model), call.device)
         ref_model.requires_grad_(False)
         if win_rate is not None:
             win_rate.set_reference(ref_model)
@@ -102,7 +103,7 @@ def train_dpo(cfg: DPOConfig, call: TrainerCall) -> DPOResult:
         del ref_model
 
     checkpoint = call.resume_checkpoint()
-    model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
+    model = place(load_causal_lm(str(checkpoint) if checkpoint else cfg.model), call.device)
     # The forward path of every pass, decided once: said at start, written to RUN/forward.txt; the
     # config's `forward` option is resolved to the plan's choice for the passes that follow.
     plan = plan_for("dpo", model, cfg, reference=reference, sampling=win_rate is not None)

@@ -23,6 +23,8 @@ from rlft.data import (
     pad_sequences,
 )
 from rlft.models import sequence_scores
+from rlft.models.device import model_device
+from rlft.models.precision import bf16_autocast
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -116,7 +118,10 @@ def collate_groups(groups: Sequence[RankGroup], pad_id: int) -> dict[str, torch.
     }
 
 
-def group_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(P, K) rewards: each response scored once in one forward; 0 in empty slots."""
-    flat = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+def group_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    """(P, K) rewards: each response scored once in one forward (under bfloat16 autocast with ``bf16``); 0
+    in empty slots. On the batch's device (the CPU) wherever the model computes: the copy back is part of
+    the graph, so the loss over these few numbers is taken beside the batch."""
+    with bf16_autocast(bf16, model_device(model).type):
+        flat = sequence_scores(model, batch["input_ids"], batch["attention_mask"]).to(batch["slot"].device)
     return torch.where(batch["valid"], flat[batch["slot"].clamp(min=0)], torch.zeros((), dtype=flat.dtype))

@@ -31,6 +31,7 @@ def evaluate_rm(
     loss: str = "pairwise",
     batch_size: int = 64,
     gold: Sequence[Sequence[float]] | None = None,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Held-out metrics: ``eval_loss`` (per element), ``eval_accuracy`` (share of labelled pairs the model
     orders the same way), ``eval_reward_gap`` (mean r_w − r_l), the scores' mean and std, and — with
@@ -44,7 +45,7 @@ def evaluate_rm(
     for i in range(0, len(groups), batch_size):
         chunk = groups[i : i + batch_size]
         batch = collate_groups(chunk, pad_id)
-        rewards = group_rewards(model, batch)
+        rewards = group_rewards(model, batch, bf16)
         losses = rm_loss(rewards, batch["ranks"], batch["valid"], loss)
         loss_sum, n_elements = loss_sum + float(losses.sum()), n_elements + losses.numel()
         c, g, n = pair_stats(rewards, batch["ranks"], batch["valid"])

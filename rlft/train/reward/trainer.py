@@ -40,6 +40,7 @@ from rlft.models import (
     save_reward_model,
     training_mode,
 )
+from rlft.models.device import place
 from rlft.models.forward_path import plan_for, record_forward
 from rlft.models.scalar_head import set_pad_token_id
 from rlft.run.distributed import sum_over_ranks
@@ -155,7 +156,7 @@ def train_rm(cfg: RMConfig, call: TrainerCall) -> RMResult:
     total_steps = planned_steps(cfg, len(train), "records")
 
     checkpoint = call.resume_checkpoint()
-    model = load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg, pad_id)
+    model = place(load_reward_model(checkpoint)[0] if checkpoint else _initial_model(cfg, pad_id), call.device)
     say(record_forward(run, plan_for("rm", model, cfg)))
     training_mode(model, cfg.keep_dropout)
     training = start_training(call, cfg, model, tokenizer, total_steps, checkpoint)
@@ -164,7 +165,7 @@ def train_rm(cfg: RMConfig, call: TrainerCall) -> RMResult:
         if not eval_groups:
             return {}
         with training.parallel.gathered(model):  # every rank evaluates everything; rank 0 logs it
-            return evaluate_rm(model, eval_groups, pad_id, loss_name, max(cfg.batch_size, 64), gold)
+            return evaluate_rm(model, eval_groups, pad_id, loss_name, max(cfg.batch_size, 64), gold, cfg.bf16)
 
     def train_step(chunk: list[int]) -> StepResult:
         size = len(chunk) // cfg.grad_accum  # this rank's share of each micro-batch
@@ -174,7 +175,7 @@ def train_rm(cfg: RMConfig, call: TrainerCall) -> RMResult:
         loss_sum, correct, gap, n_pairs, n_seqs = 0.0, 0.0, 0.0, 0, 0
         for groups in micro:
             batch = collate_groups(groups, pad_id)
-            rewards = training.parallel.run(model, group_rewards, model, batch)
+            rewards = training.parallel.run(model, group_rewards, model, batch, cfg.bf16)
             margins = batch["margin"] if use_margin else None
             losses = rm_loss(rewards, batch["ranks"], batch["valid"], loss_name, margins, cfg.center_coef)
             (losses.sum() / n_elements).backward()

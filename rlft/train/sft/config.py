@@ -55,6 +55,13 @@ class SFTConfig:
     torch_threads: int = 2  # 0 leaves torch's default
     parallel: str = "ddp"  # ddp | fsdp2: how the ranks of a torchrun launch share the model
     fsdp_offload: bool = False  # fsdp2: keep sharded parameters and optimiser state in CPU memory
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: where models compute (auto: the rank's GPU if any)
+    precision: str = "fp32"  # fp32 | bf16: bfloat16 autocast matmuls; weights, optimiser and losses float32
+
+    @property
+    def bf16(self) -> bool:
+        """``precision: bf16``: the transformer body under bfloat16 autocast."""
+        return self.precision == "bf16"
 
     def validate(self) -> None:
         check_required(

@@ -37,7 +37,9 @@ from rlft.data import (
 )
 from rlft.data.tasks import task_of
 from rlft.models import SamplingParams, load_causal_lm, sample, training_mode
+from rlft.models.device import model_device, place, to_device
 from rlft.models.forward_path import plan_for, record_forward
+from rlft.models.precision import bf16_autocast
 from rlft.run import ConfigError
 from rlft.run.distributed import sum_over_ranks
 from rlft.train.common.chat_stops import stop_at_end_of_turn
@@ -127,7 +129,9 @@ def check_packing(model: PreTrainedModel) -> None:
         raise ConfigError(f"config key 'pack': packed rows would not be exact: {reason}; set pack: false")
 
 
-def token_loss_sum(model: PreTrainedModel, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+def token_loss_sum(
+    model: PreTrainedModel, batch: dict[str, Any], bf16: bool = False
+) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropies over label positions, number of those positions).
 
     Labels are aligned with ``input_ids`` (HF convention): logits at t are scored against labels[t+1].
@@ -140,14 +144,18 @@ def token_loss_sum(model: PreTrainedModel, batch: dict[str, Any]) -> tuple[torch
     boolean mask would be used as given: no window, and eager attention adds it (0/1) instead of masking.
     ``use_cache=False`` matters: transformers looks for packed sequences only without a cache, and
     models default to one even in train mode. Models that cannot be packed this way are refused
-    (:func:`check_packing`) rather than silently mis-trained.
+    (:func:`check_packing`) rather than silently mis-trained. ``batch`` (built on the CPU) goes to the
+    model's device; ``bf16`` runs the model under bfloat16 autocast, the cross-entropy in float32.
     """
+    device = model_device(model)
+    batch = to_device(batch, device)
     if "position_ids" in batch:
         check_packing(model)
         inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     else:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    with bf16_autocast(bf16, device.type):
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -157,14 +165,14 @@ def token_loss_sum(model: PreTrainedModel, batch: dict[str, Any]) -> tuple[torch
 
 @torch.no_grad()
 def evaluate_sft(
-    model: PreTrainedModel, examples: Sequence[Example], pad_id: int, batch_size: int = 32
+    model: PreTrainedModel, examples: Sequence[Example], pad_id: int, batch_size: int = 32, bf16: bool = False
 ) -> dict[str, float]:
     """Token-weighted mean loss and perplexity of ``examples`` (no packing, so no cross-example effects)."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        loss, n = token_loss_sum(model, collate_sft(examples[i : i + batch_size], pad_id))
+        loss, n = token_loss_sum(model, collate_sft(examples[i : i + batch_size], pad_id), bf16)
         total += float(loss)
         tokens += n
     model.train(was_training)
@@ -271,7 +279,7 @@ def train_sft(cfg: SFTConfig, call: TrainerCall) -> SFTResult:
     total_steps = planned_steps(cfg, len(train), "examples")
 
     checkpoint = call.resume_checkpoint()
-    model = load_causal_lm(str(checkpoint) if checkpoint else cfg.model)
+    model = place(load_causal_lm(str(checkpoint) if checkpoint else cfg.model), call.device)
     if cfg.pack:  # refuse before any step rather than at the first packed batch
         check_packing(model)
     say(record_forward(run, plan_for("sft", model, cfg)))
@@ -284,7 +292,8 @@ def train_sft(cfg: SFTConfig, call: TrainerCall) -> SFTResult:
             return {}
         # every rank evaluates the whole eval set on the whole model; rank 0 logs it
         with training.parallel.gathered(model):
-            out = evaluate_sft(model, eval_set.examples, pad_id, batch_size=max(cfg.batch_size, 32))
+            batch_size = max(cfg.batch_size, 32)
+            out = evaluate_sft(model, eval_set.examples, pad_id, batch_size=batch_size, bf16=cfg.bf16)
             if cfg.eval_generate:
                 out |= generation_metrics(model, tokenizer, eval_set, cfg.eval_max_new_tokens, seed=cfg.seed)
         return out
@@ -295,7 +304,7 @@ def train_sft(cfg: SFTConfig, call: TrainerCall) -> SFTResult:
         (n_tokens,) = sum_over_ranks(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
         loss_sum = 0.0
         for batch in batches:
-            loss, _ = token_loss_sum(model, batch)
+            loss, _ = token_loss_sum(model, batch, cfg.bf16)
             (loss / max(n_tokens, 1)).backward()
             loss_sum += float(loss.detach())
         local_seen = sum(int(b["input_ids"].ne(pad_id).sum()) for b in batches)
