@@ -72,6 +72,15 @@ from .preference import (
     simpo_loss,
 )
 from .registry import Registry, UnknownNameError
+from .sampler_correction import (
+    SAMPLER_CORRECTIONS,
+    SamplerCorrection,
+    masked_is_weights,
+    sampler_correction,
+    sampler_log_ratio,
+    sampler_mismatch_metrics,
+    truncated_is_weights,
+)
 from .trust_region import backtracking_line_search, conjugate_gradient, trust_region_step
 
 __all__ = [
@@ -82,6 +91,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "PREFERENCE_LOSSES",
+    "SAMPLER_CORRECTIONS",
     "AdaptiveKLController",
     "AdvantageState",
     "FixedKLController",
@@ -89,6 +99,7 @@ __all__ = [
     "PPOPenaltyKLController",
     "Registry",
     "SASState",
+    "SamplerCorrection",
     "UnknownNameError",
     "aggregate",
     "backtracking_line_search",
@@ -121,6 +132,7 @@ __all__ = [
     "kto_loss",
     "kwise_ranking_loss",
     "last_token_index",
+    "masked_is_weights",
     "masked_mean",
     "masked_sum",
     "masked_var",
@@ -137,10 +149,14 @@ __all__ = [
     "rloo_advantages",
     "robust_dpo_loss",
     "rrhf_loss",
+    "sampler_correction",
+    "sampler_log_ratio",
+    "sampler_mismatch_metrics",
     "sapo_gate",
     "sapo_loss",
     "shaped_token_rewards",
     "simpo_loss",
+    "truncated_is_weights",
     "trust_region_step",
     "value_loss",
 ]
